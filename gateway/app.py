@@ -1,0 +1,193 @@
+"""The composition root: builds every part from settings and owns the lifecycle (start, drain, stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Generator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import uvicorn
+
+from gateway.catalog import Catalog, VersionInfo
+from gateway.core import DataPlane
+from gateway.grpc_adapter import GrpcDoor, InferenceServicer
+from gateway.http_adapter import HttpDoor
+from gateway.metrics import Metrics
+from gateway.settings import GatewaySettings
+from serving.repository import Repository
+
+log = logging.getLogger("gateway")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    http: str
+    grpc: str
+    metrics: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: the gateway decides when to drain."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # several gateway processes may share it
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(None)
+        self.plane: DataPlane | None = None
+        self.dispatcher: object | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: _Uvicorn | None = None
+        self._grpc: GrpcDoor | None = None
+        self.stopping = asyncio.Event()
+
+    async def start(self, progress: bool = True) -> Endpoints:
+        s = self.settings
+        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+        repo = Repository(s.repository)
+        if s.example_models and not repo.scan():
+            say(f"writing example models into {s.repository} (first start)...")
+            from serving.examples import ensure_examples
+
+            await asyncio.to_thread(ensure_examples, s.repository)
+        entries = repo.scan()
+        if not entries:
+            raise SystemExit(f"the model repository {s.repository} holds no models: add "
+                             "<model>/<version>/manifest.json folders, or leave example_models on")
+        from gateway.dispatch import RayDispatcher  # imports Ray; kept out of the CLI's --help path
+
+        dispatcher = RayDispatcher(s.ray_address, s.ray_num_cpus, s.fpga_resource)
+        self.dispatcher = dispatcher
+        say("starting Ray" + (f" (joining {s.ray_address})" if s.ray_address else " (embedded, local)") + "...")
+        await asyncio.to_thread(dispatcher.start)
+        say(f"deploying {len(entries)} model version(s) on Ray Serve...")
+        await asyncio.to_thread(dispatcher.deploy, entries)
+        catalog = Catalog([VersionInfo.from_manifest(e.manifest, s.batching_for(e.manifest.name)) for e in entries])
+        self.plane = DataPlane(catalog, dispatcher, self.metrics)
+
+        servicer = InferenceServicer(self.plane, s.max_tensor_elements, s.default_timeout_ms / 1000.0)
+        self._grpc = GrpcDoor(servicer, s.max_request_bytes)
+        grpc_port = self._grpc.bind(s.host, s.grpc_port)
+        await self._grpc.start()
+        http_sock = bind_tcp(s.host, s.http_port)
+        http_port = http_sock.getsockname()[1]
+        door = HttpDoor(self.plane, max_body_bytes=s.max_request_bytes, max_elements=s.max_tensor_elements,
+                        default_timeout_s=s.default_timeout_ms / 1000.0)
+        self._http = _Uvicorn(uvicorn.Config(door, http="httptools", loop="none", lifespan="off",
+                                             access_log=False, log_level="warning", backlog=2048,
+                                             timeout_graceful_shutdown=10))
+        self._tasks.append(asyncio.create_task(self._http.serve(sockets=[http_sock])))
+        metrics_port = self.metrics.serve(s.host, s.metrics_port)
+        self._tasks.append(asyncio.create_task(self._watch_readiness()))
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        return Endpoints(f"http://{host}:{http_port}", f"{host}:{grpc_port}", f"http://{host}:{metrics_port}/metrics",
+                         http_port, grpc_port, metrics_port)
+
+    async def _watch_readiness(self) -> None:
+        from gateway.dispatch import RayDispatcher
+
+        assert self.plane is not None and isinstance(self.dispatcher, RayDispatcher) and self._grpc is not None
+        serving: bool | None = None
+        while not self.stopping.is_set():
+            try:
+                states = await asyncio.to_thread(self.dispatcher.readiness)
+            except Exception as exc:  # a controller hiccup must not kill the watcher
+                log.warning("readiness poll failed: %s", exc)
+                states = {}
+            for (model, version), r in states.items():
+                self.plane.catalog.set_state(model, version, r.state, r.reason)
+                self.metrics.set_ready(model, version, r.state == "READY")
+            now_serving = self.plane.server_ready()
+            if now_serving != serving:
+                await self._grpc.set_serving(now_serving)
+                serving = now_serving
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 0.5 if not serving else 2.0)
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        assert self.plane is not None
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout_s
+        while loop.time() < until:
+            if self.plane.catalog.all_ready():
+                return True
+            if all(v.ready or v.state == "UNAVAILABLE" for v in self.plane.catalog.all()):
+                # Refused versions (missing accelerator, failed deploy) will not become ready by waiting.
+                await asyncio.sleep(1.0)
+                return self.plane.catalog.all_ready()
+            await asyncio.sleep(0.25)
+        return False
+
+    def summary(self, endpoints: Endpoints) -> str:
+        assert self.plane is not None
+        lines = [f"HTTP     {endpoints.http}/v2", f"gRPC     {endpoints.grpc}  (inference.GRPCInferenceService)",
+                 f"metrics  {endpoints.metrics}", "", f"{'MODEL':<20} {'VERSION':<8} {'STATE':<12} REASON"]
+        for v in self.plane.catalog.all():
+            lines.append(f"{v.model:<20} {v.version:<8} {v.state:<12} {v.reason}")
+        return "\n".join(lines)
+
+    async def stop(self, drain_s: float = 10.0) -> None:
+        self.stopping.set()
+        if self._grpc is not None:
+            await self._grpc.stop(drain_s)
+        if self._http is not None:
+            self._http.should_exit = True
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(t, drain_s)
+        if self.plane is not None:
+            await self.plane.close()
+        if self.dispatcher is not None:
+            from gateway.dispatch import RayDispatcher
+
+            assert isinstance(self.dispatcher, RayDispatcher)
+            await asyncio.to_thread(self.dispatcher.shutdown)
+
+
+async def serve(settings: GatewaySettings, ready_file: Path | None = None) -> int:
+    gateway = Gateway(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, gateway.stopping.set)
+    try:
+        endpoints = await gateway.start()
+        ready = await gateway.wait_ready(settings.ready_timeout_s)
+        print(("gateway ready\n" if ready else "gateway started; some model versions are not ready:\n")
+              + gateway.summary(endpoints), file=sys.stderr, flush=True)
+        if ready_file is not None:
+            assert gateway.plane is not None
+            info = {**asdict(endpoints), "ready": ready,
+                    "models": [{"name": v.model, "version": v.version, "state": v.state, "reason": v.reason}
+                               for v in gateway.plane.catalog.all()]}
+            tmp = ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info, indent=2))
+            tmp.replace(ready_file)
+        await gateway.stopping.wait()
+        print("draining...", file=sys.stderr, flush=True)
+    finally:
+        await gateway.stop()
+    return 0

@@ -1,0 +1,207 @@
+"""The gateway-side micro-batcher: coalesces concurrent requests for one (model, version) into one call.
+
+Adaptive without a tuning loop: a batch leaves as soon as a dispatch slot is free, carrying
+everything queued (up to max_batch_size rows). At light load each request leaves alone at once;
+under load, requests pile up while every slot is busy, so batches grow exactly as fast as the
+replicas fall behind, and the call rate stays within max_inflight_batches in flight.
+Bounded (max_queue_rows, then 'overloaded'), event-driven (no polling tick), drops cancelled
+and expired requests before dispatch, and fans a failure out to every caller in the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.errors import Code, GatewayError, overloaded
+
+Arrays = dict[str, np.ndarray]
+BatchCall = Callable[[Arrays], Awaitable[Arrays]]
+
+
+@dataclass(slots=True)
+class _Item:
+    inputs: Arrays
+    rows: int
+    key: tuple[object, ...]  # requests merge only when every input agrees on dtype and trailing shape
+    future: asyncio.Future[Arrays]
+    deadline: float | None
+    enqueued_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """What one batch looked like, for metrics."""
+
+    rows: int
+    requests: int
+    dropped: int
+
+
+@dataclass
+class Batcher:
+    call: BatchCall
+    name: str
+    max_batch_size: int = 256
+    max_wait_s: float = 0.0
+    max_queue_rows: int = 8192
+    max_inflight: int = 4
+    clock: Callable[[], float] = time.monotonic
+    on_batch: Callable[[BatchStats], None] | None = None
+
+    _queue: deque[_Item] = field(default_factory=deque, init=False)
+    _queued_rows: int = field(default=0, init=False)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _slots: asyncio.Semaphore | None = field(default=None, init=False)
+    _loop_task: asyncio.Task[None] | None = field(default=None, init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    @property
+    def inflight(self) -> int:
+        return len(self._tasks)
+
+    async def submit(self, inputs: Arrays, rows: int, deadline: float | None = None) -> Arrays:
+        if self._queued_rows + rows > self.max_queue_rows:
+            raise overloaded(self.name)
+        if self._loop_task is None:
+            self._slots = asyncio.Semaphore(self.max_inflight)
+            self._loop_task = asyncio.get_running_loop().create_task(self._run_loop())
+        fut: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
+        key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
+        self._queue.append(_Item(inputs, rows, key, fut, deadline, self.clock()))
+        self._queued_rows += rows
+        self._wakeup.set()
+        # A cancelled caller cancels its future; the loop skips it before dispatch.
+        return await fut
+
+    async def _run_loop(self) -> None:
+        assert self._slots is not None
+        while True:
+            await self._slots.acquire()
+            try:
+                while not self._queue:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                if self.max_wait_s > 0:
+                    await self._wait_for_company()
+                batch, dropped = self._take()
+            except BaseException:
+                self._slots.release()
+                raise
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._dispatch(batch, dropped))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _wait_for_company(self) -> None:
+        until = self._queue[0].enqueued_at + self.max_wait_s
+        while self._queued_rows < self.max_batch_size:
+            remaining = until - self.clock()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> tuple[list[_Item], int]:
+        """Pops the next batch: FIFO items that share the head's key, up to max_batch_size rows."""
+        batch: list[_Item] = []
+        kept: deque[_Item] = deque()
+        rows = dropped = 0
+        now = self.clock()
+        key = None
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():  # cancelled by its caller
+                self._queued_rows -= item.rows
+                dropped += 1
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                self._queued_rows -= item.rows
+                dropped += 1
+                item.future.set_exception(GatewayError(
+                    Code.DEADLINE_EXCEEDED, f"deadline passed while queued for {self.name}"))
+                continue
+            if key is None:
+                key = item.key
+            if item.key != key or rows + item.rows > self.max_batch_size:
+                kept.append(item)
+                if rows + item.rows > self.max_batch_size:
+                    break
+                continue
+            batch.append(item)
+            rows += item.rows
+            self._queued_rows -= item.rows
+        kept.extend(self._queue)
+        self._queue = kept
+        return batch, dropped
+
+    async def _dispatch(self, batch: list[_Item], dropped: int) -> None:
+        assert self._slots is not None
+        try:
+            if len(batch) == 1:
+                merged = batch[0].inputs
+            else:
+                merged = {n: np.concatenate([it.inputs[n] for it in batch]) for n in batch[0].inputs}
+            if self.on_batch is not None:
+                self.on_batch(BatchStats(sum(it.rows for it in batch), len(batch), dropped))
+            try:
+                out = await self.call(merged)
+            except GatewayError as exc:
+                err: BaseException = exc
+            except Exception as exc:  # noqa: BLE001 - every caller must hear of any failure
+                err = GatewayError(Code.INTERNAL, f"{self.name} failed: {type(exc).__name__}")
+            else:
+                self._split(batch, out)
+                return
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(err)
+        finally:
+            self._slots.release()
+            if self._queue:
+                self._wakeup.set()
+
+    def _split(self, batch: list[_Item], out: Arrays) -> None:
+        total = sum(it.rows for it in batch)
+        if any(len(v) != total for v in out.values()):
+            err = GatewayError(Code.INTERNAL, f"{self.name} returned outputs whose first dimension is not "
+                               f"the batch size {total}")
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(err)
+            return
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_result(out)
+            return
+        start = 0
+        for it in batch:
+            end = start + it.rows
+            if not it.future.done():
+                it.future.set_result({k: v[start:end] for k, v in out.items()})
+            start = end
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(GatewayError(Code.UNAVAILABLE, f"{self.name} is shutting down"))
+        self._queued_rows = 0

@@ -1,0 +1,104 @@
+"""What the gateway serves: every (model, version) with its signature, batching and readiness.
+
+Built from the model repository's manifests; readiness is refreshed from the dispatcher.
+Version choice for unpinned requests lives here too until the traffic table replaces it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.errors import not_found, unavailable
+from gateway.settings import BatchingOverride
+from gateway.types import ModelMetadata, TensorSpec, VersionStatus
+from serving.manifest import Batching, Manifest
+from serving.repository import version_sort_key
+
+
+@dataclass
+class VersionInfo:
+    model: str
+    version: str
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batching: Batching
+    state: str = "LOADING"
+    reason: str = "replicas are starting"
+    input_index: dict[str, TensorSpec] = field(default_factory=dict)
+    output_index: dict[str, TensorSpec] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "READY"
+
+    @classmethod
+    def from_manifest(cls, m: Manifest, override: BatchingOverride) -> VersionInfo:
+        batching = m.batching.model_copy(update=override.model_dump(exclude_none=True))
+        inputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in m.inputs)
+        outputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in m.outputs)
+        return cls(m.name, m.version, m.display_platform, inputs, outputs, batching,
+                   input_index={t.name: t for t in inputs}, output_index={t.name: t for t in outputs})
+
+
+class Catalog:
+    def __init__(self, versions: list[VersionInfo]) -> None:
+        self._models: dict[str, dict[str, VersionInfo]] = {}
+        for v in versions:
+            self._models.setdefault(v.model, {})[v.version] = v
+        for name, vs in self._models.items():
+            self._models[name] = dict(sorted(vs.items(), key=lambda kv: version_sort_key(kv[0])))
+
+    def model_versions(self, model: str) -> dict[str, VersionInfo]:
+        try:
+            return self._models[model]
+        except KeyError:
+            raise not_found(f"unknown model '{model}'; GET /v2/repository/index lists the models served") from None
+
+    def get(self, model: str, version: str | None) -> VersionInfo:
+        versions = self.model_versions(model)
+        if version is None:
+            return self.default_version(model)
+        try:
+            return versions[version]
+        except KeyError:
+            raise not_found(f"model '{model}' has no version '{version}' "
+                            f"(it has {', '.join(versions)})") from None
+
+    def default_version(self, model: str) -> VersionInfo:
+        """The newest ready version; with none ready, the request is refused as unavailable."""
+        versions = self.model_versions(model)
+        for info in reversed(versions.values()):
+            if info.ready:
+                return info
+        reasons = "; ".join(f"version {v.version}: {v.reason or v.state}" for v in versions.values())
+        raise unavailable(f"model '{model}' has no ready version ({reasons})")
+
+    def all(self) -> list[VersionInfo]:
+        return [v for vs in self._models.values() for v in vs.values()]
+
+    def set_state(self, model: str, version: str, state: str, reason: str = "") -> None:
+        info = self._models[model][version]
+        info.state, info.reason = state, reason
+
+    def all_ready(self) -> bool:
+        return all(v.ready for v in self.all())
+
+    def model_ready(self, model: str, version: str | None) -> bool:
+        if version is not None:
+            return self.get(model, version).ready
+        return any(v.ready for v in self.model_versions(model).values())
+
+    def metadata(self, model: str, version: str | None) -> ModelMetadata:
+        info = self.get(model, version) if version is not None else self._newest(model)
+        versions = tuple(self.model_versions(model)) if version is None else (info.version,)
+        return ModelMetadata(model, versions, info.platform, info.inputs, info.outputs)
+
+    def _newest(self, model: str) -> VersionInfo:
+        try:
+            return self.default_version(model)
+        except Exception:
+            return list(self.model_versions(model).values())[-1]
+
+    def index(self) -> list[VersionStatus]:
+        return [VersionStatus(v.model, v.version, v.state, v.reason) for v in self.all()]

@@ -1,0 +1,115 @@
+"""The data plane both doors call: validate -> choose a version -> batch -> dispatch -> response.
+
+Protocol-neutral: it takes and returns `gateway.types` objects and never sees protobuf,
+ASGI or Ray objects. The dispatcher is a seam (a Protocol), so tests can run it without Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import numpy as np
+
+from gateway import __version__
+from gateway.batching import Batcher, BatchStats
+from gateway.catalog import Catalog, VersionInfo
+from gateway.errors import Code, GatewayError, unavailable
+from gateway.metrics import Metrics
+from gateway.types import InferRequest, InferResponse, ModelMetadata, Tensor, VersionStatus
+from gateway.validation import validate_inputs, validate_outputs
+
+Arrays = dict[str, np.ndarray]
+
+EXTENSIONS = ("model_repository", "binary_tensor_data")
+
+
+class Dispatcher(Protocol):
+    async def infer(self, model: str, version: str, inputs: Arrays) -> Arrays: ...
+
+
+class DataPlane:
+    def __init__(self, catalog: Catalog, dispatcher: Dispatcher, metrics: Metrics | None = None,
+                 name: str = "model-gateway") -> None:
+        self.catalog = catalog
+        self.dispatcher = dispatcher
+        self.metrics = metrics or Metrics(None)
+        self.name = name
+        self.live = True
+        self._batchers: dict[tuple[str, str], Batcher] = {}
+        for info in catalog.all():
+            if info.batching.enabled:
+                self._batchers[(info.model, info.version)] = self._make_batcher(info)
+
+    def _make_batcher(self, info: VersionInfo) -> Batcher:
+        b = info.batching
+        model, version = info.model, info.version
+
+        async def call(inputs: Arrays) -> Arrays:
+            return await self.dispatcher.infer(model, version, inputs)
+
+        def on_batch(stats: BatchStats) -> None:
+            self.metrics.batch(model, version, stats.rows, stats.requests)
+
+        return Batcher(call, f"model '{model}' version '{version}'", max_batch_size=b.max_batch_size,
+                       max_wait_s=b.max_wait_ms / 1000.0, max_queue_rows=b.max_queue_rows,
+                       max_inflight=b.max_inflight_batches, on_batch=on_batch)
+
+    # --- health and metadata -------------------------------------------------------------
+    def server_live(self) -> bool:
+        return self.live
+
+    def server_ready(self) -> bool:
+        return self.live and self.catalog.all_ready()
+
+    def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
+        return self.name, __version__, EXTENSIONS
+
+    def model_ready(self, model: str, version: str | None) -> bool:
+        return self.catalog.model_ready(model, version)
+
+    def model_metadata(self, model: str, version: str | None) -> ModelMetadata:
+        return self.catalog.metadata(model, version)
+
+    def repository_index(self, ready_only: bool = False) -> list[VersionStatus]:
+        return [s for s in self.catalog.index() if s.state == "READY" or not ready_only]
+
+    # --- inference -------------------------------------------------------------------------
+    async def infer(self, request: InferRequest) -> InferResponse:
+        start = request.received_at or time.monotonic()
+        model, version = request.model, request.version or ""
+        try:
+            info = self.catalog.get(request.model, request.version)
+            version = info.version
+            response = await self._infer(info, request)
+        except GatewayError as exc:
+            self.metrics.request(model, version, exc.code.name, time.monotonic() - start)
+            raise
+        self.metrics.request(model, version, "OK", time.monotonic() - start)
+        return response
+
+    async def _infer(self, info: VersionInfo, request: InferRequest) -> InferResponse:
+        arrays, rows = validate_inputs(info, request.inputs)
+        validate_outputs(info, request.outputs)
+        if not info.ready:
+            raise unavailable(f"model '{info.model}' version '{info.version}' is not ready: {info.reason}")
+        if request.deadline is not None and time.monotonic() >= request.deadline:
+            raise GatewayError(Code.DEADLINE_EXCEEDED, "the request's deadline passed before it was dispatched")
+        batcher = self._batchers.get((info.model, info.version))
+        if batcher is not None:
+            out = await batcher.submit(arrays, rows, request.deadline)
+        else:
+            out = await self.dispatcher.infer(info.model, info.version, arrays)
+        wanted = [o.name for o in request.outputs] or list(info.output_index)
+        tensors = []
+        for name in wanted:
+            if name not in out:
+                raise GatewayError(Code.INTERNAL, f"model '{info.model}' version '{info.version}' "
+                                   f"did not produce output '{name}'")
+            tensors.append(Tensor(name, info.output_index[name].datatype, out[name]))
+        return InferResponse(info.model, info.version, tuple(tensors), request.id)
+
+    async def close(self) -> None:
+        self.live = False
+        for b in self._batchers.values():
+            await b.close()

@@ -1,0 +1,127 @@
+"""Dispatch to Ray Serve: the only gateway module that imports Ray.
+
+Starts or joins the Ray cluster, deploys one Serve application per model version, reports
+their readiness, and turns one batch into one DeploymentHandle call, mapping Ray's failures
+onto the gateway's error vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from ray.serve.config import ProxyLocation
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from gateway.errors import Code, GatewayError, overloaded, unavailable
+from serving.deployment import app_name, build_app, required_resource
+from serving.repository import VersionEntry
+
+log = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Readiness:
+    state: str  # READY | LOADING | UNAVAILABLE
+    reason: str = ""
+
+
+class RayDispatcher:
+    def __init__(self, address: str | None, num_cpus: int | None, fpga_resource: str) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.fpga_resource = fpga_resource
+        self._handles: dict[Key, DeploymentHandle] = {}
+        self._refused: dict[Key, str] = {}
+        self._owns_cluster = False
+
+    def start(self) -> None:
+        if not ray.is_initialized():
+            self._owns_cluster = self.address is None
+            ray.init(
+                address=self.address,
+                num_cpus=self.num_cpus if self._owns_cluster else None,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                configure_logging=False,
+                namespace="gateway",
+            )
+        # The gateway is the front door: Ray's own HTTP proxy is not needed.
+        serve.start(proxy_location=ProxyLocation.Disabled,
+                    logging_config={"enable_access_log": False, "log_level": "WARNING"})
+
+    def deploy(self, entries: list[VersionEntry]) -> None:
+        """Start deploying every version a node can host; the rest are refused with a reason."""
+        resources = ray.cluster_resources()
+        targets = []
+        for e in entries:
+            key = (e.manifest.name, e.manifest.version)
+            need = required_resource(e.manifest, self.fpga_resource)
+            if need is not None and resources.get(need, 0) < e.manifest.accelerator.count:
+                self._refused[key] = (
+                    f"needs {e.manifest.accelerator.count:g} {need} per replica but the Ray cluster offers "
+                    f"{resources.get(need, 0):g}; add a node with that resource"
+                )
+                continue
+            targets.append(serve.RunTarget(build_app(e, self.fpga_resource), name=app_name(*key), route_prefix=None))
+        if targets:
+            serve.run_many(targets, wait_for_ingress_deployment_creation=True, wait_for_applications_running=False)
+        for e in entries:
+            key = (e.manifest.name, e.manifest.version)
+            if key not in self._refused:
+                self._handles[key] = serve.get_app_handle(app_name(*key)).options(method_name="infer")
+
+    def readiness(self) -> dict[Key, Readiness]:
+        """Blocking: asks the Serve controller; call it off the event loop."""
+        out = {key: Readiness("UNAVAILABLE", reason) for key, reason in self._refused.items()}
+        apps = serve.status().applications
+        for key in self._handles:
+            app = apps.get(app_name(*key))
+            if app is None:
+                out[key] = Readiness("UNAVAILABLE", "not deployed")
+            elif app.status == "RUNNING":
+                out[key] = Readiness("READY")
+            elif app.status in ("DEPLOYING", "NOT_STARTED"):
+                out[key] = Readiness("LOADING", app.message or "replicas are starting")
+            else:
+                msgs = [d.message for d in app.deployments.values() if d.message]
+                out[key] = Readiness("UNAVAILABLE", (app.message or "; ".join(msgs) or app.status)[:500])
+        return out
+
+    async def infer(self, model: str, version: str, inputs: Arrays) -> Arrays:
+        try:
+            handle = self._handles[(model, version)]
+        except KeyError:
+            raise unavailable(f"model '{model}' version '{version}' is not deployed") from None
+        try:
+            result: Arrays = await handle.remote(inputs)
+            return result
+        except BackPressureError:
+            raise overloaded(f"model '{model}' version '{version}'") from None
+        except (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError,
+                ReplicaUnavailableError) as exc:
+            raise unavailable(f"model '{model}' version '{version}' has no healthy replica "
+                              f"({type(exc).__name__}); retry shortly") from None
+        except RayTaskError as exc:
+            cause = exc.cause if exc.cause is not None else exc
+            log.warning("model %s/%s raised %s: %s", model, version, type(cause).__name__, cause)
+            # The client learns the exception type, never the traceback or model internals.
+            raise GatewayError(Code.INTERNAL, f"model '{model}' version '{version}' failed while "
+                               f"running inference ({type(cause).__name__})") from None
+
+    def shutdown(self) -> None:
+        try:
+            if self._owns_cluster:
+                serve.shutdown()
+        finally:
+            if self._owns_cluster:
+                ray.shutdown()

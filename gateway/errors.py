@@ -1,0 +1,86 @@
+"""One error vocabulary for both doors: google.rpc codes, each mapped once to an HTTP status.
+
+Adapters translate a `GatewayError` at their boundary; nothing else picks status codes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Code(enum.IntEnum):
+    """google.rpc.Code values; gRPC status codes share these numbers."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+# The only code -> HTTP status table. 499 is the de-facto "client closed request" status.
+HTTP_STATUS: dict[Code, int] = {
+    Code.OK: 200,
+    Code.CANCELLED: 499,
+    Code.UNKNOWN: 500,
+    Code.INVALID_ARGUMENT: 400,
+    Code.DEADLINE_EXCEEDED: 504,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.PERMISSION_DENIED: 403,
+    # Oversized input; overload is UNAVAILABLE (503), not this.
+    Code.RESOURCE_EXHAUSTED: 413,
+    Code.FAILED_PRECONDITION: 400,
+    Code.ABORTED: 409,
+    Code.OUT_OF_RANGE: 400,
+    Code.UNIMPLEMENTED: 501,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.DATA_LOSS: 500,
+    Code.UNAUTHENTICATED: 401,
+}
+
+
+class GatewayError(Exception):
+    """A failure with a code the client sees and a message that tells them what to do."""
+
+    def __init__(self, code: Code, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+    def __repr__(self) -> str:
+        return f"GatewayError({self.code.name}, {self.message!r})"
+
+
+def invalid(message: str) -> GatewayError:
+    return GatewayError(Code.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> GatewayError:
+    return GatewayError(Code.NOT_FOUND, message)
+
+
+def unavailable(message: str, retry_after_s: float | None = 1.0) -> GatewayError:
+    return GatewayError(Code.UNAVAILABLE, message, retry_after_s=retry_after_s)
+
+
+def overloaded(what: str) -> GatewayError:
+    return unavailable(f"{what} is overloaded: its queue is full; retry with backoff", 0.1)

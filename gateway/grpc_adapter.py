@@ -1,0 +1,187 @@
+"""The gRPC door: `inference.GRPCInferenceService` on grpc.aio, plus grpc.health.v1 and reflection.
+
+Converts protobuf <-> gateway types once, calls the data plane once, and maps a GatewayError
+to its gRPC status at this boundary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from gateway import codec
+from gateway._proto import POOL
+from gateway._proto import inference_pb2 as pb
+from gateway._proto import inference_pb2_grpc as pb_grpc
+from gateway.core import DataPlane
+from gateway.errors import GatewayError, invalid
+from gateway.types import InferRequest, InferResponse, RequestedOutput, Tensor
+
+SERVICE = "inference.GRPCInferenceService"
+T = TypeVar("T")
+
+
+def decode_parameters(params: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        which = p.WhichOneof("parameter_choice")
+        out[key] = getattr(p, which) if which else None
+    return out
+
+
+def decode_tensor(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, max_elements: int) -> Tensor:
+    shape = tuple(t.shape)
+    if raw is not None:
+        return Tensor(t.name, t.datatype, codec.from_raw(t.name, t.datatype, shape, raw, max_elements))
+    field = codec.CONTENTS_FIELD.get(t.datatype)
+    if field is None:
+        codec.numpy_dtype(t.name, t.datatype)  # raises for unknown datatypes
+        raise invalid(f"input '{t.name}': {t.datatype} has no typed contents field; send it in raw_input_contents")
+    count = codec.element_count(t.name, shape, max_elements)
+    values = getattr(t.contents, field)
+    if len(values) != count:
+        raise invalid(f"input '{t.name}': shape {list(shape)} needs {count} values, contents.{field} holds {len(values)}")
+    if t.datatype == "BYTES":
+        arr = np.empty(count, dtype=np.object_)
+        arr[:] = list(values)
+    else:
+        arr = np.array(values, dtype=codec.NUMPY_DTYPES[t.datatype])
+    return Tensor(t.name, t.datatype, arr.reshape(shape))
+
+
+def decode_request(req: pb.ModelInferRequest, max_elements: int, *, received_at: float,
+                   deadline: float | None, routing_key: str | None) -> InferRequest:
+    raw = req.raw_input_contents
+    if raw and len(raw) != len(req.inputs):
+        raise invalid(f"raw_input_contents holds {len(raw)} entries for {len(req.inputs)} inputs; "
+                      "send one entry per input, in order, or none")
+    inputs = tuple(decode_tensor(t, raw[i] if raw else None, max_elements) for i, t in enumerate(req.inputs))
+    outputs = tuple(RequestedOutput(o.name) for o in req.outputs)
+    return InferRequest(model=req.model_name, version=req.model_version or None, id=req.id, inputs=inputs,
+                        outputs=outputs, parameters=decode_parameters(req.parameters) if req.parameters else {},
+                        routing_key=routing_key, deadline=deadline, received_at=received_at)
+
+
+def encode_response(resp: InferResponse) -> pb.ModelInferResponse:
+    out = pb.ModelInferResponse(model_name=resp.model, model_version=resp.version, id=resp.id)
+    for t in resp.outputs:
+        out.outputs.add(name=t.name, datatype=t.datatype, shape=t.data.shape)
+        out.raw_output_contents.append(codec.to_raw(t.data, t.datatype))
+    return out
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, plane: DataPlane, max_elements: int, default_timeout_s: float,
+                 routing_header: str = "x-routing-key") -> None:
+        self.plane = plane
+        self.max_elements = max_elements
+        self.default_timeout_s = default_timeout_s
+        self.routing_header = routing_header
+
+    async def _guard(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except GatewayError as exc:
+            if exc.retry_after_s is not None:
+                context.set_trailing_metadata((("grpc-retry-pushback-ms", str(int(exc.retry_after_s * 1000))),))
+            await context.abort(grpc.StatusCode[exc.code.name], exc.message)
+            raise  # unreachable: abort raises
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.plane.server_live())
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.plane.server_ready())
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        name, version, extensions = self.plane.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        async def run() -> pb.ModelReadyResponse:
+            return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version or None))
+        return await self._guard(context, run)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        async def run() -> pb.ModelMetadataResponse:
+            md = self.plane.model_metadata(request.name, request.version or None)
+            tm = pb.ModelMetadataResponse.TensorMetadata
+            return pb.ModelMetadataResponse(
+                name=md.name, versions=md.versions, platform=md.platform,
+                inputs=[tm(name=t.name, datatype=t.datatype, shape=t.shape) for t in md.inputs],
+                outputs=[tm(name=t.name, datatype=t.datatype, shape=t.shape) for t in md.outputs])
+        return await self._guard(context, run)
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        idx = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[
+            idx(name=s.model, version=s.version, state=s.state, reason=s.reason)
+            for s in self.plane.repository_index(request.ready)])
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        received = time.monotonic()
+
+        async def run() -> pb.ModelInferResponse:
+            remaining = context.time_remaining()
+            deadline = received + (remaining if remaining is not None else self.default_timeout_s)
+            routing_key = None
+            for key, value in context.invocation_metadata() or ():
+                if key == self.routing_header:
+                    routing_key = value if isinstance(value, str) else value.decode()
+            req = decode_request(request, self.max_elements, received_at=received, deadline=deadline,
+                                 routing_key=routing_key)
+            return encode_response(await self.plane.infer(req))
+        return await self._guard(context, run)
+
+
+class GrpcDoor:
+    """Owns the grpc.aio server: inference, health and reflection services."""
+
+    def __init__(self, servicer: InferenceServicer, max_message_bytes: int) -> None:
+        self.servicer = servicer
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 1),
+        ])
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self.server)
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server, pool=_reflection_pool())
+
+    def bind(self, host: str, port: int) -> int:
+        bound = self.server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot bind gRPC to {host}:{port}; is the port in use?")
+        return bound
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE):
+            await self.health.set(name, status)
+
+    async def stop(self, grace_s: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+
+
+def _reflection_pool() -> Any:
+    """Our generated code lives in a private pool; reflection also needs the health and reflection files there."""
+    for fd in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        try:
+            POOL.FindFileByName(fd.name)
+        except KeyError:
+            POOL.AddSerializedFile(fd.serialized_pb)
+    return POOL

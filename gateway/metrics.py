@@ -1,0 +1,45 @@
+"""Prometheus metrics (port 8002 by default), named in the spirit of Triton's; labels stay bounded.
+
+Labels are model, version and status code only; never request ids or client addresses.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("gateway_inference_requests", "Inference requests by outcome",
+                                ["model", "version", "code"], registry=r)
+        self.latency = Histogram("gateway_inference_request_duration_seconds",
+                                 "End-to-end inference latency inside the gateway",
+                                 ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_rows = Histogram("gateway_batch_rows", "Rows per call to a model version's replicas",
+                                    ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
+        self.batch_requests = Histogram("gateway_batch_requests", "Requests coalesced into one call",
+                                        ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
+        self.ready = Gauge("gateway_model_ready", "1 when the model version can serve",
+                           ["model", "version"], registry=r)
+
+    def request(self, model: str, version: str, code: str, seconds: float) -> None:
+        self.requests.labels(model, version, code).inc()
+        if code == "OK":
+            self.latency.labels(model, version).observe(seconds)
+
+    def batch(self, model: str, version: str, rows: int, requests: int) -> None:
+        self.batch_rows.labels(model, version).observe(rows)
+        self.batch_requests.labels(model, version).observe(requests)
+
+    def set_ready(self, model: str, version: str, ready: bool) -> None:
+        self.ready.labels(model, version).set(1 if ready else 0)
+
+    def serve(self, host: str, port: int) -> int:
+        """Starts the /metrics endpoint in a thread; returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)

@@ -1,0 +1,92 @@
+"""Gateway settings: one pydantic object, read from an optional YAML file and GATEWAY_* environment variables.
+
+Validated once at start-up; a bad value stops the process with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BatchingOverride(BaseModel):
+    """Gateway-side overrides of a model's manifest batching; unset fields keep the manifest's value."""
+
+    max_batch_size: int | None = Field(None, ge=1, le=65536)
+    max_wait_ms: float | None = Field(None, ge=0, le=10_000)
+    max_queue_rows: int | None = Field(None, ge=1)
+    max_inflight_batches: int | None = Field(None, ge=1, le=1024)
+    enabled: bool | None = None
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Address both prediction doors and the metrics endpoint bind to."""
+    http_port: int = Field(8000, ge=0, le=65535)
+    """HTTP/REST door (0 picks a free port)."""
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """gRPC door (0 picks a free port)."""
+    metrics_port: int = Field(8002, ge=0, le=65535)
+    """Prometheus metrics endpoint (0 picks a free port)."""
+    repository: Path = Path("model_repository")
+    """Model repository root: <root>/<model>/<version>/manifest.json."""
+    example_models: bool = True
+    """Train and write the example models into the repository when it holds none."""
+    ray_address: str | None = None
+    """Address of an existing Ray cluster; unset starts an embedded local one."""
+    ray_num_cpus: int | None = Field(None, ge=1)
+    """CPUs the embedded Ray cluster may use (default: all)."""
+    fpga_resource: str = "FPGA"
+    """Ray custom resource name that FPGA model versions ask for."""
+    max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Largest request body or gRPC message accepted; bigger ones get 413 / RESOURCE_EXHAUSTED."""
+    max_tensor_elements: int = Field(16 * 1024 * 1024, ge=1)
+    """Largest element count of one input tensor, checked before decoding."""
+    default_timeout_ms: float = Field(30_000, gt=0)
+    """Deadline for a request that brings none of its own."""
+    batching: dict[str, BatchingOverride] = Field(default_factory=dict)
+    """Per-model batching overrides, keyed by model name ('*' applies to every model)."""
+    ready_timeout_s: float = Field(300, gt=0)
+    """How long `serve` waits for model versions to become ready before it reports them not ready."""
+    log_level: str = "WARNING"
+    """Level of the gateway's own log (per-request events are never logged at INFO)."""
+
+    def batching_for(self, model: str) -> BatchingOverride:
+        merged: dict[str, Any] = {}
+        for key in ("*", model):
+            if key in self.batching:
+                merged.update(self.batching[key].model_dump(exclude_none=True))
+        return BatchingOverride(**merged)
+
+
+class SettingsError(Exception):
+    pass
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> GatewaySettings:
+    """Build settings from a YAML file, then the environment, then explicit overrides (highest)."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"cannot read settings file {config_file}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise SettingsError(f"settings file {config_file} must hold a mapping of setting: value")
+        data.update(loaded)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        # Init kwargs outrank the environment in pydantic-settings; keep the file below it.
+        env_only = GatewaySettings()
+        env_set = env_only.model_fields_set
+        file_data = {k: v for k, v in data.items() if k not in env_set or k in overrides}
+        return GatewaySettings(**file_data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise SettingsError("invalid gateway settings:\n" + "\n".join(lines)) from None

@@ -1,0 +1,73 @@
+"""Protocol-neutral request/response types: adapters build these at the edge, the core never sees wire objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A declared input or output: shape uses -1 for a variable dimension (the first one is the batch)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    name: str
+    datatype: str
+    data: np.ndarray  # BYTES tensors are object arrays of `bytes`
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # HTTP binary extension choice; None = adapter default
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    model: str
+    inputs: tuple[Tensor, ...]
+    version: str | None = None  # an explicit pin
+    id: str = ""
+    outputs: tuple[RequestedOutput, ...] = ()
+    parameters: dict[str, Any] = field(default_factory=dict)
+    routing_key: str | None = None
+    deadline: float | None = None  # time.monotonic() seconds
+    received_at: float = 0.0  # time.monotonic() when the adapter took it
+
+
+@dataclass(frozen=True, slots=True)
+class InferResponse:
+    model: str
+    version: str
+    outputs: tuple[Tensor, ...]
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatus:
+    model: str
+    version: str
+    state: str  # READY | UNAVAILABLE | LOADING
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]

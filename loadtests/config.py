@@ -1,0 +1,122 @@
+"""Run configuration: the dataclass the CLI fills and the Python API takes, plus its parsers."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``30``, ``30s``, ``1.5m``, ``500ms`` or ``1h``."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"bad duration {text!r} (examples: 30s, 2m, 500ms)")
+    return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+def parse_sweep(text: str) -> list[float]:
+    """Rates of a ``START:STOP:STEP`` sweep, STOP included."""
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"bad sweep {text!r} (expected START:STOP:STEP, e.g. 100:2000:100)")
+    start, stop, step = (float(p) for p in parts)
+    if start <= 0 or step <= 0 or stop < start:
+        raise ValueError(f"bad sweep {text!r}: need 0 < START <= STOP and STEP > 0")
+    count = int(math.floor((stop - start) / step + 1e-9)) + 1
+    return [start + i * step for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the load goes; the only address the tool ever contacts."""
+
+    protocol: str  # "grpc" or "http"
+    host: str
+    port: int
+    base_path: str = ""
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.protocol}://{self.address}{self.base_path}"
+
+
+def parse_target(text: str) -> Target:
+    """``grpc://host:port`` or ``http://host:port[/prefix]``; ports default to 8001 / 8000."""
+    parts = urlsplit(text if "://" in text else f"grpc://{text}")
+    scheme = parts.scheme.lower()
+    if scheme not in ("grpc", "http"):
+        raise ValueError(f"unsupported target scheme {scheme!r} (use grpc:// or http://)")
+    if not parts.hostname:
+        raise ValueError(f"target {text!r} has no host")
+    port = parts.port or (8001 if scheme == "grpc" else 8000)
+    base_path = parts.path.rstrip("/") if scheme == "http" else ""
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return Target(scheme, host, port, base_path)
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """One load run (or one sweep); mirrors the ``loadtest`` command-line options."""
+
+    target: str
+    model: str | None = None
+    model_version: str = ""
+    rate: float | None = None  # open loop: requests per second
+    arrival: str = "poisson"  # or "constant"
+    concurrency: int | None = None  # closed loop: workers each with one request in flight
+    sweep: str | None = None  # "START:STOP:STEP" rates, open loop, needs slo_p99_ms
+    slo_p99_ms: float | None = None
+    duration_s: float = 30.0  # measured window, per sweep step
+    warmup_s: float = 0.0  # load before the window, not counted
+    max_requests: int | None = None  # cap on measured requests sent
+    processes: int = 1
+    batch_rows: int = 1
+    input_file: str | None = None
+    http_binary: bool = False
+    max_inflight: int = 4096  # open loop: beyond this a due request is dropped as late
+    connections: int | None = None  # HTTP connections / gRPC channels; None picks one
+    timeout_s: float = 30.0  # per request
+    drain_timeout_s: float = 5.0  # after the window, unfinished requests become TIMEOUT
+    pool_size: int = 64  # distinct pre-built random requests
+    seed: int | None = None
+    progress: bool = True
+    report_path: str | None = None
+    plot_path: str | None = None
+
+    @property
+    def mode(self) -> str:
+        return "sweep" if self.sweep else ("open" if self.rate is not None else "closed")
+
+    def validate(self) -> None:
+        modes = sum(x is not None for x in (self.rate, self.concurrency, self.sweep))
+        if modes != 1:
+            raise ValueError("give exactly one of --rate, --concurrency or --sweep")
+        if self.sweep is not None:
+            parse_sweep(self.sweep)
+            if self.slo_p99_ms is None or self.slo_p99_ms <= 0:
+                raise ValueError("--sweep needs a positive --slo-p99-ms")
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError("--rate must be positive")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError("--concurrency must be at least 1")
+        if self.arrival not in ("poisson", "constant"):
+            raise ValueError("--arrival must be 'poisson' or 'constant'")
+        if self.duration_s <= 0 or self.warmup_s < 0:
+            raise ValueError("--duration must be positive and --warmup not negative")
+        if self.processes < 1 or self.batch_rows < 1 or self.max_inflight < 1:
+            raise ValueError("--processes, --batch-rows and --max-inflight must be at least 1")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ValueError("--max-requests must be at least 1")
+        if self.concurrency is not None and self.concurrency < self.processes:
+            raise ValueError("--concurrency must be at least --processes")
+        if self.model is None and self.input_file is None:
+            raise ValueError("give --model (or an --input-file whose records name models)")
+        parse_target(self.target)

@@ -1,0 +1,122 @@
+"""Composition root of a load run: inputs -> payloads -> worker plans -> merged Report.
+
+``run_load`` is the Python API behind ``gateway loadtest``; it also writes the JSON report
+and plot when the config names paths.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+from loadtests.config import LoadConfig, Target, parse_sweep, parse_target
+from loadtests.inputs import InferCall, random_calls, read_replay
+from loadtests.metadata import fetch_metadata
+from loadtests.payloads import build_payloads
+from loadtests.processes import run_plans
+from loadtests.progress import Progress
+from loadtests.report import Report, SweepReport, build_report, meets_slo
+from loadtests.worker import WorkerPlan
+
+
+def prepare_calls(config: LoadConfig, target: Target) -> list[InferCall]:
+    """The request pool: recorded requests from ``input_file``, else random ones from metadata."""
+    if config.input_file:
+        with open(config.input_file, encoding="utf-8") as lines:
+            calls, skipped = read_replay(lines, model=config.model, version=config.model_version)
+        if not calls:
+            raise ValueError(f"{config.input_file}: no usable request records "
+                             f"({skipped} skipped)")
+        return calls
+    assert config.model is not None
+    metadata = fetch_metadata(target, config.model, config.model_version,
+                              timeout_s=min(config.timeout_s, 10.0))
+    return random_calls(metadata, model=config.model, version=config.model_version,
+                        batch_rows=config.batch_rows, count=config.pool_size, seed=config.seed)
+
+
+def _split(total: int, parts: int, index: int) -> int:
+    return total // parts + (1 if index < total % parts else 0)
+
+
+def make_plans(config: LoadConfig, target: Target, payloads: list[bytes],
+               rate: float | None) -> list[WorkerPlan]:
+    shares = config.processes
+    plans = []
+    for share in range(shares):
+        plans.append(WorkerPlan(
+            protocol=target.protocol, host=target.host, port=target.port, payloads=payloads,
+            mode="open" if rate is not None else "closed", rate=rate or 0.0,
+            arrival=config.arrival, share=share, shares=shares,
+            concurrency=_split(config.concurrency or 0, shares, share),
+            warmup_s=config.warmup_s, duration_s=config.duration_s,
+            max_requests=(None if config.max_requests is None
+                          else max(1, _split(config.max_requests, shares, share))),
+            max_inflight=max(1, _split(config.max_inflight, shares, share)),
+            connections=math.ceil(config.connections / shares) if config.connections else 0,
+            timeout_s=config.timeout_s, drain_timeout_s=config.drain_timeout_s,
+            seed=config.seed,
+        ))
+    return plans
+
+
+def _run_once(config: LoadConfig, target: Target, payloads: list[bytes],
+              rate: float | None, label: str) -> Report:
+    plans = make_plans(config, target, payloads, rate)
+    started = datetime.now(UTC)
+    progress = Progress(config.warmup_s + config.duration_s, label, enabled=config.progress)
+    try:
+        results = run_plans(plans, progress)
+    finally:
+        progress.close()
+    return build_report(
+        results, target=str(target), model=config.model, model_version=config.model_version,
+        mode=plans[0].mode, arrival=config.arrival, requested_rate=rate,
+        concurrency=config.concurrency, warmup_s=config.warmup_s,
+        batch_rows=config.batch_rows, started=started)
+
+
+def run_load(config: LoadConfig) -> Report | SweepReport:
+    """Run the configured load (or sweep) and return its report; raises on setup failures."""
+    config.validate()
+    target = parse_target(config.target)
+    payloads = build_payloads(target, prepare_calls(config, target),
+                              http_binary=config.http_binary)
+    result: Report | SweepReport
+    if config.sweep is None:
+        load = (f"{config.rate:g}/s" if config.rate is not None
+                else f"c={config.concurrency}")
+        result = _run_once(config, target, payloads, config.rate, f"{target.protocol} {load}")
+    else:
+        result = run_sweep(config, target, payloads)
+    write_outputs(config, result)
+    return result
+
+
+def run_sweep(config: LoadConfig, target: Target, payloads: list[bytes]) -> SweepReport:
+    """Open-loop steps of increasing rate; stops at the first step that misses the objective."""
+    assert config.slo_p99_ms is not None and config.sweep is not None
+    rates = parse_sweep(config.sweep)
+    steps: list[Report] = []
+    best: float | None = None
+    for number, rate in enumerate(rates, start=1):
+        step = _run_once(config, target, payloads, rate,
+                         f"step {number}/{len(rates)} {rate:g}/s")
+        steps.append(step)
+        if not meets_slo(step, config.slo_p99_ms):
+            # Past saturation every higher rate only queues more; stop instead of piling on.
+            break
+        best = rate
+    return SweepReport(target=str(target), model=config.model, slo_p99_ms=config.slo_p99_ms,
+                       best_rate=best, steps=steps)
+
+
+def write_outputs(config: LoadConfig, result: Report | SweepReport) -> None:
+    if config.report_path:
+        Path(config.report_path).write_text(result.to_json() + "\n", encoding="utf-8")
+    if config.plot_path:
+        from loadtests.plot import plot_report
+
+        plot_report(result, config.plot_path)
+

@@ -1,0 +1,97 @@
+"""The Ray Serve deployment of one model version, and the builder that places it on the right nodes.
+
+One application per (model, version), named `app_name(model, version)`, with no HTTP route:
+the gateway reaches it through a DeploymentHandle. Replicas batch again across gateways.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.schema import LoggingConfig
+
+from serving.manifest import Manifest
+from serving.repository import VersionEntry
+from serving.runtimes import Arrays, load_runtime
+
+APP_PREFIX = "model"
+
+
+def app_name(model: str, version: str) -> str:
+    return f"{APP_PREFIX}:{model}:{version}"
+
+
+def _rows(item: Arrays) -> int:
+    return len(next(iter(item.values())))
+
+
+class ModelVersionServer:
+    """Loads one version's runtime and serves `infer({name: array}) -> {name: array}`."""
+
+    def __init__(self, folder: str) -> None:
+        path = Path(folder)
+        self.manifest = Manifest.model_validate_json((path / "manifest.json").read_text())
+        self.runtime = load_runtime(self.manifest, path)
+        b = self.manifest.batching
+        self.batched = b.enabled
+        self._infer_batch.set_max_batch_size(max(b.replica_max_batch_size * b.max_batch_size, 1))
+        self._infer_batch.set_batch_wait_timeout_s(b.replica_batch_wait_ms / 1000.0)
+
+    async def infer(self, inputs: Arrays) -> Arrays:
+        if not self.batched:
+            return self.runtime.run(inputs)
+        result: Arrays = await self._infer_batch(inputs)
+        return result
+
+    # max_batch_size counts rows (batch_size_fn); the real limits are set from the manifest in __init__.
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0005,
+                 batch_size_fn=lambda items: sum(_rows(i) for i in items))
+    async def _infer_batch(self, items: list[Arrays]) -> list[Arrays]:
+        if len(items) == 1:
+            return [self.runtime.run(items[0])]
+        merged = {name: np.concatenate([it[name] for it in items]) for name in items[0]}
+        out = self.runtime.run(merged)
+        results: list[Arrays] = []
+        start = 0
+        for it in items:
+            end = start + _rows(it)
+            results.append({k: v[start:end] for k, v in out.items()})
+            start = end
+        return results
+
+    def metadata(self) -> dict[str, Any]:
+        return {"device": self.runtime.device, "manifest": self.manifest.model_dump(mode="json")}
+
+
+def placement(manifest: Manifest, fpga_resource: str) -> dict[str, Any]:
+    """ray_actor_options for a replica: GPUs via num_gpus, FPGAs via a custom resource, CPUs as a share."""
+    acc = manifest.accelerator
+    opts: dict[str, Any] = {"num_cpus": manifest.cpus_per_replica}
+    if acc.kind == "gpu":
+        opts["num_gpus"] = acc.count
+    elif acc.kind == "fpga":
+        opts["resources"] = {fpga_resource: acc.count}
+    return opts
+
+
+def required_resource(manifest: Manifest, fpga_resource: str) -> str | None:
+    """The cluster resource a version cannot run without (None for CPU-only versions)."""
+    return {"gpu": "GPU", "fpga": fpga_resource}.get(manifest.accelerator.kind)
+
+
+def build_app(entry: VersionEntry, fpga_resource: str) -> serve.Application:
+    m = entry.manifest
+    deployment = serve.deployment(
+        ModelVersionServer,
+        name=f"{m.name}-{m.version}",
+        num_replicas=m.replicas,
+        max_ongoing_requests=m.max_ongoing_requests,
+        max_queued_requests=m.max_queued_requests,
+        ray_actor_options=placement(m, fpga_resource),
+        logging_config=LoggingConfig(enable_access_log=False, log_level="WARNING"),
+        health_check_period_s=5,
+    )
+    return deployment.bind(str(entry.path.resolve()))

@@ -1,0 +1,106 @@
+"""The manifest of one immutable model version: signature, runtime, accelerator, batching, lineage.
+
+Stored as `<root>/<model>/<version>/manifest.json` and validated with pydantic on every read.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+             "FP16", "FP32", "FP64", "BYTES")
+
+
+class TensorSpecModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    datatype: str
+    shape: list[int]
+    """-1 marks a variable dimension; with batching on, the first dimension is the batch."""
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, v: str) -> str:
+        if v not in DATATYPES:
+            raise ValueError(f"unknown datatype {v!r}; expected one of {', '.join(DATATYPES)}")
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, v: list[int]) -> list[int]:
+        if any(d < -1 or d == 0 for d in v):
+            raise ValueError("dimensions must be positive or -1 (variable)")
+        return v
+
+
+class Batching(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    """Coalesce concurrent requests along the first dimension (the gateway and the replica both do)."""
+    max_batch_size: int = Field(256, ge=1)
+    """Most rows in one call to a replica; also the most rows one request may carry."""
+    max_wait_ms: float = Field(0.0, ge=0)
+    """Longest a request waits for company when a dispatch slot is free (0: never waits)."""
+    max_queue_rows: int = Field(8192, ge=1)
+    """Rows waiting in the gateway's queue for this version before it answers 'overloaded'."""
+    max_inflight_batches: int = Field(4, ge=1)
+    """Concurrent calls from one gateway process to this version's replicas."""
+    replica_max_batch_size: int = Field(8, ge=1)
+    """Calls a replica merges across gateway processes (@serve.batch)."""
+    replica_batch_wait_ms: float = Field(0.5, ge=0)
+
+
+class Accelerator(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["cpu", "gpu", "fpga"] = "cpu"
+    count: float = Field(1.0, gt=0)
+    """GPUs (fractions allowed) or FPGA resource units per replica."""
+
+
+class Lineage(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    parent_version: str | None = None
+    dataset: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    trained_at: str | None = None
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    runtime: Literal["onnx", "array", "python"]
+    """onnx: an ONNX file run by ONNX Runtime; array: a NumPy/CuPy program; python: predict() in model.py."""
+    artifact: str = ""
+    """File inside the version folder that the runtime loads."""
+    platform: str = ""
+    """Reported in model metadata (defaults from the runtime)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Runtime-specific options (the array runtime's program, for example)."""
+    inputs: list[TensorSpecModel]
+    outputs: list[TensorSpecModel]
+    accelerator: Accelerator = Accelerator()
+    batching: Batching = Batching()
+    replicas: int = Field(1, ge=1)
+    cpus_per_replica: float = Field(0.25, ge=0)
+    """Ray CPU share a replica reserves (a scheduling hint; replicas of small models share cores)."""
+    max_ongoing_requests: int = Field(16, ge=1)
+    """Calls one replica runs at once (Ray Serve's max_ongoing_requests)."""
+    max_queued_requests: int = Field(256, ge=1)
+    """Calls queued for this version inside Ray before Ray refuses them (bounded, never -1)."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Evaluation metrics at training time."""
+    lineage: Lineage = Lineage()
+    reference: str | None = None
+    """File of reference statistics of the training inputs (for drift detection)."""
+
+    @property
+    def display_platform(self) -> str:
+        return self.platform or {"onnx": "onnxruntime_onnx", "array": "numpy", "python": "python"}[self.runtime]
