@@ -115,7 +115,7 @@ class Gateway:
         while not self.stopping.is_set():
             try:
                 states = await asyncio.to_thread(self.dispatcher.readiness)
-            except Exception as exc:  # a controller hiccup must not kill the watcher
+            except Exception as exc:  # noqa: BLE001 - a controller hiccup must not kill the watcher
                 log.warning("readiness poll failed: %s", exc)
                 states = {}
             for (model, version), r in states.items():
@@ -132,15 +132,9 @@ class Gateway:
         assert self.plane is not None
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout_s
-        while loop.time() < until:
-            if self.plane.catalog.all_ready():
-                return True
-            if all(v.ready or v.state == "UNAVAILABLE" for v in self.plane.catalog.all()):
-                # Refused versions (missing accelerator, failed deploy) will not become ready by waiting.
-                await asyncio.sleep(1.0)
-                return self.plane.catalog.all_ready()
+        while loop.time() < until and not self.plane.catalog.settled():
             await asyncio.sleep(0.25)
-        return False
+        return self.plane.catalog.settled() and all(v.ready for v in self.plane.catalog.all())
 
     def summary(self, endpoints: Endpoints) -> str:
         assert self.plane is not None

@@ -81,8 +81,13 @@ class Catalog:
         info = self._models[model][version]
         info.state, info.reason = state, reason
 
-    def all_ready(self) -> bool:
-        return all(v.ready for v in self.all())
+    def serving_ready(self) -> bool:
+        """Every model can answer an unpinned request (a version missing its accelerator does not block this)."""
+        return all(any(v.ready for v in vs.values()) for vs in self._models.values())
+
+    def settled(self) -> bool:
+        """Every version is either ready or refused; none is still loading."""
+        return all(v.state != "LOADING" for v in self.all())
 
     def model_ready(self, model: str, version: str | None) -> bool:
         if version is not None:
@@ -95,10 +100,9 @@ class Catalog:
         return ModelMetadata(model, versions, info.platform, info.inputs, info.outputs)
 
     def _newest(self, model: str) -> VersionInfo:
-        try:
-            return self.default_version(model)
-        except Exception:
-            return list(self.model_versions(model).values())[-1]
+        versions = list(self.model_versions(model).values())
+        ready = [v for v in versions if v.ready]
+        return (ready or versions)[-1]
 
     def index(self) -> list[VersionStatus]:
         return [VersionStatus(v.model, v.version, v.state, v.reason) for v in self.all()]

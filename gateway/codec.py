@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.errors import invalid, GatewayError, Code
+from gateway.errors import Code, GatewayError, invalid
 
 NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),

@@ -6,6 +6,7 @@ ASGI or Ray objects. The dispatcher is a seam (a Protocol), so tests can run it 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -60,7 +61,7 @@ class DataPlane:
         return self.live
 
     def server_ready(self) -> bool:
-        return self.live and self.catalog.all_ready()
+        return self.live and self.catalog.serving_ready()
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
         return self.name, __version__, EXTENSIONS
@@ -77,11 +78,20 @@ class DataPlane:
     # --- inference -------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         start = request.received_at or time.monotonic()
-        model, version = request.model, request.version or ""
+        # Metric labels only ever name models and versions from the catalog (bounded cardinality).
+        model = version = ""
         try:
             info = self.catalog.get(request.model, request.version)
-            version = info.version
-            response = await self._infer(info, request)
+            model, version = info.model, info.version
+            if request.deadline is None:
+                response = await self._infer(info, request)
+            else:
+                try:
+                    async with asyncio.timeout(request.deadline - time.monotonic()):
+                        response = await self._infer(info, request)
+                except TimeoutError:
+                    raise GatewayError(Code.DEADLINE_EXCEEDED, f"no answer from model '{model}' version "
+                                       f"'{version}' within the request's deadline") from None
         except GatewayError as exc:
             self.metrics.request(model, version, exc.code.name, time.monotonic() - start)
             raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import ray
@@ -39,7 +40,7 @@ class RayDispatcher:
         self.address = address
         self.num_cpus = num_cpus
         self.fpga_resource = fpga_resource
-        self._handles: dict[Key, DeploymentHandle] = {}
+        self._handles: dict[Key, DeploymentHandle[Any]] = {}
         self._refused: dict[Key, str] = {}
         self._owns_cluster = False
 

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
@@ -47,7 +48,8 @@ def decode_tensor(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, m
     count = codec.element_count(t.name, shape, max_elements)
     values = getattr(t.contents, field)
     if len(values) != count:
-        raise invalid(f"input '{t.name}': shape {list(shape)} needs {count} values, contents.{field} holds {len(values)}")
+        raise invalid(f"input '{t.name}': shape {list(shape)} needs {count} values, "
+                      f"contents.{field} holds {len(values)}")
     if t.datatype == "BYTES":
         arr = np.empty(count, dtype=np.object_)
         arr[:] = list(values)
@@ -141,6 +143,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._guard(context, run)
 
 
+# Each RPC: (request class, response class). Requests arrive as bytes and are parsed here, so an
+# undecodable message is answered INVALID_ARGUMENT instead of grpc's generic INTERNAL.
+_METHODS: dict[str, tuple[Any, Any]] = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
+}
+
+
+def _raw_handler(method: Callable[[Any, Any], Awaitable[Any]], request_cls: Any, response_cls: Any) -> Any:
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            request = request_cls.FromString(raw)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"request is not a valid {request_cls.DESCRIPTOR.full_name} message")
+        return await method(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=None,
+                                               response_serializer=response_cls.SerializeToString)
+
+
 class GrpcDoor:
     """Owns the grpc.aio server: inference, health and reflection services."""
 
@@ -151,7 +179,8 @@ class GrpcDoor:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.so_reuseport", 1),
         ])
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self.server)
+        handlers = {name: _raw_handler(getattr(servicer, name), req, resp) for name, (req, resp) in _METHODS.items()}
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -159,7 +188,7 @@ class GrpcDoor:
             self.server, pool=_reflection_pool())
 
     def bind(self, host: str, port: int) -> int:
-        bound = self.server.add_insecure_port(f"{host}:{port}")
+        bound: int = self.server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
             raise OSError(f"cannot bind gRPC to {host}:{port}; is the port in use?")
         return bound

@@ -16,7 +16,7 @@ import orjson
 
 from gateway import codec
 from gateway.core import DataPlane
-from gateway.errors import Code, GatewayError, invalid, not_found
+from gateway.errors import Code, GatewayError, invalid
 from gateway.http_schema import IndexBody, InferBody, binary_size, parse_json
 from gateway.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
@@ -78,8 +78,8 @@ class HttpDoor:
         rest = parts[1:]
         if rest == []:
             self._method(method, "GET")
-            name, version, extensions = self.plane.server_metadata()
-            return _json({"name": name, "version": version, "extensions": list(extensions)})
+            name, server_version, extensions = self.plane.server_metadata()
+            return _json({"name": name, "version": server_version, "extensions": list(extensions)})
         if rest[0] == "health" and len(rest) == 2 and rest[1] in ("live", "ready"):
             self._method(method, "GET")
             ok = self.plane.server_live() if rest[1] == "live" else self.plane.server_ready()
@@ -91,7 +91,8 @@ class HttpDoor:
             return _json([{"name": s.model, "version": s.version, "state": s.state, "reason": s.reason}
                           for s in self.plane.repository_index(ready)])
         if rest[0] == "models" and len(rest) >= 2:
-            model, tail, version = rest[1], rest[2:], None
+            model, tail = rest[1], rest[2:]
+            version: str | None = None
             if len(tail) >= 2 and tail[0] == "versions":
                 version, tail = tail[1], tail[2:]
             if tail == []:
@@ -131,7 +132,8 @@ class HttpDoor:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                raise GatewayError(Code.RESOURCE_EXHAUSTED, f"request body is over the limit of {self.max_body_bytes} bytes")
+                raise GatewayError(Code.RESOURCE_EXHAUSTED,
+                                   f"request body is over the limit of {self.max_body_bytes} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -224,5 +226,3 @@ def _flag(params: dict[str, Any], key: str) -> bool | None:
 def _json(payload: Any, status: int = 200) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     return status, list(JSON), orjson.dumps(payload)
 
-
-__all__ = ["HttpDoor", "not_found"]

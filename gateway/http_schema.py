@@ -6,8 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
-from gateway.errors import invalid, GatewayError
-
+from gateway.errors import invalid
 
 class InputBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -18,13 +17,11 @@ class InputBody(BaseModel):
     parameters: dict[str, Any] = {}
     data: Any = None
 
-
 class OutputBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: StrictStr
     parameters: dict[str, Any] = {}
-
 
 class InferBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -34,13 +31,11 @@ class InferBody(BaseModel):
     inputs: list[InputBody]
     outputs: list[OutputBody] = []
 
-
 class IndexBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     repository_name: str = ""
     ready: bool = False
-
 
 def parse_json(model: type[BaseModel], raw: bytes | memoryview) -> Any:
     """Parses and validates a body; any fault becomes a 400 that names the field."""
@@ -53,7 +48,6 @@ def parse_json(model: type[BaseModel], raw: bytes | memoryview) -> Any:
             raise invalid(f"request body is not valid JSON: {first['msg']}") from None
         raise invalid(f"request body field '{where}': {first['msg']}") from None
 
-
 def binary_size(name: str, parameters: dict[str, Any]) -> int | None:
     size = parameters.get("binary_data_size")
     if size is None:
@@ -62,5 +56,3 @@ def binary_size(name: str, parameters: dict[str, Any]) -> int | None:
         raise invalid(f"input '{name}': parameters.binary_data_size must be a non-negative integer")
     return size
 
-
-__all__ = ["InferBody", "IndexBody", "InputBody", "OutputBody", "parse_json", "binary_size", "GatewayError"]

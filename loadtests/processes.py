@@ -49,11 +49,12 @@ def _run_spawned(plans: list[WorkerPlan], progress: Progress) -> list[WorkerResu
     deadline = time.monotonic() + 60.0 + plan.warmup_s + plan.duration_s + plan.drain_timeout_s
     results: dict[int, WorkerResult] = {}
     ready: set[int] = set()
+    listening = list(pipes)
     try:
         while len(results) < len(plans):
             if time.monotonic() > deadline:
                 raise WorkerError("generator processes did not finish in time")
-            for conn in wait(pipes, timeout=1.0):
+            for conn in wait(listening, timeout=1.0):
                 assert isinstance(conn, Connection)
                 index = pipes.index(conn)
                 try:
@@ -70,6 +71,8 @@ def _run_spawned(plans: list[WorkerPlan], progress: Progress) -> list[WorkerResu
                     progress.update(payload, index)
                 elif kind == "result":
                     results[index] = payload
+                    # The child closes its end next; stop polling it or EOF reads as a crash.
+                    listening.remove(conn)
                 else:
                     raise WorkerError(f"generator process {index} failed:\n{payload}")
     finally:

@@ -77,7 +77,7 @@ class Recorder:
 
     def roll(self, second: int) -> None:
         """Close the current second (and any silent ones before ``second``: a stall is news)."""
-        if second < self._second:
+        if second <= self._second:
             return
         stats = self._stats
         for index, count in self._counts.items():

@@ -19,6 +19,10 @@ from loadtests.schedule import offsets
 
 ProgressFn = Callable[[dict[str, float]], None]
 _YIELD_EVERY = 64  # when behind schedule, let responses run at least this often
+# Event-loop timers fire up to ~1 ms late (epoll has millisecond resolution), so requests are
+# released up to this much early and timed from their actual start; late ones are timed from
+# their intended start, which is what keeps a stall from hiding (coordinated omission).
+_EARLY_S = 0.001
 
 
 class Sender(Protocol):
@@ -93,9 +97,12 @@ class _Run:
         return cap is not None and self.rec.result.sent >= cap
 
     async def _one(self, index: int, intended: float, measured: bool) -> None:
-        """One open-loop request, timed from its intended send time."""
+        """One open-loop request, timed from its intended send time (or actual, if earlier)."""
+        started = time.perf_counter()
         if measured:
-            self.rec.lag(time.perf_counter() - intended)
+            self.rec.lag(started - intended)
+        if started < intended:
+            intended = started
         try:
             code = await _safe_send(self.sender, index)
         except asyncio.CancelledError:
@@ -118,8 +125,8 @@ class _Run:
             if intended >= self.end:
                 break
             now = time.perf_counter()
-            if intended > now:
-                await asyncio.sleep(intended - now)
+            if intended > now + _EARLY_S:
+                await asyncio.sleep(intended - now - _EARLY_S)
                 since_yield = 0
             elif since_yield >= _YIELD_EVERY:
                 await asyncio.sleep(0)

@@ -37,8 +37,9 @@ class ModelVersionServer:
         self.runtime = load_runtime(self.manifest, path)
         b = self.manifest.batching
         self.batched = b.enabled
-        self._infer_batch.set_max_batch_size(max(b.replica_max_batch_size * b.max_batch_size, 1))
-        self._infer_batch.set_batch_wait_timeout_s(b.replica_batch_wait_ms / 1000.0)
+        batched: Any = self._infer_batch  # serve.batch adds setters its type does not declare
+        batched.set_max_batch_size(max(b.replica_max_batch_size * b.max_batch_size, 1))
+        batched.set_batch_wait_timeout_s(b.replica_batch_wait_ms / 1000.0)
 
     async def infer(self, inputs: Arrays) -> Arrays:
         if not self.batched:
@@ -84,7 +85,7 @@ def required_resource(manifest: Manifest, fpga_resource: str) -> str | None:
 
 def build_app(entry: VersionEntry, fpga_resource: str) -> serve.Application:
     m = entry.manifest
-    deployment = serve.deployment(
+    deployment: Any = serve.deployment(
         ModelVersionServer,
         name=f"{m.name}-{m.version}",
         num_replicas=m.replicas,
@@ -94,4 +95,5 @@ def build_app(entry: VersionEntry, fpga_resource: str) -> serve.Application:
         logging_config=LoggingConfig(enable_access_log=False, log_level="WARNING"),
         health_check_period_s=5,
     )
-    return deployment.bind(str(entry.path.resolve()))
+    app: serve.Application = deployment.bind(str(entry.path.resolve()))
+    return app

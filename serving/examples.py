@@ -88,7 +88,8 @@ def write_classifier(repo: Repository, version: str, kind: str, seed: int = 0,
         proba = lr.predict_proba((x_test - mean) / scale)[:, 1]
     else:
         params = {"hidden": 16, "alpha": 1e-3}
-        mlp = MLPClassifier(hidden_layer_sizes=(16,), alpha=1e-3, max_iter=2000, random_state=seed).fit(z_train, y_train)
+        mlp = MLPClassifier(hidden_layer_sizes=(16,), alpha=1e-3, max_iter=2000, random_state=seed)
+        mlp.fit(z_train, y_train)
         layers = list(zip(mlp.coefs_, mlp.intercepts_, strict=True))
         proba = mlp.predict_proba((x_test - mean) / scale)[:, 1]
     model = dense_onnx(mean, scale, layers)

@@ -34,7 +34,7 @@ def array_module() -> tuple[ModuleType, str]:
 
         if cupy.cuda.runtime.getDeviceCount() > 0:
             return cupy, "gpu"
-    except Exception as exc:  # no CuPy, no driver or no device: all mean NumPy
+    except Exception as exc:  # noqa: BLE001 - no CuPy, no driver or no device: all mean NumPy
         log.debug("CuPy unavailable, using NumPy: %s", exc)
     return np, "cpu"
 
