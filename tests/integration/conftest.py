@@ -1,0 +1,104 @@
+"""One real gateway per test session: a subprocess of `gateway serve` with its own embedded Ray cluster.
+
+The repository holds the example models plus two test versions: `faulty` (a Python model that
+raises on negative input) and `echo` version 2, which asks for a GPU that no node here offers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.examples import ensure_examples
+from serving.manifest import Accelerator, Manifest, TensorSpecModel
+from serving.repository import Repository
+
+FAULTY_MODEL = '''
+import numpy as np
+
+def predict(inputs):
+    x = inputs["x"]
+    if (x < 0).any():
+        raise ValueError("negative input")
+    return {"y": x * 2}
+'''
+MAX_REQUEST_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class RunningGateway:
+    http: str  # host:port
+    grpc: str  # host:port
+    metrics: str  # full URL
+    repository: Path
+    log: Path
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http}"
+
+    def reference_inputs(self, version: str = "1") -> np.ndarray:
+        with np.load(self.repository / "breast_cancer" / version / "reference.npz") as ref:
+            return np.asarray(ref["inputs"], dtype=np.float32)
+
+
+def build_test_repository(root: Path) -> None:
+    ensure_examples(root)
+    repo = Repository(root)
+    spec = [TensorSpecModel(name="x", datatype="FP32", shape=[-1, 4])]
+    out = [TensorSpecModel(name="y", datatype="FP32", shape=[-1, 4])]
+    faulty = Manifest(name="faulty", version="1", runtime="python", artifact="model.py", inputs=spec, outputs=out)
+    repo.write_version(faulty, lambda d: (d / "model.py").write_text(FAULTY_MODEL))
+    echo = repo.load("echo", "1").manifest
+    gpu = echo.model_copy(update={"version": "2", "accelerator": Accelerator(kind="gpu", count=1)})
+    repo.write_version(gpu, lambda d: None)
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    root = tmp_path_factory.mktemp("gateway")
+    repository = root / "repository"
+    build_test_repository(repository)
+    ready_file, log_file = root / "ready.json", root / "gateway.log"
+    env = {**os.environ, "GATEWAY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES), "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository), "--http-port", "0",
+           "--grpc-port", "0", "--metrics-port", "0", "--ray-num-cpus", "2", "--ready-file", str(ready_file)]
+    with log_file.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ready_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"gateway did not start (exit {proc.returncode}):\n{log_file.read_text()[-4000:]}")
+            time.sleep(0.5)
+        info = json.loads(ready_file.read_text())
+        yield RunningGateway(f"127.0.0.1:{info['http_port']}", f"127.0.0.1:{info['grpc_port']}", info["metrics"],
+                             repository, log_file)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def run_onnx(repository: Path, version: str, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The model run directly, without the gateway: the ground truth for gateway answers."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(repository / "breast_cancer" / version / "model.onnx"),
+                                providers=["CPUExecutionProvider"])
+    probabilities, label = sess.run(["probabilities", "label"], {"features": x})
+    return {"probabilities": probabilities, "label": label}
