@@ -91,10 +91,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await fn()
         except GatewayError as exc:
-            if exc.retry_after_s is not None:
-                context.set_trailing_metadata((("grpc-retry-pushback-ms", str(int(exc.retry_after_s * 1000))),))
-            await context.abort(grpc.StatusCode[exc.code.name], exc.message)
-            raise  # unreachable: abort raises
+            await self._abort(context, exc)
+            raise
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext, exc: GatewayError) -> None:
+        """Ends the RPC with the error table's gRPC code (abort raises; callers re-raise for the type checker)."""
+        if exc.retry_after_s is not None:
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", str(int(exc.retry_after_s * 1000))),))
+        await context.abort(grpc.StatusCode[exc.code.name], exc.message)
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.plane.server_live())
@@ -128,9 +133,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             for s in self.plane.repository_index(request.ready)])
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        # The hot path: no closure or _guard indirection per call.
         received = time.monotonic()
-
-        async def run() -> pb.ModelInferResponse:
+        try:
             remaining = context.time_remaining()
             deadline = received + (remaining if remaining is not None else self.default_timeout_s)
             routing_key = None
@@ -140,7 +145,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             req = decode_request(request, self.max_elements, received_at=received, deadline=deadline,
                                  routing_key=routing_key)
             return encode_response(await self.plane.infer(req))
-        return await self._guard(context, run)
+        except GatewayError as exc:
+            await self._abort(context, exc)
+            raise
 
 
 # Each RPC: (request class, response class). Requests arrive as bytes and are parsed here, so an

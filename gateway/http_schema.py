@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationErro
 
 from gateway.errors import invalid
 
+
 class InputBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -17,11 +18,13 @@ class InputBody(BaseModel):
     parameters: dict[str, Any] = {}
     data: Any = None
 
+
 class OutputBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: StrictStr
     parameters: dict[str, Any] = {}
+
 
 class InferBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -31,11 +34,13 @@ class InferBody(BaseModel):
     inputs: list[InputBody]
     outputs: list[OutputBody] = []
 
+
 class IndexBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     repository_name: str = ""
     ready: bool = False
+
 
 def parse_json(model: type[BaseModel], raw: bytes | memoryview) -> Any:
     """Parses and validates a body; any fault becomes a 400 that names the field."""
@@ -48,6 +53,7 @@ def parse_json(model: type[BaseModel], raw: bytes | memoryview) -> Any:
             raise invalid(f"request body is not valid JSON: {first['msg']}") from None
         raise invalid(f"request body field '{where}': {first['msg']}") from None
 
+
 def binary_size(name: str, parameters: dict[str, Any]) -> int | None:
     size = parameters.get("binary_data_size")
     if size is None:
@@ -55,4 +61,3 @@ def binary_size(name: str, parameters: dict[str, Any]) -> int | None:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise invalid(f"input '{name}': parameters.binary_data_size must be a non-negative integer")
     return size
-

@@ -5,6 +5,8 @@ Labels are model, version and status code only; never request ids or client addr
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -27,14 +29,24 @@ class Metrics:
         self.ready = Gauge("gateway_model_ready", "1 when the model version can serve",
                            ["model", "version"], registry=r)
 
+        # labels() costs a lock and a lookup; the hot path reuses children (label sets are bounded).
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def request(self, model: str, version: str, code: str, seconds: float) -> None:
-        self.requests.labels(model, version, code).inc()
+        self._child(self.requests, model, version, code).inc()
         if code == "OK":
-            self.latency.labels(model, version).observe(seconds)
+            self._child(self.latency, model, version).observe(seconds)
 
     def batch(self, model: str, version: str, rows: int, requests: int) -> None:
-        self.batch_rows.labels(model, version).observe(rows)
-        self.batch_requests.labels(model, version).observe(requests)
+        self._child(self.batch_rows, model, version).observe(rows)
+        self._child(self.batch_requests, model, version).observe(requests)
 
     def set_ready(self, model: str, version: str, ready: bool) -> None:
         self.ready.labels(model, version).set(1 if ready else 0)
