@@ -68,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--concurrency", type=int, metavar="N",
                       help="closed loop: N requests always in flight")
     mode.add_argument("--sweep", type=_sweep, metavar="START:STOP:STEP",
-                      help="open-loop rate steps; reports the highest rate meeting --slo-p99-ms")
+                      help="open-loop rate steps, each --warmup + --duration long; reports the "
+                           "highest rate meeting --slo-p99-ms (stops after 2 misses in a row)")
     load.add_argument("--slo-p99-ms", type=float, metavar="MS",
                       help="p99 objective (required by --sweep; else checked, exit status 3)")
     load.add_argument("--arrival", choices=("poisson", "constant"), default="poisson",

@@ -27,7 +27,7 @@ def parse_sweep(text: str) -> list[float]:
     start, stop, step = (float(p) for p in parts)
     if start <= 0 or step <= 0 or stop < start:
         raise ValueError(f"bad sweep {text!r}: need 0 < START <= STOP and STEP > 0")
-    count = int(math.floor((stop - start) / step + 1e-9)) + 1
+    count = math.floor((stop - start) / step + 1e-9) + 1
     return [start + i * step for i in range(count)]
 
 

@@ -50,13 +50,13 @@ class FakeServer:
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._http: asyncio.Server | None = None
-        self.metadata = {"name": model, "versions": ["1"], "platform": "fake",
+        self.metadata: dict[str, Any] = {"name": model, "versions": ["1"], "platform": "fake",
                          "inputs": self.behaviour.inputs,
                          "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]}
         reply = service_pb2.ModelInferResponse(model_name=model, model_version="1")
         reply.outputs.add(name="y", datatype="FP32", shape=[1, 1])
         reply.raw_output_contents.append(b"\0\0\0\0")
-        self._infer_reply = reply.SerializeToString()
+        self._infer_reply: bytes = reply.SerializeToString()
 
     async def start(self, host: str = "127.0.0.1", grpc_port: int = 0,
                     http_port: int = 0) -> None:
@@ -230,11 +230,19 @@ def main() -> None:
     parser.add_argument("--grpc-port", type=int, default=9001)
     parser.add_argument("--http-port", type=int, default=9000)
     parser.add_argument("--model", default="m")
-    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every infer")
+    parser.add_argument("--stall-ms", type=float, default=0.0,
+                        help="freeze the whole server this long, once (see --stall-after)")
+    parser.add_argument("--stall-after", type=int, default=0, metavar="N",
+                        help="freeze when the N-th infer request arrives")
+    parser.add_argument("--error-every", type=int, default=0, metavar="N",
+                        help="fail every N-th infer (gRPC UNAVAILABLE, HTTP 503)")
     args = parser.parse_args()
+    behaviour = Behaviour(delay_s=args.delay_ms / 1000.0, stall_s=args.stall_ms / 1000.0,
+                          stall_after=args.stall_after, error_every=args.error_every)
 
     async def serve() -> None:
-        server = FakeServer(Behaviour(delay_s=args.delay_ms / 1000.0), args.model)
+        server = FakeServer(behaviour, args.model)
         await server.start(args.host, args.grpc_port, args.http_port)
         print(f"fake OIP server: model {args.model!r} on grpc://{args.host}:{server.grpc_port}"
               f" and http://{args.host}:{server.http_port}", flush=True)

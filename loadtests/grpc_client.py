@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import DecodeError
+from tritonclient.grpc import service_pb2
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 # One HTTP/2 connection multiplexes streams but serializes their frames on one socket and one
@@ -37,6 +39,7 @@ class GrpcSender:
         self._methods: list[Any] = []
         self._inflight = 0
         self._responses = 0
+        self._turn = 0
 
     @property
     def inflight(self) -> int:
@@ -47,6 +50,9 @@ class GrpcSender:
         # connection) between channels that have identical arguments.
         options = [("grpc.channel_id", len(self._channels)),
                    ("grpc.use_local_subchannel_pool", 1),
+                   # Only the target is contacted (no proxy from the environment), and a
+                   # failed call is an error to count, not something to retry quietly.
+                   ("grpc.enable_http_proxy", 0), ("grpc.enable_retries", 0),
                    ("grpc.max_receive_message_length", -1),
                    ("grpc.max_send_message_length", -1)]
         channel = grpc.aio.insecure_channel(self._address, options=options)
@@ -65,14 +71,16 @@ class GrpcSender:
                 raise ConnectionError(f"could not connect to {self._address}") from exc
 
     async def send(self, index: int) -> str | None:
-        slot = self._inflight // STREAMS_PER_CHANNEL
-        if slot >= len(self._methods):
-            if len(self._methods) < self._max_channels:
-                self._add_channel()
-            slot = len(self._methods) - 1
+        methods = self._methods
+        if self._inflight >= len(methods) * STREAMS_PER_CHANNEL and len(methods) < self._max_channels:
+            self._add_channel()
+        # Round-robin, not "fill channel 0 first": in a closed loop every send happens at
+        # the same in-flight count and would always pick the same channel.
+        self._turn += 1
+        method = methods[self._turn % len(methods)]
         self._inflight += 1
         try:
-            reply = await self._methods[slot](self._payloads[index], timeout=self._timeout_s)
+            reply = await method(self._payloads[index], timeout=self._timeout_s)
         except grpc.aio.AioRpcError as exc:
             return str(exc.code().name)
         finally:
@@ -93,9 +101,6 @@ async def _wait_ready(channel: grpc.aio.Channel, timeout_s: float) -> None:
 
 
 def _check_reply(reply: bytes) -> str | None:
-    from google.protobuf.message import DecodeError
-    from tritonclient.grpc import service_pb2
-
     try:
         service_pb2.ModelInferResponse.FromString(reply)
     except DecodeError:

@@ -12,6 +12,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import cast
 
 from loadtests.http_wire import BadResponse, ResponseHead, parse_head, read_body
 
@@ -28,8 +29,8 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[tuple[ResponseHead, bytes]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -38,10 +39,15 @@ class _Connection(asyncio.Protocol):
     def request(self, payload: bytes) -> asyncio.Future[tuple[ResponseHead, bytes]]:
         assert self.transport is not None
         loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
+        waiter: asyncio.Future[tuple[ResponseHead, bytes]] = loop.create_future()
+        if self.closed or self.transport.is_closing():
+            # The server hung up while the socket sat idle; a write would vanish silently.
+            waiter.set_exception(ConnectionResetError("connection closed by server"))
+            return waiter
+        self._waiter = waiter
         self.sent_at = time.perf_counter()
         self.transport.write(payload)
-        return self._waiter
+        return waiter
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -153,10 +159,19 @@ class HttpSender:
         self._idle.append(conn)
 
     async def _open_for_waiter(self) -> None:
+        self._opening += 1
         try:
             conn = await self._open()
-        except OSError:
+        except OSError as exc:
+            # Fail one waiter rather than leave it parked until the drain timeout.
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(exc)
+                    return
             return
+        finally:
+            self._opening -= 1
         self._release(conn)
 
     async def send(self, index: int) -> str | None:

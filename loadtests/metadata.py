@@ -44,7 +44,8 @@ def _grpc_metadata(target: Target, model: str, version: str, timeout_s: float) -
     from tritonclient.grpc import service_pb2
 
     request = service_pb2.ModelMetadataRequest(name=model, version=version)
-    with grpc.insecure_channel(target.address) as channel:
+    options = [("grpc.enable_http_proxy", 0)]
+    with grpc.insecure_channel(target.address, options=options) as channel:
         method = channel.unary_unary(
             "/inference.GRPCInferenceService/ModelMetadata",
             request_serializer=service_pb2.ModelMetadataRequest.SerializeToString,
@@ -53,7 +54,9 @@ def _grpc_metadata(target: Target, model: str, version: str, timeout_s: float) -
         try:
             reply = method(request, timeout=timeout_s)
         except grpc.RpcError as exc:
-            raise MetadataError(f"ModelMetadata({model!r}) on {target}: {exc}") from exc
+            reason = (f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.Call)
+                      else str(exc))
+            raise MetadataError(f"ModelMetadata({model!r}) on {target} failed: {reason}") from exc
 
     def tensors(items: Any) -> list[dict[str, Any]]:
         return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]

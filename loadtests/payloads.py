@@ -34,7 +34,8 @@ def grpc_payload(call: InferCall) -> bytes:
     for tensor in call.inputs:
         request.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
         request.raw_input_contents.append(raw_bytes(tensor))
-    return request.SerializeToString()
+    data: bytes = request.SerializeToString()
+    return data
 
 
 def _json_data(tensor: Tensor) -> list[Any]:

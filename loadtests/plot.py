@@ -17,10 +17,7 @@ def plot_report(result: Report | SweepReport, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if isinstance(result, SweepReport):
-        fig = _sweep_figure(plt, result)
-    else:
-        fig = _run_figure(plt, result)
+    fig = _sweep_figure(plt, result) if isinstance(result, SweepReport) else _run_figure(plt, result)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -32,7 +29,7 @@ def _run_figure(plt: Any, report: Report) -> Any:
     for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")):
         lat_ax.plot(seconds, [r[key] for r in rows], marker=".", label=label)
     lat_ax.set_ylabel("latency (ms)")
-    lat_ax.set_yscale("symlog", linthresh=1.0)
+    _log_axis(lat_ax)
     lat_ax.grid(True, alpha=0.3)
     lat_ax.legend(loc="upper left")
     load = (f"open loop {report.requested_rate:g} req/s ({report.arrival})"
@@ -64,9 +61,21 @@ def _sweep_figure(plt: Any, sweep: SweepReport) -> Any:
                    label=f"best {sweep.best_rate:g} req/s")
     ax.set_xlabel("achieved throughput (req/s)")
     ax.set_ylabel("latency (ms)")
-    ax.set_yscale("log")
+    _log_axis(ax)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper left")
     ax.set_title(f"{sweep.target} {sweep.model or ''}: latency vs throughput", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _log_axis(ax: Any) -> None:
+    """Log scale (a stall and a fast median share one panel) with plain-number labels."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    ax.yaxis.set_major_formatter(formatter)
+    ax.yaxis.set_minor_formatter(NullFormatter())

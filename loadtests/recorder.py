@@ -18,6 +18,7 @@ class SecondStats:
     ok: int = 0
     errors: int = 0
     coarse: dict[int, int] = field(default_factory=dict)  # coarse bucket -> ok count
+    max_us: int = 0  # exact, unlike percentiles from the coarse buckets
 
 
 @dataclass
@@ -56,6 +57,8 @@ class Recorder:
         index = bucket_index(micros)
         counts = self._counts
         counts[index] = counts.get(index, 0) + 1
+        if micros > self._stats.max_us:
+            self._stats.max_us = micros
         latency = self.result.latency
         latency.sum_us += micros
         if micros > latency.max_us:

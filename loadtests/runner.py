@@ -19,6 +19,8 @@ from loadtests.progress import Progress
 from loadtests.report import Report, SweepReport, build_report, meets_slo
 from loadtests.worker import WorkerPlan
 
+_SWEEP_PATIENCE = 2
+
 
 def prepare_calls(config: LoadConfig, target: Target) -> list[InferCall]:
     """The request pool: recorded requests from ``input_file``, else random ones from metadata."""
@@ -65,7 +67,8 @@ def _run_once(config: LoadConfig, target: Target, payloads: list[bytes],
               rate: float | None, label: str) -> Report:
     plans = make_plans(config, target, payloads, rate)
     started = datetime.now(UTC)
-    progress = Progress(config.warmup_s + config.duration_s, label, enabled=config.progress)
+    progress = Progress(config.warmup_s + config.duration_s, label, enabled=config.progress,
+                        warmup_s=config.warmup_s)
     try:
         results = run_plans(plans, progress)
     finally:
@@ -78,7 +81,12 @@ def _run_once(config: LoadConfig, target: Target, payloads: list[bytes],
 
 
 def run_load(config: LoadConfig) -> Report | SweepReport:
-    """Run the configured load (or sweep) and return its report; raises on setup failures."""
+    """Run the configured load (or sweep) and return its report; raises on setup failures.
+
+    It runs its own event loop: from async code use ``await asyncio.to_thread(run_load, c)``.
+    With ``processes > 1`` generator processes are spawned, so a calling script needs the
+    ``if __name__ == "__main__":`` guard.
+    """
     config.validate()
     target = parse_target(config.target)
     payloads = build_payloads(target, prepare_calls(config, target),
@@ -95,19 +103,24 @@ def run_load(config: LoadConfig) -> Report | SweepReport:
 
 
 def run_sweep(config: LoadConfig, target: Target, payloads: list[bytes]) -> SweepReport:
-    """Open-loop steps of increasing rate; stops at the first step that misses the objective."""
+    """Open-loop steps of increasing rate, until two steps in a row miss the objective."""
     assert config.slo_p99_ms is not None and config.sweep is not None
     rates = parse_sweep(config.sweep)
     steps: list[Report] = []
     best: float | None = None
+    misses = 0
     for number, rate in enumerate(rates, start=1):
         step = _run_once(config, target, payloads, rate,
                          f"step {number}/{len(rates)} {rate:g}/s")
         steps.append(step)
-        if not meets_slo(step, config.slo_p99_ms):
-            # Past saturation every higher rate only queues more; stop instead of piling on.
+        if meets_slo(step, config.slo_p99_ms):
+            best, misses = rate, 0
+            continue
+        misses += 1
+        # One miss can be a hiccup; two in a row is saturation, where every higher rate only
+        # queues more, so stop rather than pile on.
+        if misses == _SWEEP_PATIENCE:
             break
-        best = rate
     return SweepReport(target=str(target), model=config.model, slo_p99_ms=config.slo_p99_ms,
                        best_rate=best, steps=steps)
 
