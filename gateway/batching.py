@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.errors import Code, GatewayError, overloaded
+from gateway.errors import Code, GatewayError, as_gateway_error, overloaded
 
 Arrays = dict[str, np.ndarray]
 BatchCall = Callable[[Arrays], Awaitable[Arrays]]
@@ -60,6 +60,7 @@ class Batcher:
     _slots: asyncio.Semaphore | None = field(default=None, init=False)
     _loop_task: asyncio.Task[None] | None = field(default=None, init=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _closed: bool = field(default=False, init=False)
 
     @property
     def queued_rows(self) -> int:
@@ -70,6 +71,11 @@ class Batcher:
         return len(self._tasks)
 
     async def submit(self, inputs: Arrays, rows: int, deadline: float | None = None) -> Arrays:
+        if self._closed:
+            raise GatewayError(Code.UNAVAILABLE, f"{self.name} is shutting down")
+        if rows > self.max_batch_size:
+            raise GatewayError(Code.INVALID_ARGUMENT, f"{rows} rows is over {self.name}'s max_batch_size "
+                               f"{self.max_batch_size}; split the request")
         if self._queued_rows + rows > self.max_queue_rows:
             raise overloaded(self.name)
         if self._loop_task is None:
@@ -152,21 +158,18 @@ class Batcher:
     async def _dispatch(self, batch: list[_Item], dropped: int) -> None:
         assert self._slots is not None
         try:
-            if len(batch) == 1:
-                merged = batch[0].inputs
-            else:
-                merged = {n: np.concatenate([it.inputs[n] for it in batch]) for n in batch[0].inputs}
-            if self.on_batch is not None:
-                self.on_batch(BatchStats(sum(it.rows for it in batch), len(batch), dropped))
             try:
+                if len(batch) == 1:
+                    merged = batch[0].inputs
+                else:
+                    merged = {n: np.concatenate([it.inputs[n] for it in batch]) for n in batch[0].inputs}
+                if self.on_batch is not None:
+                    self.on_batch(BatchStats(sum(it.rows for it in batch), len(batch), dropped))
                 out = await self.call(merged)
-            except GatewayError as exc:
-                err: BaseException = exc
-            except Exception as exc:  # noqa: BLE001 - every caller must hear of any failure
-                err = GatewayError(Code.INTERNAL, f"{self.name} failed: {type(exc).__name__}")
-            else:
                 self._split(batch, out)
                 return
+            except Exception as exc:  # noqa: BLE001 - every caller must hear of any failure
+                err = as_gateway_error(exc, self.name)
             for it in batch:
                 if not it.future.done():
                     it.future.set_exception(err)
@@ -196,6 +199,7 @@ class Batcher:
             start = end
 
     async def close(self) -> None:
+        self._closed = True
         if self._loop_task is not None:
             self._loop_task.cancel()
         if self._tasks:

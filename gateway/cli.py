@@ -49,10 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_parser(sub)
-    try:
-        from loadtests import cli as loadtest_cli
-    except ImportError:  # TEMP
-        return _serve(parser.parse_args(argv))
+    from loadtests import cli as loadtest_cli
 
     lt = sub.add_parser("loadtest", help="drive QPS load at any Open Inference Protocol endpoint",
                         description=getattr(loadtest_cli, "DESCRIPTION", None),

@@ -120,11 +120,20 @@ def from_list(name: str, datatype: str, shape: Sequence[int], data: Any, max_ele
             raise invalid(f"input '{name}': 'data' is a ragged list; it must be flat or a full nested list") from None
         if arr.size > max_elements:
             raise invalid(f"input '{name}': 'data' holds more elements than its shape {list(shape)} declares")
-        _check_kind(name, datatype, arr)
-        try:
-            arr = arr.astype(dtype, copy=False)
-        except (OverflowError, ValueError):
-            raise invalid(f"input '{name}': values do not fit datatype {datatype}") from None
+        exact_ints = False
+        if dtype.kind in "iu" and arr.dtype.kind in "fO":
+            # NumPy promotes [0, 2**64 - 1] to float64 (and huge ints to object): keep exact Python ints.
+            exact = np.asarray(data, dtype=np.object_)
+            exact_ints = all(type(v) is int for v in exact.ravel())
+            if exact_ints:
+                arr = exact
+        if not exact_ints:
+            _check_kind(name, datatype, arr)
+        if dtype.kind in "iu" and arr.size:
+            info = np.iinfo(dtype)
+            if arr.min() < info.min or arr.max() > info.max:
+                raise invalid(f"input '{name}': values outside {info.min}..{info.max} do not fit datatype {datatype}")
+        arr = arr.astype(dtype, copy=False)
     if arr.size != count:
         raise invalid(f"input '{name}': shape {list(shape)} needs {count} values, 'data' holds {arr.size}")
     return arr.reshape(shape)

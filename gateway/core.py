@@ -15,7 +15,7 @@ import numpy as np
 from gateway import __version__
 from gateway.batching import Batcher, BatchStats
 from gateway.catalog import Catalog, VersionInfo
-from gateway.errors import Code, GatewayError, unavailable
+from gateway.errors import Code, GatewayError, as_gateway_error, unavailable
 from gateway.metrics import Metrics
 from gateway.types import InferRequest, InferResponse, ModelMetadata, Tensor, VersionStatus
 from gateway.validation import validate_inputs, validate_outputs
@@ -109,7 +109,10 @@ class DataPlane:
         if batcher is not None:
             out = await batcher.submit(arrays, rows, request.deadline)
         else:
-            out = await self.dispatcher.infer(info.model, info.version, arrays)
+            try:
+                out = await self.dispatcher.infer(info.model, info.version, arrays)
+            except Exception as exc:  # noqa: BLE001 - the same answer as the batched path
+                raise as_gateway_error(exc, f"model '{info.model}' version '{info.version}'") from None
         wanted = [o.name for o in request.outputs] or list(info.output_index)
         tensors = []
         for name in wanted:

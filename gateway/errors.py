@@ -70,6 +70,13 @@ class GatewayError(Exception):
         return f"GatewayError({self.code.name}, {self.message!r})"
 
 
+def as_gateway_error(exc: BaseException, what: str) -> GatewayError:
+    """Any failure as the client sees it: our own errors pass through, others become INTERNAL (type only)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    return GatewayError(Code.INTERNAL, f"{what} failed: {type(exc).__name__}")
+
+
 def invalid(message: str) -> GatewayError:
     return GatewayError(Code.INVALID_ARGUMENT, message)
 

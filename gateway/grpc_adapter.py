@@ -37,6 +37,11 @@ def decode_parameters(params: Any) -> dict[str, Any]:
     return out
 
 
+_FIELD_DTYPES = {"bool_contents": np.bool_, "int_contents": np.int32, "int64_contents": np.int64,
+                 "uint_contents": np.uint32, "uint64_contents": np.uint64, "fp32_contents": np.float32,
+                 "fp64_contents": np.float64}
+
+
 def decode_tensor(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, max_elements: int) -> Tensor:
     shape = tuple(t.shape)
     if raw is not None:
@@ -54,7 +59,14 @@ def decode_tensor(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, m
         arr = np.empty(count, dtype=np.object_)
         arr[:] = list(values)
     else:
-        arr = np.array(values, dtype=codec.NUMPY_DTYPES[t.datatype])
+        dtype = codec.NUMPY_DTYPES[t.datatype]
+        wide: np.ndarray = np.array(values, dtype=_FIELD_DTYPES[field])  # the contents field's own width
+        if dtype.kind in "iu" and wide.size:
+            info = np.iinfo(dtype)
+            if wide.min() < info.min or wide.max() > info.max:
+                raise invalid(f"input '{t.name}': contents.{field} holds values outside {t.datatype}'s range "
+                              f"{info.min}..{info.max}")
+        arr = wide.astype(dtype)
     return Tensor(t.name, t.datatype, arr.reshape(shape))
 
 

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class BatchingOverride(BaseModel):
     """Gateway-side overrides of a model's manifest batching; unset fields keep the manifest's value."""
+
+    model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int | None = Field(None, ge=1, le=65536)
     max_wait_ms: float | None = Field(None, ge=0, le=10_000)
@@ -69,6 +71,13 @@ class SettingsError(Exception):
     pass
 
 
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> GatewaySettings:
     """Build settings from a YAML file, then the environment, then explicit overrides (highest)."""
     data: dict[str, Any] = {}
@@ -85,7 +94,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> GatewayS
         # Init kwargs outrank the environment in pydantic-settings; keep the file below it.
         env_only = GatewaySettings()
         env_set = env_only.model_fields_set
-        file_data = {k: v for k, v in data.items() if k not in env_set or k in overrides}
+        env_data = env_only.model_dump(exclude_unset=True)
+        file_data = {}
+        for k, v in data.items():
+            if k not in env_set or k in overrides:
+                file_data[k] = v
+            elif isinstance(v, dict) and isinstance(env_data.get(k), dict):
+                file_data[k] = _deep_merge(v, env_data[k])  # e.g. one GATEWAY_BATCHING__m__x keeps the file's others
         return GatewaySettings(**file_data)
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]

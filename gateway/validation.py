@@ -35,6 +35,8 @@ def validate_inputs(info: VersionInfo, inputs: tuple[Tensor, ...]) -> tuple[dict
         raise invalid(f"missing input(s) {', '.join(repr(m) for m in missing)} for model '{info.model}'")
     rows = 1
     if info.batching.enabled:
+        if any(a.ndim == 0 for a in arrays.values()):
+            raise invalid(f"model '{info.model}' batches along the first dimension; its inputs cannot be scalars")
         sizes = {a.shape[0] for a in arrays.values()}
         if len(sizes) != 1:
             raise invalid(f"inputs disagree on the batch size (first dimension): {sorted(sizes)}")

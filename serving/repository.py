@@ -6,6 +6,7 @@ once complete, an existing version is never overwritten, and its files are made 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -70,7 +71,8 @@ class Repository:
         d = self.root / model
         if not d.is_dir():
             return []
-        return sorted((p.name for p in d.iterdir() if (p / MANIFEST).is_file()), key=version_sort_key)
+        return sorted((p.name for p in d.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()),
+                      key=version_sort_key)
 
     def next_version(self, model: str) -> str:
         numeric = [int(v) for v in self.versions(model) if v.isdigit()]
@@ -86,11 +88,20 @@ class Repository:
         try:
             write_artifacts(staging)
             (staging / MANIFEST).write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
-            for f in staging.iterdir():
-                os.chmod(f, 0o444)
+            for folder, dirs, files in os.walk(staging):
+                for f in files:
+                    os.chmod(os.path.join(folder, f), 0o444)
+                for d in dirs:
+                    os.chmod(os.path.join(folder, d), 0o555)
             os.chmod(staging, 0o755)
             # rename() is atomic and fails if another writer won the race for this version.
-            os.rename(staging, final)
+            try:
+                os.rename(staging, final)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise RepositoryError(f"version {manifest.name}/{manifest.version} already exists; "
+                                      "versions are immutable") from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

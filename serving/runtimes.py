@@ -76,6 +76,8 @@ class ArrayRuntime:
                 self.W = self.xp.asarray(w["W"])
                 self.b = self.xp.asarray(w["b"])
             self.activation = str(manifest.options.get("activation", "none"))
+            if self.activation not in ("none", "softmax", "sigmoid"):
+                raise ValueError(f"unknown activation {self.activation!r} (expected none, softmax or sigmoid)")
         elif self.program != "identity":
             raise ValueError(f"unknown array program {self.program!r} (expected identity or linear)")
 
