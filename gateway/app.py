@@ -6,14 +6,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import uvicorn
+import yaml
 
 from gateway.catalog import Catalog, VersionInfo
 from gateway.core import DataPlane
@@ -55,8 +59,10 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 
 
 class Gateway:
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, worker: bool = False) -> None:
+        """worker: an extra process of a multi-process gateway; it attaches to what the first one deployed."""
         self.settings = settings
+        self.worker = worker
         self.metrics = Metrics(None)
         self.plane: DataPlane | None = None
         self.dispatcher: object | None = None
@@ -67,9 +73,10 @@ class Gateway:
 
     async def start(self, progress: bool = True) -> Endpoints:
         s = self.settings
-        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress and not self.worker else (
+            lambda msg: None)
         repo = Repository(s.repository)
-        if s.example_models and not repo.scan():
+        if s.example_models and not self.worker and not repo.scan():
             say(f"writing example models into {s.repository} (first start)...")
             from serving.examples import ensure_examples
 
@@ -85,7 +92,7 @@ class Gateway:
         say("starting Ray" + (f" (joining {s.ray_address})" if s.ray_address else " (embedded, local)") + "...")
         await asyncio.to_thread(dispatcher.start)
         say(f"deploying {len(entries)} model version(s) on Ray Serve...")
-        await asyncio.to_thread(dispatcher.deploy, entries)
+        await asyncio.to_thread(dispatcher.deploy, entries, self.worker)
         catalog = Catalog([VersionInfo.from_manifest(e.manifest, s.batching_for(e.manifest.name)) for e in entries])
         self.plane = DataPlane(catalog, dispatcher, self.metrics)
 
@@ -101,7 +108,8 @@ class Gateway:
                                              access_log=False, log_level="warning", backlog=2048,
                                              timeout_graceful_shutdown=10))
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[http_sock])))
-        metrics_port = self.metrics.serve(s.host, s.metrics_port)
+        # Workers write metrics to the shared multiprocess directory; the first process serves them all.
+        metrics_port = s.metrics_port if self.worker else self.metrics.serve(s.host, s.metrics_port)
         self._tasks.append(asyncio.create_task(self._watch_readiness()))
         host = f"[{s.host}]" if ":" in s.host else s.host
         return Endpoints(f"http://{host}:{http_port}", f"{host}:{grpc_port}", f"http://{host}:{metrics_port}/metrics",
@@ -162,15 +170,73 @@ class Gateway:
             await asyncio.to_thread(self.dispatcher.shutdown)
 
 
-async def serve(settings: GatewaySettings, ready_file: Path | None = None) -> int:
-    gateway = Gateway(settings)
+class Workers:
+    """The extra processes of a multi-process gateway (settings.workers > 1), kept alive until drain."""
+
+    def __init__(self, settings: GatewaySettings, endpoints: Endpoints, ray_address: str) -> None:
+        shared = settings.model_copy(update={
+            "http_port": endpoints.http_port, "grpc_port": endpoints.grpc_port,
+            "metrics_port": endpoints.metrics_port, "ray_address": ray_address, "workers": 1,
+            "example_models": False})
+        self._config = Path(tempfile.mkdtemp(prefix="gateway-worker-")) / "settings.yaml"
+        self._config.write_text(yaml.safe_dump(shared.model_dump(mode="json")))
+        # The file holds every effective setting; GATEWAY_* variables would override it, so they are dropped.
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        self._procs = [self._spawn() for _ in range(settings.workers - 1)]
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--worker", "--config",
+                                 str(self._config)], env=self._env)
+
+    async def watch(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            for i, proc in enumerate(self._procs):
+                if proc.poll() is not None:
+                    log.warning("gateway worker %d exited with %s; starting another", proc.pid, proc.returncode)
+                    _mark_dead(proc.pid)
+                    self._procs[i] = self._spawn()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 1.0)
+
+    async def stop(self, drain_s: float) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self._procs:
+            try:
+                await asyncio.to_thread(proc.wait, drain_s + 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            _mark_dead(proc.pid)
+
+
+def _mark_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+async def serve(settings: GatewaySettings, ready_file: Path | None = None, worker: bool = False) -> int:
+    gateway = Gateway(settings, worker)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, gateway.stopping.set)
+    workers: Workers | None = None
     try:
         endpoints = await gateway.start()
         ready = await gateway.wait_ready(settings.ready_timeout_s)
-        print(("gateway ready\n" if ready else "gateway started; some model versions are not ready:\n")
+        if worker:
+            await gateway.stopping.wait()
+            return 0
+        if settings.workers > 1:
+            from gateway.dispatch import RayDispatcher
+
+            assert isinstance(gateway.dispatcher, RayDispatcher)
+            workers = Workers(settings, endpoints, gateway.dispatcher.cluster_address)
+            watcher = asyncio.create_task(workers.watch(gateway.stopping))
+        print(("gateway ready" if ready else "gateway started; some model versions are not ready:")
+              + (f" ({settings.workers} processes)\n" if settings.workers > 1 else "\n")
               + gateway.summary(endpoints), file=sys.stderr, flush=True)
         if ready_file is not None:
             assert gateway.plane is not None
@@ -182,6 +248,10 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None) -> in
             tmp.replace(ready_file)
         await gateway.stopping.wait()
         print("draining...", file=sys.stderr, flush=True)
+        if workers is not None:
+            await watcher
     finally:
+        if workers is not None:
+            await workers.stop(10.0)
         await gateway.stop()
     return 0

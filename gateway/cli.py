@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from gateway import __version__
@@ -37,7 +39,9 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--ray-num-cpus", type=int, help="CPUs for the embedded Ray cluster (default: all)")
     p.add_argument("--ready-file", type=Path,
                    help="write the bound ports and model states as JSON to this file once started")
+    p.add_argument("--workers", type=int, help="gateway processes sharing the ports (default 1)")
     p.add_argument("--log-level", help="gateway log level (default WARNING)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # an extra process of --workers N
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,19 +73,22 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.settings import SettingsError, load_settings
 
     overrides = {k: getattr(args, k) for k in ("host", "http_port", "grpc_port", "metrics_port", "repository",
-                                               "example_models", "ray_address", "ray_num_cpus", "log_level")}
+                                               "example_models", "ray_address", "ray_num_cpus", "workers", "log_level")}
     try:
         settings = load_settings(args.config, **overrides)
     except SettingsError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.workers > 1 and not args.worker:
+        # Must be set before prometheus_client is imported; worker processes inherit it.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
     import uvloop
 
     from gateway.app import serve
 
     try:
-        return uvloop.run(serve(settings, args.ready_file))
+        return uvloop.run(serve(settings, args.ready_file, args.worker))
     except OSError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1

@@ -60,8 +60,16 @@ class RayDispatcher:
         serve.start(proxy_location=ProxyLocation.Disabled,
                     logging_config={"enable_access_log": False, "log_level": "WARNING"})
 
-    def deploy(self, entries: list[VersionEntry]) -> None:
-        """Start deploying every version a node can host; the rest are refused with a reason."""
+    @property
+    def cluster_address(self) -> str:
+        address: str = ray.get_runtime_context().gcs_address
+        return address
+
+    def deploy(self, entries: list[VersionEntry], attach_only: bool = False) -> None:
+        """Start deploying every version a node can host; the rest are refused with a reason.
+
+        attach_only: another gateway process deploys; this one only takes handles.
+        """
         resources = ray.cluster_resources()
         targets = []
         for e in entries:
@@ -74,7 +82,7 @@ class RayDispatcher:
                 )
                 continue
             targets.append(serve.RunTarget(build_app(e, self.fpga_resource), name=app_name(*key), route_prefix=None))
-        if targets:
+        if targets and not attach_only:
             serve.run_many(targets, wait_for_ingress_deployment_creation=True, wait_for_applications_running=False)
         for e in entries:
             key = (e.manifest.name, e.manifest.version)

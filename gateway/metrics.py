@@ -5,9 +5,10 @@ Labels are model, version and status code only; never request ids or client addr
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -27,7 +28,7 @@ class Metrics:
         self.batch_requests = Histogram("gateway_batch_requests", "Requests coalesced into one call",
                                         ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
         self.ready = Gauge("gateway_model_ready", "1 when the model version can serve",
-                           ["model", "version"], registry=r)
+                           ["model", "version"], registry=r, multiprocess_mode="max")
 
         # labels() costs a lock and a lookup; the hot path reuses children (label sets are bounded).
         self._children: dict[tuple[str, ...], Any] = {}
@@ -52,6 +53,13 @@ class Metrics:
         self.ready.labels(model, version).set(1 if ready else 0)
 
     def serve(self, host: str, port: int) -> int:
-        """Starts the /metrics endpoint in a thread; returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        """Starts the /metrics endpoint in a thread; returns the bound port.
+
+        With several worker processes (PROMETHEUS_MULTIPROC_DIR set), it sums every worker's values.
+        """
+        registry = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        server, _thread = start_http_server(port, addr=host, registry=registry)
         return int(server.server_port)

@@ -56,6 +56,8 @@ class GatewaySettings(BaseSettings):
     """Per-model batching overrides, keyed by model name ('*' applies to every model)."""
     ready_timeout_s: float = Field(300, gt=0)
     """How long `serve` waits for model versions to become ready before it reports them not ready."""
+    workers: int = Field(1, ge=1, le=64)
+    """Gateway processes sharing the ports (SO_REUSEPORT); each has its own batchers and Ray connection."""
     log_level: str = "WARNING"
     """Level of the gateway's own log (per-request events are never logged at INFO)."""
 

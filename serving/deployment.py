@@ -6,13 +6,17 @@ the gateway reaches it through a DeploymentHandle. Replicas batch again across g
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray import serve
 from ray.serve.schema import LoggingConfig
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
+from gateway.codec import NUMPY_DTYPES, datatype_of
 from serving.manifest import Manifest
 from serving.repository import VersionEntry
 from serving.runtimes import Arrays, load_runtime
@@ -63,8 +67,26 @@ class ModelVersionServer:
             start = end
         return results
 
-    def metadata(self) -> dict[str, Any]:
-        return {"device": self.runtime.device, "manifest": self.manifest.model_dump(mode="json")}
+    async def __call__(self, request: Request) -> Response:
+        """Open Inference Protocol JSON through Ray Serve's own HTTP proxy (no gateway in front).
+
+        Lets the same deployment be served by Ray's proxy, so the two can be compared.
+        """
+        m = self.manifest
+        if request.method == "GET":
+            return JSONResponse({"name": m.name, "versions": [m.version], "platform": m.display_platform,
+                                 "inputs": [t.model_dump() for t in m.inputs],
+                                 "outputs": [t.model_dump() for t in m.outputs]})
+        try:
+            body = await request.json()
+            inputs = {i["name"]: np.asarray(i["data"], dtype=NUMPY_DTYPES[i["datatype"]]).reshape(i["shape"])
+                      for i in body["inputs"]}
+        except (KeyError, TypeError, ValueError) as exc:
+            return JSONResponse({"error": f"bad request: {exc}"}, status_code=400)
+        out = await self.infer(inputs)
+        return JSONResponse({"model_name": m.name, "model_version": m.version, "outputs": [
+            {"name": k, "datatype": datatype_of(v), "shape": list(v.shape), "data": v.ravel().tolist()}
+            for k, v in out.items()]})
 
 
 def placement(manifest: Manifest, fpga_resource: str) -> dict[str, Any]:
@@ -88,6 +110,9 @@ def build_app(entry: VersionEntry, fpga_resource: str) -> serve.Application:
     deployment: Any = serve.deployment(
         ModelVersionServer,
         name=f"{m.name}-{m.version}",
+        # A stable version makes a repeated deploy of an unchanged manifest (a gateway restart, a second
+        # gateway) a no-op instead of a rolling restart of the replicas.
+        version=hashlib.sha256(m.model_dump_json().encode()).hexdigest()[:16],
         num_replicas=m.replicas,
         max_ongoing_requests=m.max_ongoing_requests,
         max_queued_requests=m.max_queued_requests,

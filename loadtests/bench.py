@@ -1,0 +1,237 @@
+"""The side-by-side benchmark the performance work is judged by: one command, one machine, one run.
+
+Starts (1) a bare grpc.aio server answering ModelInfer with a constant reply, (2) Ray Serve's own
+HTTP proxy in front of the `echo` model deployment, (3) the gateway over gRPC and (4) over HTTP
+in front of the same deployment, plus a gateway with batching off; then measures them in
+alternating rounds with the load tool and prints medians and ratios.
+
+    python -m loadtests.bench --rounds 3 --duration 10s --out bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loadtests.config import parse_duration
+
+MODEL = "echo"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 300) -> dict[str, Any]:
+    until = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > until:
+            raise SystemExit(f"{proc.args!r} did not start; its log:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    info: dict[str, Any] = json.loads(path.read_text())
+    return info
+
+
+def load(target: str, out: Path, *extra: str) -> dict[str, Any]:
+    """One load-tool run in its own process, so the generator never shares a GIL with anything measured."""
+    cmd = [sys.executable, "-m", "loadtests", "--target", target, "--model", MODEL, "--no-progress",
+           "--report", str(out), *extra]
+    subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    if not out.exists():
+        raise SystemExit(f"the load tool wrote no report for {' '.join(cmd)}")
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
+def ray_call_p50_ms(calls: int = 300) -> float:
+    """One DeploymentHandle call with one row, sequentially: the floor under any gateway's p50."""
+    import asyncio
+
+    import numpy as np
+    from ray import serve
+
+    handle = serve.get_app_handle("bench-ray-proxy").options(method_name="infer")
+    x = {"INPUT0": np.ones((1, 16), np.float32)}
+
+    async def run() -> list[float]:
+        times = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            await handle.remote(x)
+            times.append((time.perf_counter() - t) * 1000)
+        return times
+
+    return statistics.median(asyncio.run(run())[calls // 10:])
+
+
+def start_ray(work: Path) -> tuple[str, int, Path]:
+    import ray
+    from ray import serve
+    from ray.serve.config import ProxyLocation
+
+    from serving.deployment import build_app
+    from serving.examples import write_echo
+    from serving.repository import Repository
+
+    repo = work / "repository"
+    entry = write_echo(Repository(repo))
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, namespace="gateway")
+    port = free_port()
+    serve.start(proxy_location=ProxyLocation.HeadOnly, http_options={"host": "127.0.0.1", "port": port},
+                logging_config={"enable_access_log": False, "log_level": "WARNING"})
+    serve.run(build_app(entry, "FPGA"), name="bench-ray-proxy", route_prefix="/")
+    address = ray.get_runtime_context().gcs_address
+    return address, port, repo
+
+
+def measure(targets: list[Target], rounds: int, duration: str, concurrency: int, open_rate: float,
+            work: Path, batching: list[Target]) -> dict[str, dict[str, list[float]]]:
+    results: dict[str, dict[str, list[float]]] = {t.name: {} for t in targets + batching}
+
+    def add(name: str, key: str, value: float) -> None:
+        results[name].setdefault(key, []).append(value)
+
+    half = f"{parse_duration(duration) / 2:g}s"
+    for r in range(rounds):
+        order = targets[r % len(targets):] + targets[:r % len(targets)]  # alternate who goes first
+        for t in order:
+            tag = f"{t.name.replace(' ', '_')}-{r}"
+            sat = load(t.url, work / f"{tag}-sat.json", "--concurrency", str(concurrency), "--duration", duration,
+                       "--warmup", "1s")
+            add(t.name, "qps", sat["ok_qps"])
+            add(t.name, "sat_p50_ms", sat["latency_ms"]["p50"])
+            add(t.name, "errors", sum(sat["errors_by_code"].values()))
+            c1 = load(t.url, work / f"{tag}-c1.json", "--concurrency", "1", "--duration", half, "--warmup", "1s")
+            add(t.name, "c1_p50_ms", c1["latency_ms"]["p50"])
+            op = load(t.url, work / f"{tag}-open.json", "--rate", f"{open_rate:g}", "--duration", duration,
+                      "--warmup", "1s")
+            add(t.name, "open_p50_ms", op["latency_ms"]["p50"])
+            add(t.name, "open_p99_ms", op["latency_ms"]["p99"])
+            if t.name.startswith("gateway"):
+                half_rate = max(sat["ok_qps"] / 2, 1)
+                hr = load(t.url, work / f"{tag}-half.json", "--rate", f"{half_rate:.0f}", "--duration", duration,
+                          "--warmup", "1s")
+                add(t.name, "half_rate", half_rate)
+                add(t.name, "half_p50_ms", hr["latency_ms"]["p50"])
+                add(t.name, "half_p99_ms", hr["latency_ms"]["p99"])
+            print(f"round {r + 1}/{rounds} {t.name:<22} {sat['ok_qps']:8.0f} req/s  c1 p50 "
+                  f"{c1['latency_ms']['p50']:6.2f} ms  open p99 {op['latency_ms']['p99']:7.2f} ms", flush=True)
+        for t in batching:
+            rep = load(t.url, work / f"{t.name.replace(' ', '_')}-{r}-c256.json", "--concurrency", "256",
+                       "--duration", duration, "--warmup", "1s", "--connections", "8")
+            add(t.name, "qps", rep["ok_qps"])
+            add(t.name, "sat_p50_ms", rep["latency_ms"]["p50"])
+            add(t.name, "errors", sum(rep["errors_by_code"].values()))
+            print(f"round {r + 1}/{rounds} {t.name:<22} {rep['ok_qps']:8.0f} req/s at concurrency 256", flush=True)
+    return results
+
+
+def table(results: dict[str, dict[str, list[float]]], ray_call_ms: float, open_rate: float) -> str:
+    med = {name: {k: statistics.median(v) for k, v in m.items()} for name, m in results.items()}
+    ray_qps = med["ray serve http proxy"]["qps"]
+    echo_qps = med["bare grpc.aio"]["qps"]
+    lines = [f"{'target':<24}{'QPS (sat.)':>11}{'x ray':>7}{'x bare':>8}{'c=1 p50 ms':>12}"
+             f"{f'p99 ms @{open_rate:g}/s':>16}{'errors':>8}"]
+    for name, m in med.items():
+        if "c1_p50_ms" not in m:
+            continue
+        lines.append(f"{name:<24}{m['qps']:>11.0f}{m['qps'] / ray_qps:>7.1f}{m['qps'] / echo_qps:>8.2f}"
+                     f"{m['c1_p50_ms']:>12.2f}{m['open_p99_ms']:>16.2f}{m['errors']:>8.0f}")
+    lines.append("")
+    lines.append(f"one Ray handle call (1 row, sequential) p50: {ray_call_ms:.2f} ms")
+    for name in ("gateway grpc", "gateway http"):
+        m = med[name]
+        lines.append(f"{name}: c=1 p50 is {m['c1_p50_ms'] - ray_call_ms:+.2f} ms over one Ray call; open loop at "
+                     f"{m['half_rate']:.0f}/s (50% of saturation): p50 {m['half_p50_ms']:.2f} ms, p99 "
+                     f"{m['half_p99_ms']:.2f} ms ({m['half_p99_ms'] / m['half_p50_ms']:.1f}x p50)")
+    on, off = med.get("gateway grpc batching"), med.get("gateway grpc no batching")
+    if on and off:
+        lines.append(f"batching on vs off at concurrency 256 (gRPC): {on['qps']:.0f} vs {off['qps']:.0f} req/s "
+                     f"= {on['qps'] / max(off['qps'], 1e-9):.1f}x (errors {on['errors']:.0f} / {off['errors']:.0f})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians are reported)")
+    parser.add_argument("--duration", default="10s", help="length of each saturation and open-loop run")
+    parser.add_argument("--concurrency", type=int, default=64, help="closed-loop concurrency for saturation")
+    parser.add_argument("--open-rate", type=float, default=150.0,
+                        help="fixed open-loop rate every target is measured at (keep it below the slowest one)")
+    parser.add_argument("--out", type=Path, help="write medians and every run's numbers as JSON here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp, ExitStack() as stack:
+        work = Path(tmp)
+        print("starting Ray, Ray Serve's HTTP proxy and the echo deployment...", flush=True)
+        address, ray_port, repo = start_ray(work)
+        echo_grpc, echo_http = free_port(), free_port()
+        stack.enter_context(process([sys.executable, "-m", "loadtests.fake_server", "--grpc-port", str(echo_grpc),
+                                     "--http-port", str(echo_http), "--model", MODEL], work / "echo.log"))
+        gateways = {}
+        for name, env in (("on", {}), ("off", {"GATEWAY_BATCHING": '{"*": {"enabled": false}}'})):
+            ready = work / f"gateway-{name}.json"
+            log = work / f"gateway-{name}.log"
+            proc = stack.enter_context(process(
+                [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repo), "--ray-address", address,
+                 "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(ready)],
+                log, env))
+            gateways[name] = wait_for_file(ready, proc, log)
+        time.sleep(1.0)
+        on, off = gateways["on"], gateways["off"]
+        targets = [Target("bare grpc.aio", f"grpc://127.0.0.1:{echo_grpc}"),
+                   Target("ray serve http proxy", f"http://127.0.0.1:{ray_port}"),
+                   Target("gateway grpc", f"grpc://127.0.0.1:{on['grpc_port']}"),
+                   Target("gateway http", f"http://127.0.0.1:{on['http_port']}")]
+        batching = [Target("gateway grpc batching", f"grpc://127.0.0.1:{on['grpc_port']}"),
+                    Target("gateway grpc no batching", f"grpc://127.0.0.1:{off['grpc_port']}")]
+        ray_ms = ray_call_p50_ms()
+        results = measure(targets, args.rounds, args.duration, args.concurrency, args.open_rate, work, batching)
+        text = table(results, ray_ms, args.open_rate)
+        print("\n" + text)
+        if args.out:
+            args.out.write_text(json.dumps({"runs": results, "ray_call_p50_ms": ray_ms, "table": text}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
