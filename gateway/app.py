@@ -92,7 +92,7 @@ class Gateway:
         say("starting Ray" + (f" (joining {s.ray_address})" if s.ray_address else " (embedded, local)") + "...")
         await asyncio.to_thread(dispatcher.start)
         say(f"deploying {len(entries)} model version(s) on Ray Serve...")
-        await asyncio.to_thread(dispatcher.deploy, entries, self.worker)
+        await asyncio.to_thread(dispatcher.deploy, entries)
         catalog = Catalog([VersionInfo.from_manifest(e.manifest, s.batching_for(e.manifest.name)) for e in entries])
         self.plane = DataPlane(catalog, dispatcher, self.metrics)
 

@@ -35,6 +35,8 @@ class VersionInfo:
     @classmethod
     def from_manifest(cls, m: Manifest, override: BatchingOverride) -> VersionInfo:
         batching = m.batching.model_copy(update=override.model_dump(exclude_none=True))
+        if batching.max_inflight_batches is None:
+            batching = batching.model_copy(update={"max_inflight_batches": m.replicas})
         inputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in m.inputs)
         outputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in m.outputs)
         return cls(m.name, m.version, m.display_platform, inputs, outputs, batching,

@@ -65,15 +65,21 @@ class RayDispatcher:
         address: str = ray.get_runtime_context().gcs_address
         return address
 
-    def deploy(self, entries: list[VersionEntry], attach_only: bool = False) -> None:
+    def deploy(self, entries: list[VersionEntry]) -> None:
         """Start deploying every version a node can host; the rest are refused with a reason.
 
-        attach_only: another gateway process deploys; this one only takes handles.
+        Versions are immutable, so an application already running for (model, version) was built from
+        this very manifest: it is attached to, not redeployed (a redeploy would restart its replicas).
+        That is how a restarted gateway, or a second gateway process, joins without disturbing traffic.
         """
         resources = ray.cluster_resources()
+        running = {name for name, app in serve.status().applications.items()
+                   if app.status in ("RUNNING", "DEPLOYING")}
         targets = []
         for e in entries:
             key = (e.manifest.name, e.manifest.version)
+            if app_name(*key) in running:
+                continue
             need = required_resource(e.manifest, self.fpga_resource)
             if need is not None and resources.get(need, 0) < e.manifest.accelerator.count:
                 self._refused[key] = (
@@ -82,7 +88,7 @@ class RayDispatcher:
                 )
                 continue
             targets.append(serve.RunTarget(build_app(e, self.fpga_resource), name=app_name(*key), route_prefix=None))
-        if targets and not attach_only:
+        if targets:
             serve.run_many(targets, wait_for_ingress_deployment_creation=True, wait_for_applications_running=False)
         for e in entries:
             key = (e.manifest.name, e.manifest.version)

@@ -6,7 +6,6 @@ the gateway reaches it through a DeploymentHandle. Replicas batch again across g
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +109,6 @@ def build_app(entry: VersionEntry, fpga_resource: str) -> serve.Application:
     deployment: Any = serve.deployment(
         ModelVersionServer,
         name=f"{m.name}-{m.version}",
-        # A stable version makes a repeated deploy of an unchanged manifest (a gateway restart, a second
-        # gateway) a no-op instead of a rolling restart of the replicas.
-        version=hashlib.sha256(m.model_dump_json().encode()).hexdigest()[:16],
         num_replicas=m.replicas,
         max_ongoing_requests=m.max_ongoing_requests,
         max_queued_requests=m.max_queued_requests,

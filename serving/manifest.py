@@ -47,8 +47,10 @@ class Batching(BaseModel):
     """Longest a request waits for company when a dispatch slot is free (0: never waits)."""
     max_queue_rows: int = Field(8192, ge=1)
     """Rows waiting in the gateway's queue for this version before it answers 'overloaded'."""
-    max_inflight_batches: int = Field(4, ge=1)
-    """Concurrent calls from one gateway process to this version's replicas."""
+    max_inflight_batches: int | None = Field(None, ge=1)
+    """Concurrent calls from one gateway process to this version (default: one per replica). One is enough
+    to keep a replica busy: the next batch fills while the current one runs, and each Ray call costs
+    milliseconds of CPU on both sides, so fewer, larger calls serve more."""
     replica_max_batch_size: int = Field(8, ge=1)
     """Calls a replica merges across gateway processes (@serve.batch)."""
     replica_batch_wait_ms: float = Field(0.5, ge=0)
@@ -91,9 +93,10 @@ class Manifest(BaseModel):
     replicas: int = Field(1, ge=1)
     cpus_per_replica: float = Field(0.25, ge=0)
     """Ray CPU share a replica reserves (a scheduling hint; replicas of small models share cores)."""
-    max_ongoing_requests: int = Field(16, ge=1)
-    """Calls one replica runs at once (Ray Serve's max_ongoing_requests)."""
-    max_queued_requests: int = Field(256, ge=1)
+    max_ongoing_requests: int = Field(128, ge=1)
+    """Calls one replica holds at once (Ray Serve's max_ongoing_requests); @serve.batch merges them, so
+    this can be high. Callers past it wait in Ray's router with back-off, which is slow."""
+    max_queued_requests: int = Field(512, ge=1)
     """Calls queued for this version inside Ray before Ray refuses them (bounded, never -1)."""
     metrics: dict[str, float] = Field(default_factory=dict)
     """Evaluation metrics at training time."""
