@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gateway.errors import Code, GatewayError, as_gateway_error, overloaded
+from gateway.types import Timing
 
 Arrays = dict[str, np.ndarray]
 BatchCall = Callable[[Arrays], Awaitable[Arrays]]
@@ -32,6 +33,7 @@ class _Item:
     future: asyncio.Future[Arrays]
     deadline: float | None
     enqueued_at: float = 0.0
+    timing: Timing | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,9 @@ class Batcher:
     def inflight(self) -> int:
         return len(self._tasks)
 
-    async def submit(self, inputs: Arrays, rows: int, deadline: float | None = None) -> Arrays:
+    async def submit(self, inputs: Arrays, rows: int, deadline: float | None = None,
+                     timing: Timing | None = None) -> Arrays:
+        """Queues one request and returns its rows of the batch's outputs; fills `timing` if given."""
         if self._closed:
             raise GatewayError(Code.UNAVAILABLE, f"{self.name} is shutting down")
         if rows > self.max_batch_size:
@@ -83,7 +87,7 @@ class Batcher:
             self._loop_task = asyncio.get_running_loop().create_task(self._run_loop())
         fut: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
         key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
-        self._queue.append(_Item(inputs, rows, key, fut, deadline, self.clock()))
+        self._queue.append(_Item(inputs, rows, key, fut, deadline, self.clock(), timing))
         self._queued_rows += rows
         self._wakeup.set()
         # A cancelled caller cancels its future; the loop skips it before dispatch.
@@ -163,9 +167,17 @@ class Batcher:
                     merged = batch[0].inputs
                 else:
                     merged = {n: np.concatenate([it.inputs[n] for it in batch]) for n in batch[0].inputs}
+                rows = sum(it.rows for it in batch)
                 if self.on_batch is not None:
-                    self.on_batch(BatchStats(sum(it.rows for it in batch), len(batch), dropped))
+                    self.on_batch(BatchStats(rows, len(batch), dropped))
+                started = self.clock()
                 out = await self.call(merged)
+                took = self.clock() - started
+                for it in batch:
+                    if it.timing is not None:
+                        t = it.timing
+                        t.queue_s, t.model_s, t.batch_rows, t.batch_requests = (
+                            started - it.enqueued_at, took, rows, len(batch))
                 self._split(batch, out)
                 return
             except Exception as exc:  # noqa: BLE001 - every caller must hear of any failure

@@ -7,7 +7,9 @@ ASGI or Ray objects. The dispatcher is a seam (a Protocol), so tests can run it 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+import uuid
 from typing import Protocol
 
 import numpy as np
@@ -17,7 +19,7 @@ from gateway.batching import Batcher, BatchStats
 from gateway.catalog import Catalog, VersionInfo
 from gateway.errors import Code, GatewayError, as_gateway_error, unavailable
 from gateway.metrics import Metrics
-from gateway.types import InferRequest, InferResponse, ModelMetadata, Tensor, VersionStatus
+from gateway.types import InferRequest, InferResponse, ModelMetadata, RequestRecord, Tensor, Timing, VersionStatus
 from gateway.validation import validate_inputs, validate_outputs
 
 Arrays = dict[str, np.ndarray]
@@ -29,11 +31,20 @@ class Dispatcher(Protocol):
     async def infer(self, model: str, version: str, inputs: Arrays) -> Arrays: ...
 
 
+class RequestLog(Protocol):
+    async def append(self, record: RequestRecord) -> None:
+        """Returns once the record is as durable as the log's configured mode promises."""
+
+
 class DataPlane:
     def __init__(self, catalog: Catalog, dispatcher: Dispatcher, metrics: Metrics | None = None,
-                 name: str = "model-gateway") -> None:
+                 name: str = "model-gateway", request_log: RequestLog | None = None) -> None:
         self.catalog = catalog
         self.dispatcher = dispatcher
+        self.request_log = request_log
+        # Request ids for requests that bring none: unique per process, cheap to make.
+        self._id_prefix = f"{uuid.uuid4().hex[:12]}-"
+        self._ids = itertools.count(1)
         self.metrics = metrics or Metrics(None)
         self.name = name
         self.live = True
@@ -77,28 +88,47 @@ class DataPlane:
 
     # --- inference -------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
+        """Answers one request; it is in the request log (per the log's durability) before this returns or raises."""
         start = request.received_at or time.monotonic()
+        request_id = request.id or f"{self._id_prefix}{next(self._ids):x}"
+        timing = Timing()
         # Metric labels only ever name models and versions from the catalog (bounded cardinality).
         model = version = ""
+        response: InferResponse | None = None
+        error: GatewayError | None = None
         try:
             info = self.catalog.get(request.model, request.version)
             model, version = info.model, info.version
             if request.deadline is None:
-                response = await self._infer(info, request)
+                response = await self._infer(info, request, request_id, timing)
             else:
                 try:
                     async with asyncio.timeout(request.deadline - time.monotonic()):
-                        response = await self._infer(info, request)
+                        response = await self._infer(info, request, request_id, timing)
                 except TimeoutError:
                     raise GatewayError(Code.DEADLINE_EXCEEDED, f"no answer from model '{model}' version "
                                        f"'{version}' within the request's deadline") from None
         except GatewayError as exc:
-            self.metrics.request(model, version, exc.code.name, time.monotonic() - start)
-            raise
-        self.metrics.request(model, version, "OK", time.monotonic() - start)
+            error = exc
+        total = time.monotonic() - start
+        code = error.code.name if error is not None else "OK"
+        self.metrics.request(model, version, code, total)
+        if self.request_log is not None:
+            await self.request_log.append(RequestRecord(
+                request_id=request_id, time=time.time() - (time.monotonic() - start), model=model or request.model,
+                version=version, role="pinned" if request.version else "primary",
+                routing_reason="version named by the request" if request.version else "newest ready version",
+                inputs=request.inputs, outputs=response.outputs if response is not None else (), code=code,
+                error=error.message if error is not None else "", queue_ms=timing.queue_s * 1000.0,
+                model_ms=timing.model_s * 1000.0, total_ms=total * 1000.0, batch_rows=timing.batch_rows,
+                client=request.client, protocol=request.protocol))
+        if error is not None:
+            raise error
+        assert response is not None
         return response
 
-    async def _infer(self, info: VersionInfo, request: InferRequest) -> InferResponse:
+    async def _infer(self, info: VersionInfo, request: InferRequest, request_id: str,
+                     timing: Timing) -> InferResponse:
         arrays, rows = validate_inputs(info, request.inputs)
         validate_outputs(info, request.outputs)
         if not info.ready:
@@ -107,7 +137,7 @@ class DataPlane:
             raise GatewayError(Code.DEADLINE_EXCEEDED, "the request's deadline passed before it was dispatched")
         batcher = self._batchers.get((info.model, info.version))
         if batcher is not None:
-            out = await batcher.submit(arrays, rows, request.deadline)
+            out = await batcher.submit(arrays, rows, request.deadline, timing)
         else:
             try:
                 out = await self.dispatcher.infer(info.model, info.version, arrays)
@@ -120,7 +150,7 @@ class DataPlane:
                 raise GatewayError(Code.INTERNAL, f"model '{info.model}' version '{info.version}' "
                                    f"did not produce output '{name}'")
             tensors.append(Tensor(name, info.output_index[name].datatype, out[name]))
-        return InferResponse(info.model, info.version, tuple(tensors), request.id)
+        return InferResponse(info.model, info.version, tuple(tensors), request_id)
 
     async def close(self) -> None:
         self.live = False

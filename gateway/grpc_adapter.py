@@ -71,7 +71,7 @@ def decode_tensor(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, m
 
 
 def decode_request(req: pb.ModelInferRequest, max_elements: int, *, received_at: float,
-                   deadline: float | None, routing_key: str | None) -> InferRequest:
+                   deadline: float | None, routing_key: str | None, client: str = "") -> InferRequest:
     raw = req.raw_input_contents
     if raw and len(raw) != len(req.inputs):
         raise invalid(f"raw_input_contents holds {len(raw)} entries for {len(req.inputs)} inputs; "
@@ -80,7 +80,8 @@ def decode_request(req: pb.ModelInferRequest, max_elements: int, *, received_at:
     outputs = tuple(RequestedOutput(o.name) for o in req.outputs)
     return InferRequest(model=req.model_name, version=req.model_version or None, id=req.id, inputs=inputs,
                         outputs=outputs, parameters=decode_parameters(req.parameters) if req.parameters else {},
-                        routing_key=routing_key, deadline=deadline, received_at=received_at)
+                        routing_key=routing_key, deadline=deadline, received_at=received_at, client=client,
+                        protocol="grpc")
 
 
 def encode_response(resp: InferResponse) -> pb.ModelInferResponse:
@@ -155,7 +156,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if key == self.routing_header:
                     routing_key = value if isinstance(value, str) else value.decode()
             req = decode_request(request, self.max_elements, received_at=received, deadline=deadline,
-                                 routing_key=routing_key)
+                                 routing_key=routing_key, client=context.peer())
             return encode_response(await self.plane.infer(req))
         except GatewayError as exc:
             await self._abort(context, exc)

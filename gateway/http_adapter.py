@@ -160,11 +160,12 @@ class HttpDoor:
         view = memoryview(body)
         parsed: InferBody = parse_json(InferBody, view[:header_len] if header_len is not None else body)
         binary = view[header_len:] if header_len is not None else view[len(body):]
-        request = self._decode(parsed, binary, model, version, received, received + timeout_s, routing_key)
+        request = self._decode(parsed, binary, model, version, received, received + timeout_s, routing_key,
+                               _client(scope))
         return self._encode(await self.plane.infer(request), parsed)
 
     def _decode(self, body: InferBody, binary: memoryview, model: str, version: str | None, received: float,
-                deadline: float, routing_key: str | None) -> InferRequest:
+                deadline: float, routing_key: str | None, client: str = "") -> InferRequest:
         offset = 0
         inputs = []
         for inp in body.inputs:
@@ -184,7 +185,7 @@ class HttpDoor:
         outputs = tuple(RequestedOutput(o.name, _flag(o.parameters, "binary_data")) for o in body.outputs)
         return InferRequest(model=model, version=version, id=body.id, inputs=tuple(inputs), outputs=outputs,
                             parameters=body.parameters, routing_key=routing_key, deadline=deadline,
-                            received_at=received)
+                            received_at=received, client=client, protocol="http")
 
     def _encode(self, resp: InferResponse, body: InferBody) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         binary_default = bool(_flag(body.parameters, "binary_data_output"))
@@ -216,6 +217,11 @@ def _json_data(t: Tensor) -> Any:
     if t.datatype in ("BYTES", "FP16"):
         return codec.to_list(t.data, t.datatype)
     return np.ascontiguousarray(t.data).ravel()  # orjson writes it natively
+
+
+def _client(scope: Scope) -> str:
+    peer = scope.get("client")
+    return f"{peer[0]}:{peer[1]}" if peer else ""
 
 
 def _flag(params: dict[str, Any], key: str) -> bool | None:

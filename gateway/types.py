@@ -45,6 +45,8 @@ class InferRequest:
     routing_key: str | None = None
     deadline: float | None = None  # time.monotonic() seconds
     received_at: float = 0.0  # time.monotonic() when the adapter took it
+    client: str = ""  # peer address, for the request log
+    protocol: str = ""  # "grpc" or "http"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,39 @@ class InferResponse:
     outputs: tuple[Tensor, ...]
     id: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Timing:
+    """Where a request's time went; the batcher fills it in (all zero on the unbatched path)."""
+
+    queue_s: float = 0.0  # waiting in the gateway's batch queue
+    model_s: float = 0.0  # the Ray call carrying its batch (transport + replica + model)
+    batch_rows: int = 0
+    batch_requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One answered request (or shadow call), as the request log stores it."""
+
+    request_id: str
+    time: float  # unix seconds when the gateway received it
+    model: str
+    version: str  # "" when no version was resolved (unknown model, for example)
+    role: str  # primary | canary | pinned | shadow
+    routing_reason: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    code: str  # "OK" or the error table's code name
+    error: str
+    queue_ms: float
+    model_ms: float
+    total_ms: float
+    batch_rows: int
+    client: str
+    protocol: str
+    trace_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -221,7 +221,8 @@ async def test_json_infer_pinned_version_and_output_subset(client: httpx.AsyncCl
                           json={"inputs": [x_input(1)], "outputs": [{"name": "n"}]})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["model_version"] == "1" and "id" not in body
+    # No id was sent: the gateway names the request so the client can refer to it later (logs, feedback).
+    assert body["model_version"] == "1" and isinstance(body["id"], str) and body["id"]
     assert body["outputs"] == [{"name": "n", "datatype": "INT64", "shape": [1], "data": [100]}]
 
 
