@@ -1,7 +1,8 @@
 """One real gateway per test session: a subprocess of `gateway serve` with its own embedded Ray cluster.
 
-The repository holds the example models plus two test versions: `faulty` (a Python model that
-raises on negative input) and `echo` version 2, which asks for a GPU that no node here offers.
+The repository holds the example models plus test versions: `faulty` (a Python model that raises
+on negative input), `stall` (an identity model that stalls 0.5 s on a marker value) and `echo`
+version 2, which asks for a GPU that no node here offers.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ def predict(inputs):
         raise ValueError("negative input")
     return {"y": x * 2}
 '''
+STALL_MODEL = '''
+import time
+
+def predict(inputs):
+    x = inputs["x"]
+    if (x == 777).any():  # the marker value stalls the replica, as a real server stall would
+        time.sleep(0.5)
+    return {"y": x}
+'''
+STALL_MARKER = 777.0
 MAX_REQUEST_BYTES = 1 << 20
 
 
@@ -59,6 +70,8 @@ def build_test_repository(root: Path) -> None:
     out = [TensorSpecModel(name="y", datatype="FP32", shape=[-1, 4])]
     faulty = Manifest(name="faulty", version="1", runtime="python", artifact="model.py", inputs=spec, outputs=out)
     repo.write_version(faulty, lambda d: (d / "model.py").write_text(FAULTY_MODEL))
+    stall = faulty.model_copy(update={"name": "stall"})
+    repo.write_version(stall, lambda d: (d / "model.py").write_text(STALL_MODEL))
     echo = repo.load("echo", "1").manifest
     gpu = echo.model_copy(update={"version": "2", "accelerator": Accelerator(kind="gpu", count=1)})
     repo.write_version(gpu, lambda d: None)
