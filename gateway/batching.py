@@ -53,6 +53,7 @@ class Batcher:
     max_wait_s: float = 0.0
     max_queue_rows: int = 8192
     max_inflight: int = 4
+    preferred_sizes: tuple[int, ...] = ()  # ascending
     clock: Callable[[], float] = time.monotonic
     on_batch: Callable[[BatchStats], None] | None = None
 
@@ -116,7 +117,7 @@ class Batcher:
 
     async def _wait_for_company(self) -> None:
         until = self._queue[0].enqueued_at + self.max_wait_s
-        while self._queued_rows < self.max_batch_size:
+        while self._queued_rows < self.max_batch_size and self._queued_rows not in self.preferred_sizes:
             remaining = until - self.clock()
             if remaining <= 0:
                 return
@@ -157,7 +158,25 @@ class Batcher:
             self._queued_rows -= item.rows
         kept.extend(self._queue)
         self._queue = kept
+        if self.preferred_sizes and len(batch) > 1:
+            batch = self._cut_to_preferred(batch, rows)
         return batch, dropped
+
+    def _cut_to_preferred(self, batch: list[_Item], rows: int) -> list[_Item]:
+        """Shortens a batch to the largest preferred size it can fill exactly; the rest goes back to the head."""
+        fitting = [p for p in self.preferred_sizes if p <= rows]
+        if not fitting or fitting[-1] == rows:
+            return batch
+        keep, total = 0, 0
+        while keep < len(batch) and total + batch[keep].rows <= fitting[-1]:
+            total += batch[keep].rows
+            keep += 1
+        if total != fitting[-1]:  # requests' row counts cannot make that size exactly
+            return batch
+        for item in reversed(batch[keep:]):
+            self._queue.appendleft(item)
+            self._queued_rows += item.rows
+        return batch[:keep]
 
     async def _dispatch(self, batch: list[_Item], dropped: int) -> None:
         assert self._slots is not None

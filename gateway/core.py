@@ -65,6 +65,7 @@ class DataPlane:
 
         return Batcher(call, f"model '{model}' version '{version}'", max_batch_size=b.max_batch_size,
                        max_wait_s=b.max_wait_ms / 1000.0, max_queue_rows=b.max_queue_rows,
+                       preferred_sizes=tuple(sorted(b.preferred_batch_sizes)),
                        max_inflight=b.max_inflight_batches or 1, on_batch=on_batch)
 
     # --- health and metadata -------------------------------------------------------------

@@ -21,6 +21,7 @@ class BatchingOverride(BaseModel):
     max_batch_size: int | None = Field(None, ge=1, le=65536)
     max_wait_ms: float | None = Field(None, ge=0, le=10_000)
     max_queue_rows: int | None = Field(None, ge=1)
+    preferred_batch_sizes: list[int] | None = None
     max_inflight_batches: int | None = Field(None, ge=1, le=1024)
     enabled: bool | None = None
 

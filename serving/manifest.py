@@ -45,6 +45,9 @@ class Batching(BaseModel):
     """Most rows in one call to a replica; also the most rows one request may carry."""
     max_wait_ms: float = Field(0.0, ge=0)
     """Longest a request waits for company when a dispatch slot is free (0: never waits)."""
+    preferred_batch_sizes: list[int] = Field(default_factory=list)
+    """Row counts the model runs best at (e.g. compiled shapes): a batch is cut to the largest one that
+    fits, and waiting for company (max_wait_ms) stops as soon as one is reached. Empty: no preference."""
     max_queue_rows: int = Field(8192, ge=1)
     """Rows waiting in the gateway's queue for this version before it answers 'overloaded'."""
     max_inflight_batches: int | None = Field(None, ge=1)

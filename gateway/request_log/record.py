@@ -107,11 +107,19 @@ class RecordEncoder:
         return line, True
 
 
+class FormatVersionError(Exception):
+    """A record of a format version this code does not know: stop rather than misread it."""
+
+
 def decode_line(line: bytes) -> dict[str, Any]:
-    """One complete JSON line as a dict; raises ValueError for a line that is not a JSON object."""
+    """One complete JSON line as a dict; ValueError for a line that is not a JSON object,
+    FormatVersionError for a record of an unknown format version."""
     obj = orjson.loads(line)
     if not isinstance(obj, dict):
         raise ValueError("a request log line must hold a JSON object")
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise FormatVersionError(f"request log record of format_version {obj.get('format_version')!r}; this "
+                                 f"gateway reads version {FORMAT_VERSION}: upgrade it to read this log")
     return obj
 
 

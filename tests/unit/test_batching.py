@@ -464,3 +464,26 @@ async def test_a_scalar_output_is_internal_not_a_hang() -> None:
         for t in dispatches:  # retrieve a crashed dispatch's exception so asyncio does not log it at exit
             if t.done() and not t.cancelled():
                 t.exception()
+
+
+async def test_preferred_sizes_cut_a_batch_and_keep_the_rest_in_order() -> None:
+    calls: list[int] = []
+    gate = asyncio.Event()
+
+    async def model(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        await gate.wait()
+        return {"y": inputs["x"] * 2}
+
+    b = Batcher(model, "m", max_batch_size=64, max_inflight=1, preferred_sizes=(4, 8))
+    first = asyncio.create_task(b.submit({"x": np.zeros((1, 2), np.float32)}, 1))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    # While the first batch is in flight, 11 one-row requests queue up: 8 go next, then 3.
+    rest = [asyncio.create_task(b.submit({"x": np.full((1, 2), i, np.float32)}, 1)) for i in range(11)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+    assert calls == [1, 8, 3]
+    assert [float(r["y"][0, 0]) for r in results[1:]] == [2.0 * i for i in range(11)]
