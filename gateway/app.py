@@ -18,13 +18,16 @@ from pathlib import Path
 
 import uvicorn
 import yaml
+from pydantic import ValidationError
 
 from gateway.catalog import Catalog, VersionInfo
 from gateway.core import DataPlane
+from gateway.errors import GatewayError
 from gateway.grpc_adapter import GrpcDoor, InferenceServicer
 from gateway.http_adapter import HttpDoor
 from gateway.metrics import Metrics
 from gateway.settings import GatewaySettings
+from gateway.traffic import ModelSplit, TrafficTable
 from serving.repository import Repository
 
 log = logging.getLogger("gateway")
@@ -96,14 +99,15 @@ class Gateway:
         catalog = Catalog([VersionInfo.from_manifest(e.manifest, s.batching_for(e.manifest.name)) for e in entries])
         self.plane = DataPlane(catalog, dispatcher, self.metrics)
 
-        servicer = InferenceServicer(self.plane, s.max_tensor_elements, s.default_timeout_ms / 1000.0)
+        servicer = InferenceServicer(self.plane, s.max_tensor_elements, s.default_timeout_ms / 1000.0,
+                                     routing_header=s.routing_header)
         self._grpc = GrpcDoor(servicer, s.max_request_bytes)
         grpc_port = self._grpc.bind(s.host, s.grpc_port)
         await self._grpc.start()
         http_sock = bind_tcp(s.host, s.http_port)
         http_port = http_sock.getsockname()[1]
         door = HttpDoor(self.plane, max_body_bytes=s.max_request_bytes, max_elements=s.max_tensor_elements,
-                        default_timeout_s=s.default_timeout_ms / 1000.0)
+                        default_timeout_s=s.default_timeout_ms / 1000.0, routing_header=s.routing_header)
         self._http = _Uvicorn(uvicorn.Config(door, http="httptools", loop="none", lifespan="off",
                                              access_log=False, log_level="warning", backlog=2048,
                                              timeout_graceful_shutdown=10))
@@ -144,12 +148,26 @@ class Gateway:
             await asyncio.sleep(0.25)
         return self.plane.catalog.settled() and all(v.ready for v in self.plane.catalog.all())
 
+    def apply_initial_traffic(self) -> None:
+        assert self.plane is not None
+        if not self.settings.traffic:
+            return
+        try:
+            table = TrafficTable(models={m: ModelSplit(weights=w) for m, w in self.settings.traffic.items()})
+            self.plane.router.apply(table)
+        except (GatewayError, ValidationError) as exc:
+            message = exc.message if isinstance(exc, GatewayError) else str(exc)
+            raise SystemExit(f"the 'traffic' setting cannot be applied: {message}") from None
+
     def summary(self, endpoints: Endpoints) -> str:
         assert self.plane is not None
         lines = [f"HTTP     {endpoints.http}/v2", f"gRPC     {endpoints.grpc}  (inference.GRPCInferenceService)",
                  f"metrics  {endpoints.metrics}", "", f"{'MODEL':<20} {'VERSION':<8} {'STATE':<12} REASON"]
+        weights = {m: s.weights for m, s in self.plane.router.table.models.items()}
         for v in self.plane.catalog.all():
-            lines.append(f"{v.model:<20} {v.version:<8} {v.state:<12} {v.reason}")
+            share = weights.get(v.model, {}).get(v.version)
+            lines.append(f"{v.model:<20} {v.version:<8} {v.state:<12} "
+                         + (f"{share}% of traffic  " if share is not None else "") + v.reason)
         return "\n".join(lines)
 
     async def stop(self, drain_s: float = 10.0) -> None:
@@ -226,6 +244,7 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
     try:
         endpoints = await gateway.start()
         ready = await gateway.wait_ready(settings.ready_timeout_s)
+        gateway.apply_initial_traffic()
         if worker:
             await gateway.stopping.wait()
             return 0

@@ -19,6 +19,7 @@ from gateway.batching import Batcher, BatchStats
 from gateway.catalog import Catalog, VersionInfo
 from gateway.errors import Code, GatewayError, as_gateway_error, unavailable
 from gateway.metrics import Metrics
+from gateway.traffic import Route, Router
 from gateway.types import InferRequest, InferResponse, ModelMetadata, RequestRecord, Tensor, Timing, VersionStatus
 from gateway.validation import validate_inputs, validate_outputs
 
@@ -42,6 +43,7 @@ class DataPlane:
         self.catalog = catalog
         self.dispatcher = dispatcher
         self.request_log = request_log
+        self.router = Router(catalog)
         # Request ids for requests that bring none: unique per process, cheap to make.
         self._id_prefix = f"{uuid.uuid4().hex[:12]}-"
         self._ids = itertools.count(1)
@@ -97,8 +99,10 @@ class DataPlane:
         model = version = ""
         response: InferResponse | None = None
         error: GatewayError | None = None
+        route = Route("", "primary", "")
         try:
-            info = self.catalog.get(request.model, request.version)
+            route = self._route(request)
+            info = self.catalog.get(request.model, route.version)
             model, version = info.model, info.version
             if request.deadline is None:
                 response = await self._infer(info, request, request_id, timing)
@@ -117,8 +121,7 @@ class DataPlane:
         if self.request_log is not None:
             await self.request_log.append(RequestRecord(
                 request_id=request_id, time=time.time() - (time.monotonic() - start), model=model or request.model,
-                version=version, role="pinned" if request.version else "primary",
-                routing_reason="version named by the request" if request.version else "newest ready version",
+                version=version, role=route.role, routing_reason=route.reason,
                 inputs=request.inputs, outputs=response.outputs if response is not None else (), code=code,
                 error=error.message if error is not None else "", queue_ms=timing.queue_s * 1000.0,
                 model_ms=timing.model_s * 1000.0, total_ms=total * 1000.0, batch_rows=timing.batch_rows,
@@ -127,6 +130,14 @@ class DataPlane:
             raise error
         assert response is not None
         return response
+
+    def _route(self, request: InferRequest) -> Route:
+        route = self.router.choose(request.model, request.version, request.routing_key)
+        if route.role != "pinned" and not self.catalog.get(request.model, route.version).ready:
+            # A split's version went unready after the split was set: serve from a ready one instead.
+            fallback = self.catalog.default_version(request.model).version
+            return Route(fallback, "primary", f"version {route.version} is not ready; newest ready version")
+        return route
 
     async def _infer(self, info: VersionInfo, request: InferRequest, request_id: str,
                      timing: Timing) -> InferResponse:

@@ -55,6 +55,11 @@ class GatewaySettings(BaseSettings):
     """Deadline for a request that brings none of its own."""
     batching: dict[str, BatchingOverride] = Field(default_factory=dict)
     """Per-model batching overrides, keyed by model name ('*' applies to every model)."""
+    traffic: dict[str, dict[str, int]] = Field(default_factory=dict)
+    """Initial traffic split per model, e.g. {breast_cancer: {"1": 90, "2": 10}} (percent per version);
+    a model not listed sends unpinned requests to its newest ready version."""
+    routing_header: str = "x-routing-key"
+    """Header (HTTP) or metadata key (gRPC) carrying a sticky routing key."""
     ready_timeout_s: float = Field(300, gt=0)
     """How long `serve` waits for model versions to become ready before it reports them not ready."""
     workers: int = Field(1, ge=1, le=64)
