@@ -26,6 +26,7 @@ from gateway.errors import GatewayError
 from gateway.grpc_adapter import GrpcDoor, InferenceServicer
 from gateway.http_adapter import HttpDoor
 from gateway.metrics import Metrics
+from gateway.request_log import RequestLogWriter
 from gateway.settings import GatewaySettings
 from gateway.traffic import ModelSplit, TrafficTable
 from serving.repository import Repository
@@ -72,6 +73,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._http: _Uvicorn | None = None
         self._grpc: GrpcDoor | None = None
+        self.request_log: RequestLogWriter | None = None
         self.stopping = asyncio.Event()
 
     async def start(self, progress: bool = True) -> Endpoints:
@@ -97,7 +99,12 @@ class Gateway:
         say(f"deploying {len(entries)} model version(s) on Ray Serve...")
         await asyncio.to_thread(dispatcher.deploy, entries)
         catalog = Catalog([VersionInfo.from_manifest(e.manifest, s.batching_for(e.manifest.name)) for e in entries])
-        self.plane = DataPlane(catalog, dispatcher, self.metrics)
+        if s.request_log.enabled:
+            # Each process (workers too) locks its own folder under request_log.dir.
+            self.request_log = RequestLogWriter(s.request_log, self.metrics.registry).start()
+            if not self.request_log.healthy:
+                log.error("request log %s is not writable: %s", s.request_log.dir, self.request_log.last_error)
+        self.plane = DataPlane(catalog, dispatcher, self.metrics, request_log=self.request_log)
 
         servicer = InferenceServicer(self.plane, s.max_tensor_elements, s.default_timeout_ms / 1000.0,
                                      routing_header=s.routing_header)
@@ -181,6 +188,8 @@ class Gateway:
                 await asyncio.wait_for(t, drain_s)
         if self.plane is not None:
             await self.plane.close()
+        if self.request_log is not None:
+            await self.request_log.close()  # after the doors and batchers: every answered request is written
         if self.dispatcher is not None:
             from gateway.dispatch import RayDispatcher
 

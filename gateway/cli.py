@@ -1,4 +1,4 @@
-"""The `gateway` command: serve the gateway, drive load at an endpoint."""
+"""The `gateway` command: serve the gateway, drive load at an endpoint, read the request log."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_parser(sub)
+    from gateway.request_log import cli as request_log_cli
     from loadtests import cli as loadtest_cli
 
     lt = sub.add_parser("loadtest", help="drive QPS load at any Open Inference Protocol endpoint",
@@ -60,12 +61,15 @@ def main(argv: list[str] | None = None) -> int:
                         epilog=getattr(loadtest_cli, "EPILOG", None),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     loadtest_cli.add_arguments(lt)
+    request_log_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     if args.command == "loadtest":
         return loadtest_cli.run(args)
+    if args.command == "logs":
+        return request_log_cli.run(args)
     return _serve(args)
 
 

@@ -33,6 +33,10 @@ class Dispatcher(Protocol):
 
 
 class RequestLog(Protocol):
+    @property
+    def healthy(self) -> bool:
+        """False while records cannot be written (full or unwritable directory)."""
+
     async def append(self, record: RequestRecord) -> None:
         """Returns once the record is as durable as the log's configured mode promises."""
 
@@ -75,7 +79,9 @@ class DataPlane:
         return self.live
 
     def server_ready(self) -> bool:
-        return self.live and self.catalog.serving_ready()
+        # A log that cannot write makes the gateway refuse (or drop) records: say so to load balancers.
+        log_ok = self.request_log is None or self.request_log.healthy
+        return self.live and log_ok and self.catalog.serving_ready()
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
         return self.name, __version__, EXTENSIONS

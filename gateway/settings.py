@@ -12,6 +12,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.request_log.settings import RequestLogSettings
+
 
 class BatchingOverride(BaseModel):
     """Gateway-side overrides of a model's manifest batching; unset fields keep the manifest's value."""
@@ -66,6 +68,8 @@ class GatewaySettings(BaseSettings):
     """Gateway processes sharing the ports (SO_REUSEPORT); each has its own batchers and Ray connection."""
     log_level: str = "WARNING"
     """Level of the gateway's own log (per-request events are never logged at INFO)."""
+    request_log: RequestLogSettings = Field(default_factory=RequestLogSettings)
+    """The request log: one record per answered request, errors included (docs/REQUEST_LOG.md)."""
 
     def batching_for(self, model: str) -> BatchingOverride:
         merged: dict[str, Any] = {}

@@ -21,7 +21,7 @@ class RequestLogSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = False
+    enabled: bool = True
     """Write a record of every answered request (errors included) before the answer leaves."""
     dir: Path = Path("request_log")
     """Log root; each gateway process writes <dir>/<gateway_id>/segment-<seq>.jsonl."""

@@ -104,7 +104,7 @@ class RequestLogWriter:
             else:
                 self._pending.append((record, fut))
                 self._depth += 1
-                self._stats.queue_gauge.set(self._depth)  # ~0.3 us; here because a stuck writer cannot
+                self._stats.queue_gauge.set(self._depth)  # ~0.3 us; set here too: a writer stuck on disk cannot
                 self._cond.notify()
                 reason = ""
         if reason:
@@ -119,8 +119,8 @@ class RequestLogWriter:
         self._stats.add_rejected()
         what = {"closed": "is closed", "io_error": f"cannot write: {self.last_error}",
                 "queue_full": f"is full ({self._max} records waiting to be written)"}[reason]
-        raise GatewayError(Code.UNAVAILABLE, f"request log {what}; the request was not answered so that its "
-                           "record is not lost: retry later", retry_after_s=1.0)
+        raise GatewayError(Code.UNAVAILABLE, f"request log {what}; the request is refused so that no answered "
+                           "request goes unlogged: retry later", retry_after_s=1.0)
 
     async def flush(self) -> None:
         """Returns once every record accepted before the call is written (or failed), and rotation by age is done."""
@@ -231,11 +231,10 @@ class RequestLogWriter:
         if self._reject:
             self._stats.add_rejected(len(futures))
             self._stats.add_dropped("io_error", len(records) - len(futures))  # async mode: nobody to tell
-            _wake(futures, error)
         else:
             self._stats.add_dropped("io_error", len(records))
-            _wake(futures, None)
-        self._release(len(records))
+        self._release(len(records))  # before the wake, so that a woken caller sees the counts settled
+        _wake(futures, error if self._reject else None)
 
     def _release(self, n: int) -> None:
         with self._cond:

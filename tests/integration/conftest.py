@@ -53,6 +53,7 @@ class RunningGateway:
     metrics: str  # full URL
     repository: Path
     log: Path
+    request_log: Path
 
     @property
     def http_url(self) -> str:
@@ -83,7 +84,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
     repository = root / "repository"
     build_test_repository(repository)
     ready_file, log_file = root / "ready.json", root / "gateway.log"
-    env = {**os.environ, "GATEWAY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "GATEWAY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES), "RAY_USAGE_STATS_ENABLED": "0",
+           "GATEWAY_REQUEST_LOG__DIR": str(root / "request_log")}
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository), "--http-port", "0",
            "--grpc-port", "0", "--metrics-port", "0", "--ray-num-cpus", "2", "--ready-file", str(ready_file)]
     with log_file.open("w") as log:
@@ -96,7 +98,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
             time.sleep(0.5)
         info = json.loads(ready_file.read_text())
         yield RunningGateway(f"127.0.0.1:{info['http_port']}", f"127.0.0.1:{info['grpc_port']}", info["metrics"],
-                             repository, log_file)
+                             repository, log_file, root / "request_log")
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

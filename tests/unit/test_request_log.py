@@ -382,3 +382,13 @@ async def test_append_cost_is_small(tmp_path: Path) -> None:
     print(f"\nbuffered append, 100 concurrent: {(time.perf_counter() - start) / 2000 * 1e6:.1f} us each")
     await w.close()
     assert w.stats()["written"] == 2000
+
+
+def test_package_exports_resolve() -> None:
+    import gateway.request_log as package
+
+    assert sorted(package.__all__) == sorted(package._WHERE)
+    for name in package.__all__:
+        assert getattr(package, name) is not None
+    with pytest.raises(AttributeError):
+        _ = package.nothing_like_this

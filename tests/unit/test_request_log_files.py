@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.request_log import RequestLogReader, RequestLogWriter, Tailer, compact_closed, read_segment
+from gateway.request_log import (
+    FormatVersionError,
+    RequestLogReader,
+    RequestLogWriter,
+    Tailer,
+    compact_closed,
+    read_segment,
+)
 from gateway.request_log import tailer as tailer_module
 from gateway.request_log.query import query
 from gateway.request_log.segments import apply_retention, closed_segments, list_gateway, list_segments, segment_path
@@ -336,3 +343,13 @@ def test_listing_fills_a_gap_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(os, "scandir", scandir_missing_one)
     assert [s.seq for s in list_gateway(gw_dir)] == [0, 1, 2]
+
+
+def test_unknown_format_version_stops_the_reader(tmp_path: Path) -> None:
+    gw_dir = tmp_path / "log" / "gw"
+    gw_dir.mkdir(parents=True)
+    segment_path(gw_dir, 0, "jsonl").write_bytes(b'{"format_version":2,"request_id":"x"}\n')
+    with pytest.raises(FormatVersionError, match="format_version 2"):
+        list(RequestLogReader(tmp_path / "log"))
+    segment_path(gw_dir, 0, "jsonl").write_bytes(b'[1, 2]\nnot json\n')  # not records: skipped
+    assert list(RequestLogReader(tmp_path / "log")) == []
