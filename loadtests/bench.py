@@ -2,8 +2,8 @@
 
 Starts (1) a bare grpc.aio server answering ModelInfer with a constant reply, (2) Ray Serve's own
 HTTP proxy in front of the `echo` model deployment, (3) the gateway over gRPC and (4) over HTTP
-in front of the same deployment, plus a gateway with batching off; then measures them in
-alternating rounds with the load tool and prints medians and ratios.
+in front of the same deployment, plus gateways with batching off and with the request log off;
+then measures them in alternating rounds with the load tool and prints medians and ratios.
 
     python -m loadtests.bench --rounds 3 --duration 10s --out bench.json
 """
@@ -124,8 +124,9 @@ def start_ray(work: Path) -> tuple[str, int, Path]:
 
 
 def measure(targets: list[Target], rounds: int, duration: str, concurrency: int, open_rate: float,
-            work: Path, batching: list[Target]) -> dict[str, dict[str, list[float]]]:
-    results: dict[str, dict[str, list[float]]] = {t.name: {} for t in targets + batching}
+            work: Path, batching: list[Target], logging_pair: list[Target],
+            log_rate: float) -> dict[str, dict[str, list[float]]]:
+    results: dict[str, dict[str, list[float]]] = {t.name: {} for t in targets + batching + logging_pair}
 
     def add(name: str, key: str, value: float) -> None:
         results[name].setdefault(key, []).append(value)
@@ -162,10 +163,23 @@ def measure(targets: list[Target], rounds: int, duration: str, concurrency: int,
             add(t.name, "sat_p50_ms", rep["latency_ms"]["p50"])
             add(t.name, "errors", sum(rep["errors_by_code"].values()))
             print(f"round {r + 1}/{rounds} {t.name:<22} {rep['ok_qps']:8.0f} req/s at concurrency 256", flush=True)
+        for t in logging_pair if r % 2 == 0 else logging_pair[::-1]:
+            tag = f"{t.name.replace(' ', '_')}-{r}"
+            sat = load(t.url, work / f"{tag}-sat.json", "--concurrency", str(concurrency), "--duration", duration,
+                       "--warmup", "1s")
+            op = load(t.url, work / f"{tag}-open.json", "--rate", f"{log_rate:g}", "--duration", duration,
+                      "--warmup", "1s")
+            add(t.name, "qps", sat["ok_qps"])
+            add(t.name, "errors", sum(sat["errors_by_code"].values()) + sum(op["errors_by_code"].values()))
+            add(t.name, "log_p50_ms", op["latency_ms"]["p50"])
+            add(t.name, "log_p99_ms", op["latency_ms"]["p99"])
+            print(f"round {r + 1}/{rounds} {t.name:<22} {sat['ok_qps']:8.0f} req/s  p99 {op['latency_ms']['p99']:7.2f} "
+                  f"ms at {log_rate:g}/s", flush=True)
     return results
 
 
-def table(results: dict[str, dict[str, list[float]]], ray_call_ms: float, open_rate: float) -> str:
+def table(results: dict[str, dict[str, list[float]]], ray_call_ms: float, open_rate: float,
+          log_rate: float) -> str:
     med = {name: {k: statistics.median(v) for k, v in m.items()} for name, m in results.items()}
     ray_qps = med["ray serve http proxy"]["qps"]
     echo_qps = med["bare grpc.aio"]["qps"]
@@ -187,6 +201,12 @@ def table(results: dict[str, dict[str, list[float]]], ray_call_ms: float, open_r
     if on and off:
         lines.append(f"batching on vs off at concurrency 256 (gRPC): {on['qps']:.0f} vs {off['qps']:.0f} req/s "
                      f"= {on['qps'] / max(off['qps'], 1e-9):.1f}x (errors {on['errors']:.0f} / {off['errors']:.0f})")
+    logged, unlogged = med.get("gateway grpc log on"), med.get("gateway grpc log off")
+    if logged and unlogged:
+        lines.append(f"request log on vs off (gRPC): {logged['qps']:.0f} vs {unlogged['qps']:.0f} req/s = "
+                     f"{logged['qps'] / max(unlogged['qps'], 1e-9):.2f}x throughput; p99 at {log_rate:g}/s "
+                     f"{logged['log_p99_ms']:.2f} vs {unlogged['log_p99_ms']:.2f} ms = "
+                     f"{logged['log_p99_ms'] / max(unlogged['log_p99_ms'], 1e-9):.2f}x")
     return "\n".join(lines)
 
 
@@ -198,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="closed-loop concurrency for saturation")
     parser.add_argument("--open-rate", type=float, default=150.0,
                         help="fixed open-loop rate every target is measured at (keep it below the slowest one)")
+    parser.add_argument("--log-rate", type=float, default=500.0,
+                        help="open-loop rate at which request log on and off are compared")
     parser.add_argument("--out", type=Path, help="write medians and every run's numbers as JSON here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, ExitStack() as stack:
@@ -208,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         stack.enter_context(process([sys.executable, "-m", "loadtests.fake_server", "--grpc-port", str(echo_grpc),
                                      "--http-port", str(echo_http), "--model", MODEL], work / "echo.log"))
         gateways = {}
-        for name, env in (("on", {}), ("off", {"GATEWAY_BATCHING": '{"*": {"enabled": false}}'})):
+        variants = {"on": {}, "off": {"GATEWAY_BATCHING": '{"*": {"enabled": false}}'},
+                    "nolog": {"GATEWAY_REQUEST_LOG__ENABLED": "false"}}
+        for name, env in variants.items():
+            env = {**env, "GATEWAY_REQUEST_LOG__DIR": str(work / f"request_log-{name}")}
             ready = work / f"gateway-{name}.json"
             log = work / f"gateway-{name}.log"
             proc = stack.enter_context(process(
@@ -217,16 +242,19 @@ def main(argv: list[str] | None = None) -> int:
                 log, env))
             gateways[name] = wait_for_file(ready, proc, log)
         time.sleep(1.0)
-        on, off = gateways["on"], gateways["off"]
+        on, off, nolog = gateways["on"], gateways["off"], gateways["nolog"]
         targets = [Target("bare grpc.aio", f"grpc://127.0.0.1:{echo_grpc}"),
                    Target("ray serve http proxy", f"http://127.0.0.1:{ray_port}"),
                    Target("gateway grpc", f"grpc://127.0.0.1:{on['grpc_port']}"),
                    Target("gateway http", f"http://127.0.0.1:{on['http_port']}")]
         batching = [Target("gateway grpc batching", f"grpc://127.0.0.1:{on['grpc_port']}"),
                     Target("gateway grpc no batching", f"grpc://127.0.0.1:{off['grpc_port']}")]
+        logging_pair = [Target("gateway grpc log on", f"grpc://127.0.0.1:{on['grpc_port']}"),
+                        Target("gateway grpc log off", f"grpc://127.0.0.1:{nolog['grpc_port']}")]
         ray_ms = ray_call_p50_ms()
-        results = measure(targets, args.rounds, args.duration, args.concurrency, args.open_rate, work, batching)
-        text = table(results, ray_ms, args.open_rate)
+        results = measure(targets, args.rounds, args.duration, args.concurrency, args.open_rate, work, batching,
+                          logging_pair, args.log_rate)
+        text = table(results, ray_ms, args.open_rate, args.log_rate)
         print("\n" + text)
         if args.out:
             args.out.write_text(json.dumps({"runs": results, "ray_call_p50_ms": ray_ms, "table": text}, indent=2))
