@@ -268,7 +268,10 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
               + gateway.summary(endpoints), file=sys.stderr, flush=True)
         if ready_file is not None:
             assert gateway.plane is not None
-            info = {**asdict(endpoints), "ready": ready,
+            from gateway.dispatch import RayDispatcher
+
+            assert isinstance(gateway.dispatcher, RayDispatcher)
+            info = {**asdict(endpoints), "ready": ready, "ray_address": gateway.dispatcher.cluster_address,
                     "models": [{"name": v.model, "version": v.version, "state": v.state, "reason": v.reason}
                                for v in gateway.plane.catalog.all()]}
             tmp = ready_file.with_suffix(".tmp")

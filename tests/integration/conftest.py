@@ -54,6 +54,7 @@ class RunningGateway:
     repository: Path
     log: Path
     request_log: Path
+    ray_address: str
 
     @property
     def http_url(self) -> str:
@@ -98,7 +99,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
             time.sleep(0.5)
         info = json.loads(ready_file.read_text())
         yield RunningGateway(f"127.0.0.1:{info['http_port']}", f"127.0.0.1:{info['grpc_port']}", info["metrics"],
-                             repository, log_file, root / "request_log")
+                             repository, log_file, root / "request_log", info["ray_address"])
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
