@@ -26,5 +26,6 @@ async def test_a_request_log_segment_replays_request_for_request(tmp_path: Path)
     calls, skipped = read_replay(segment.read_text().splitlines())
     assert skipped == 0 and len(calls) == 5
     for call, x in zip(calls, sent, strict=True):
-        assert (call.model, call.version, call.inputs[0].name, call.inputs[0].datatype) == ("echo", "1", "INPUT0", "FP32")
+        first = call.inputs[0]
+        assert (call.model, call.version, first.name, first.datatype) == ("echo", "1", "INPUT0", "FP32")
         np.testing.assert_array_equal(call.inputs[0].data, x)
