@@ -28,6 +28,7 @@ from gateway.http_adapter import HttpDoor
 from gateway.metrics import Metrics
 from gateway.request_log import RequestLogWriter
 from gateway.settings import GatewaySettings
+from gateway.tracing import Tracing, TracingError, build_tracing
 from gateway.traffic import ModelSplit, TrafficTable
 from serving.repository import Repository
 
@@ -74,12 +75,17 @@ class Gateway:
         self._http: _Uvicorn | None = None
         self._grpc: GrpcDoor | None = None
         self.request_log: RequestLogWriter | None = None
+        self.tracing: Tracing | None = None
         self.stopping = asyncio.Event()
 
     async def start(self, progress: bool = True) -> Endpoints:
         s = self.settings
         say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress and not self.worker else (
             lambda msg: None)
+        try:  # before Ray starts: a tracing setting that cannot work stops start-up at once
+            self.tracing = build_tracing(s.tracing)
+        except TracingError as exc:
+            raise SystemExit(str(exc)) from None
         repo = Repository(s.repository)
         if s.example_models and not self.worker and not repo.scan():
             say(f"writing example models into {s.repository} (first start)...")
@@ -104,7 +110,8 @@ class Gateway:
             self.request_log = RequestLogWriter(s.request_log, self.metrics.registry).start()
             if not self.request_log.healthy:
                 log.error("request log %s is not writable: %s", s.request_log.dir, self.request_log.last_error)
-        self.plane = DataPlane(catalog, dispatcher, self.metrics, request_log=self.request_log)
+        self.plane = DataPlane(catalog, dispatcher, self.metrics, request_log=self.request_log,
+                               tracer=self.tracing.tracer)
 
         servicer = InferenceServicer(self.plane, s.max_tensor_elements, s.default_timeout_ms / 1000.0,
                                      routing_header=s.routing_header)
@@ -190,6 +197,8 @@ class Gateway:
             await self.plane.close()
         if self.request_log is not None:
             await self.request_log.close()  # after the doors and batchers: every answered request is written
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # exports the spans still buffered
         if self.dispatcher is not None:
             from gateway.dispatch import RayDispatcher
 

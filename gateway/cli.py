@@ -84,6 +84,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.ray_address and "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
+        # Ray turns token auth on for the process that starts a cluster, but a process joining one by
+        # address ignores the token unless told to (read when Ray is imported), and is then refused.
+        os.environ["RAY_AUTH_MODE"] = "token"
     if settings.workers > 1 and not args.worker:
         # Must be set before prometheus_client is imported; worker processes inherit it.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")

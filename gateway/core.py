@@ -13,12 +13,14 @@ import uuid
 from typing import Protocol
 
 import numpy as np
+from opentelemetry.trace import Tracer
 
 from gateway import __version__
 from gateway.batching import Batcher, BatchStats
 from gateway.catalog import Catalog, VersionInfo
 from gateway.errors import Code, GatewayError, as_gateway_error, unavailable
 from gateway.metrics import Metrics
+from gateway.tracing import RequestSpan, with_traceparent
 from gateway.traffic import Route, Router
 from gateway.types import InferRequest, InferResponse, ModelMetadata, RequestRecord, Tensor, Timing, VersionStatus
 from gateway.validation import validate_inputs, validate_outputs
@@ -43,10 +45,12 @@ class RequestLog(Protocol):
 
 class DataPlane:
     def __init__(self, catalog: Catalog, dispatcher: Dispatcher, metrics: Metrics | None = None,
-                 name: str = "model-gateway", request_log: RequestLog | None = None) -> None:
+                 name: str = "model-gateway", request_log: RequestLog | None = None,
+                 tracer: Tracer | None = None) -> None:
         self.catalog = catalog
         self.dispatcher = dispatcher
         self.request_log = request_log
+        self.tracer = tracer  # None: tracing off, and the hot path does no tracing work at all
         self.router = Router(catalog)
         # Request ids for requests that bring none: unique per process, cheap to make.
         self._id_prefix = f"{uuid.uuid4().hex[:12]}-"
@@ -101,6 +105,8 @@ class DataPlane:
         start = request.received_at or time.monotonic()
         request_id = request.id or f"{self._id_prefix}{next(self._ids):x}"
         timing = Timing()
+        span = RequestSpan(self.tracer, request, request_id, start) if self.tracer is not None else None
+        traceparent = span.traceparent if span is not None else ""
         # Metric labels only ever name models and versions from the catalog (bounded cardinality).
         model = version = ""
         response: InferResponse | None = None
@@ -111,11 +117,11 @@ class DataPlane:
             info = self.catalog.get(request.model, route.version)
             model, version = info.model, info.version
             if request.deadline is None:
-                response = await self._infer(info, request, request_id, timing)
+                response = await self._infer(info, request, request_id, timing, traceparent)
             else:
                 try:
                     async with asyncio.timeout(request.deadline - time.monotonic()):
-                        response = await self._infer(info, request, request_id, timing)
+                        response = await self._infer(info, request, request_id, timing, traceparent)
                 except TimeoutError:
                     raise GatewayError(Code.DEADLINE_EXCEEDED, f"no answer from model '{model}' version "
                                        f"'{version}' within the request's deadline") from None
@@ -123,7 +129,9 @@ class DataPlane:
             error = exc
         total = time.monotonic() - start
         code = error.code.name if error is not None else "OK"
-        self.metrics.request(model, version, code, total)
+        self.metrics.request(model, version, code, total, timing.queue_s, timing.model_s)
+        # Tracing off: the caller's trace id ("" when it sent no valid traceparent) still goes in the record.
+        trace_id = span.finish(model, version, timing, error) if span is not None else request.traceparent[3:35]
         if self.request_log is not None:
             await self.request_log.append(RequestRecord(
                 request_id=request_id, time=time.time() - (time.monotonic() - start), model=model or request.model,
@@ -131,9 +139,9 @@ class DataPlane:
                 inputs=request.inputs, outputs=response.outputs if response is not None else (), code=code,
                 error=error.message if error is not None else "", queue_ms=timing.queue_s * 1000.0,
                 model_ms=timing.model_s * 1000.0, total_ms=total * 1000.0, batch_rows=timing.batch_rows,
-                client=request.client, protocol=request.protocol))
+                client=request.client, protocol=request.protocol, trace_id=trace_id))
         if error is not None:
-            raise error
+            raise with_traceparent(error, traceparent) if traceparent else error
         assert response is not None
         return response
 
@@ -146,7 +154,7 @@ class DataPlane:
         return route
 
     async def _infer(self, info: VersionInfo, request: InferRequest, request_id: str,
-                     timing: Timing) -> InferResponse:
+                     timing: Timing, traceparent: str = "") -> InferResponse:
         arrays, rows = validate_inputs(info, request.inputs)
         validate_outputs(info, request.outputs)
         if not info.ready:
@@ -168,7 +176,7 @@ class DataPlane:
                 raise GatewayError(Code.INTERNAL, f"model '{info.model}' version '{info.version}' "
                                    f"did not produce output '{name}'")
             tensors.append(Tensor(name, info.output_index[name].datatype, out[name]))
-        return InferResponse(info.model, info.version, tuple(tensors), request_id)
+        return InferResponse(info.model, info.version, tuple(tensors), request_id, traceparent=traceparent)
 
     async def close(self) -> None:
         self.live = False

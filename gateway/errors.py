@@ -56,6 +56,8 @@ HTTP_STATUS: dict[Code, int] = {
 class GatewayError(Exception):
     """A failure with a code the client sees and a message that tells them what to do."""
 
+    traceparent: str = ""  # the failed request's server span (set on a per-request copy when tracing is on)
+
     def __init__(self, code: Code, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.code = code

@@ -23,6 +23,7 @@ from gateway._proto import inference_pb2 as pb
 from gateway._proto import inference_pb2_grpc as pb_grpc
 from gateway.core import DataPlane
 from gateway.errors import GatewayError, invalid
+from gateway.tracing import parse_traceparent
 from gateway.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 SERVICE = "inference.GRPCInferenceService"
@@ -71,7 +72,8 @@ def decode_tensor(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, m
 
 
 def decode_request(req: pb.ModelInferRequest, max_elements: int, *, received_at: float,
-                   deadline: float | None, routing_key: str | None, client: str = "") -> InferRequest:
+                   deadline: float | None, routing_key: str | None, client: str = "", traceparent: str = "",
+                   tracestate: str = "") -> InferRequest:
     raw = req.raw_input_contents
     if raw and len(raw) != len(req.inputs):
         raise invalid(f"raw_input_contents holds {len(raw)} entries for {len(req.inputs)} inputs; "
@@ -81,7 +83,7 @@ def decode_request(req: pb.ModelInferRequest, max_elements: int, *, received_at:
     return InferRequest(model=req.model_name, version=req.model_version or None, id=req.id, inputs=inputs,
                         outputs=outputs, parameters=decode_parameters(req.parameters) if req.parameters else {},
                         routing_key=routing_key, deadline=deadline, received_at=received_at, client=client,
-                        protocol="grpc")
+                        protocol="grpc", traceparent=traceparent, tracestate=tracestate)
 
 
 def encode_response(resp: InferResponse) -> pb.ModelInferResponse:
@@ -110,8 +112,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: GatewayError) -> None:
         """Ends the RPC with the error table's gRPC code (abort raises; callers re-raise for the type checker)."""
+        trailing: tuple[tuple[str, str], ...] = ()
         if exc.retry_after_s is not None:
-            context.set_trailing_metadata((("grpc-retry-pushback-ms", str(int(exc.retry_after_s * 1000))),))
+            trailing = (("grpc-retry-pushback-ms", str(int(exc.retry_after_s * 1000))),)
+        if exc.traceparent:
+            trailing = (*trailing, ("traceparent", exc.traceparent))
+        if trailing:
+            context.set_trailing_metadata(trailing)
         await context.abort(grpc.StatusCode[exc.code.name], exc.message)
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
@@ -152,12 +159,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             remaining = context.time_remaining()
             deadline = received + (remaining if remaining is not None else self.default_timeout_s)
             routing_key = None
+            traceparent = tracestate = ""
             for key, value in context.invocation_metadata() or ():
                 if key == self.routing_header:
                     routing_key = value if isinstance(value, str) else value.decode()
+                elif key == "traceparent":
+                    traceparent = parse_traceparent(value if isinstance(value, str) else value.decode())
+                elif key == "tracestate":
+                    tracestate = value if isinstance(value, str) else value.decode()
             req = decode_request(request, self.max_elements, received_at=received, deadline=deadline,
-                                 routing_key=routing_key, client=context.peer())
-            return encode_response(await self.plane.infer(req))
+                                 routing_key=routing_key, client=context.peer(), traceparent=traceparent,
+                                 tracestate=tracestate)
+            resp = await self.plane.infer(req)
+            if resp.traceparent:  # only when tracing is on
+                context.set_trailing_metadata((("traceparent", resp.traceparent),))
+            return encode_response(resp)
         except GatewayError as exc:
             await self._abort(context, exc)
             raise

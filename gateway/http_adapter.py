@@ -18,6 +18,7 @@ from gateway import codec
 from gateway.core import DataPlane
 from gateway.errors import Code, GatewayError, invalid
 from gateway.http_schema import IndexBody, InferBody, binary_size, parse_json
+from gateway.tracing import parse_traceparent
 from gateway.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class HttpDoor:
             headers = list(JSON)
             if exc.retry_after_s is not None:
                 headers.append((b"retry-after", str(max(1, round(exc.retry_after_s))).encode()))
+            if exc.traceparent:
+                headers.append((b"traceparent", exc.traceparent.encode()))
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             status, headers, body = 500, list(JSON), orjson.dumps({"error": "internal error in the gateway"})
@@ -144,6 +147,7 @@ class HttpDoor:
         body = await self._body(scope, receive)
         header_len: int | None = None
         routing_key: str | None = None
+        traceparent = tracestate = ""
         timeout_s = self.default_timeout_s
         for key, value in scope["headers"]:
             if key == HEADER_LENGTH:
@@ -157,15 +161,20 @@ class HttpDoor:
                     timeout_s = min(timeout_s, float(value) / 1000.0)
                 except ValueError:
                     raise invalid("x-timeout-ms must be a number of milliseconds") from None
+            elif key == b"traceparent":
+                traceparent = parse_traceparent(value.decode("latin-1"))  # "" when malformed: ignored
+            elif key == b"tracestate":
+                tracestate = value.decode("latin-1")
         view = memoryview(body)
         parsed: InferBody = parse_json(InferBody, view[:header_len] if header_len is not None else body)
         binary = view[header_len:] if header_len is not None else view[len(body):]
         request = self._decode(parsed, binary, model, version, received, received + timeout_s, routing_key,
-                               _client(scope))
+                               _client(scope), traceparent, tracestate)
         return self._encode(await self.plane.infer(request), parsed)
 
     def _decode(self, body: InferBody, binary: memoryview, model: str, version: str | None, received: float,
-                deadline: float, routing_key: str | None, client: str = "") -> InferRequest:
+                deadline: float, routing_key: str | None, client: str = "", traceparent: str = "",
+                tracestate: str = "") -> InferRequest:
         offset = 0
         inputs = []
         for inp in body.inputs:
@@ -185,7 +194,8 @@ class HttpDoor:
         outputs = tuple(RequestedOutput(o.name, _flag(o.parameters, "binary_data")) for o in body.outputs)
         return InferRequest(model=model, version=version, id=body.id, inputs=tuple(inputs), outputs=outputs,
                             parameters=body.parameters, routing_key=routing_key, deadline=deadline,
-                            received_at=received, client=client, protocol="http")
+                            received_at=received, client=client, protocol="http", traceparent=traceparent,
+                            tracestate=tracestate)
 
     def _encode(self, resp: InferResponse, body: InferBody) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         binary_default = bool(_flag(body.parameters, "binary_data_output"))
@@ -208,9 +218,14 @@ class HttpDoor:
         header = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
         version_header = (b"x-model-version", resp.version.encode())
         if not blobs:
-            return 200, [*JSON, version_header], header
-        return 200, [(b"content-type", b"application/octet-stream"), (HEADER_LENGTH, str(len(header)).encode()),
-                     version_header], header + b"".join(blobs)
+            headers, body_out = [*JSON, version_header], header
+        else:
+            headers = [(b"content-type", b"application/octet-stream"), (HEADER_LENGTH, str(len(header)).encode()),
+                       version_header]
+            body_out = header + b"".join(blobs)
+        if resp.traceparent:  # only when tracing is on
+            headers.append((b"traceparent", resp.traceparent.encode()))
+        return 200, headers, body_out
 
 
 def _json_data(t: Tensor) -> Any:

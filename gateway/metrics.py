@@ -23,6 +23,11 @@ class Metrics:
         self.latency = Histogram("gateway_inference_request_duration_seconds",
                                  "End-to-end inference latency inside the gateway",
                                  ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue = Histogram("gateway_queue_duration_seconds", "Time a request waited in the gateway's batch queue",
+                               ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.compute = Histogram("gateway_compute_duration_seconds",
+                                 "Time of the replica call carrying a request's batch (transport + model)",
+                                 ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_rows = Histogram("gateway_batch_rows", "Rows per call to a model version's replicas",
                                     ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
         self.batch_requests = Histogram("gateway_batch_requests", "Requests coalesced into one call",
@@ -40,10 +45,14 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def request(self, model: str, version: str, code: str, seconds: float) -> None:
+    def request(self, model: str, version: str, code: str, seconds: float, queue_s: float = 0.0,
+                compute_s: float = 0.0) -> None:
         self._child(self.requests, model, version, code).inc()
         if code == "OK":
             self._child(self.latency, model, version).observe(seconds)
+            if compute_s > 0:
+                self._child(self.queue, model, version).observe(queue_s)
+                self._child(self.compute, model, version).observe(compute_s)
 
     def batch(self, model: str, version: str, rows: int, requests: int) -> None:
         self._child(self.batch_rows, model, version).observe(rows)

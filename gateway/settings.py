@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.request_log.settings import RequestLogSettings
+from gateway.tracing import TracingSettings
 
 
 class BatchingOverride(BaseModel):
@@ -70,6 +71,8 @@ class GatewaySettings(BaseSettings):
     """Level of the gateway's own log (per-request events are never logged at INFO)."""
     request_log: RequestLogSettings = Field(default_factory=RequestLogSettings)
     """The request log: one record per answered request, errors included (docs/REQUEST_LOG.md)."""
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    """OpenTelemetry tracing of inference requests (off by default; README, "Tracing")."""
 
     def batching_for(self, model: str) -> BatchingOverride:
         merged: dict[str, Any] = {}

@@ -47,6 +47,8 @@ class InferRequest:
     received_at: float = 0.0  # time.monotonic() when the adapter took it
     client: str = ""  # peer address, for the request log
     protocol: str = ""  # "grpc" or "http"
+    traceparent: str = ""  # the caller's W3C traceparent, checked by the adapter ("" if absent or malformed)
+    tracestate: str = ""  # the caller's W3C tracestate, passed on as is
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ class InferResponse:
     outputs: tuple[Tensor, ...]
     id: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
+    traceparent: str = ""  # the request's server span when tracing is on; adapters send it back
 
 
 @dataclass(slots=True)

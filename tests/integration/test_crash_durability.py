@@ -21,16 +21,16 @@ from tests.integration.conftest import RunningGateway
 
 def test_sigkill_under_load_loses_no_answered_request(gateway: RunningGateway, tmp_path: Path) -> None:
     # A second gateway on the session's Ray cluster: it attaches to the running model versions.
-    ready, log_dir = tmp_path / "ready.json", tmp_path / "request_log"
+    ready, log_dir, out = tmp_path / "ready.json", tmp_path / "request_log", tmp_path / "gateway.log"
     env = {**os.environ, "GATEWAY_REQUEST_LOG__DIR": str(log_dir), "GATEWAY_EXAMPLE_MODELS": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--repository", str(gateway.repository),
                              "--ray-address", gateway.ray_address, "--http-port", "0", "--grpc-port", "0",
                              "--metrics-port", "0", "--ready-file", str(ready)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+                            stdout=out.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         until = time.monotonic() + 120
         while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < until, "second gateway did not start"
+            assert proc.poll() is None and time.monotonic() < until, out.read_text()[-3000:]
             time.sleep(0.2)
         address = f"127.0.0.1:{json.loads(ready.read_text())['grpc_port']}"
         answered: list[str] = []
