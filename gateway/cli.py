@@ -84,6 +84,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Ray's native failure-signal handler treats SIGTERM as a crash and aborts the process during its
+    # shutdown (exit 134); the gateway handles SIGTERM itself, as a graceful drain.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if settings.ray_address and "RAY_AUTH_MODE" not in os.environ and (
             os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
         # Ray turns token auth on for the process that starts a cluster, but a process joining one by
