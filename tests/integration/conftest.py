@@ -1,7 +1,8 @@
 """One real gateway per test session: a subprocess of `gateway serve` with its own embedded Ray cluster.
 
 The repository holds the example models plus test versions: `faulty` (a Python model that raises
-on negative input), `stall` (an identity model that stalls 0.5 s on a marker value) and `echo`
+on negative input), `stall` (an identity model that stalls 0.5 s on a marker value), `flood` (the
+same behind a gateway queue of 8 rows) and `echo`
 version 2, which asks for a GPU that no node here offers.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 
 from serving.examples import ensure_examples
-from serving.manifest import Accelerator, Manifest, TensorSpecModel
+from serving.manifest import Accelerator, Batching, Manifest, TensorSpecModel
 from serving.repository import Repository
 
 FAULTY_MODEL = '''
@@ -43,6 +44,7 @@ def predict(inputs):
     return {"y": x}
 '''
 STALL_MARKER = 777.0
+FLOOD_QUEUE_ROWS = 8
 MAX_REQUEST_BYTES = 1 << 20
 
 
@@ -74,6 +76,9 @@ def build_test_repository(root: Path) -> None:
     repo.write_version(faulty, lambda d: (d / "model.py").write_text(FAULTY_MODEL))
     stall = faulty.model_copy(update={"name": "stall"})
     repo.write_version(stall, lambda d: (d / "model.py").write_text(STALL_MODEL))
+    # The same stalling model behind a gateway queue of 8 rows: a flood overflows it.
+    flood = stall.model_copy(update={"name": "flood", "batching": Batching(max_queue_rows=FLOOD_QUEUE_ROWS)})
+    repo.write_version(flood, lambda d: (d / "model.py").write_text(STALL_MODEL))
     echo = repo.load("echo", "1").manifest
     gpu = echo.model_copy(update={"version": "2", "accelerator": Accelerator(kind="gpu", count=1)})
     repo.write_version(gpu, lambda d: None)
