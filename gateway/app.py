@@ -15,11 +15,13 @@ import tempfile
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 import yaml
 from pydantic import ValidationError
 
+from gateway.admin import AdminApi, table_from
 from gateway.catalog import Catalog, VersionInfo
 from gateway.core import DataPlane
 from gateway.errors import GatewayError
@@ -74,6 +76,9 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._http: _Uvicorn | None = None
         self._grpc: GrpcDoor | None = None
+        self._admin: _Uvicorn | None = None
+        self.traffic_store: Any = None
+        self._follow: asyncio.Task[None] | None = None
         self.request_log: RequestLogWriter | None = None
         self.tracing: Tracing | None = None
         self.stopping = asyncio.Event()
@@ -162,16 +167,56 @@ class Gateway:
             await asyncio.sleep(0.25)
         return self.plane.catalog.settled() and all(v.ready for v in self.plane.catalog.all())
 
-    def apply_initial_traffic(self) -> None:
+    async def start_traffic(self) -> int:
+        """Seeds the cluster's table from the `traffic` setting (models it has no split for), follows it from
+        now on, and serves the admin API when a token is set. Returns the admin port (0: admin API off)."""
+        from gateway.dispatch import RayDispatcher
+
+        assert self.plane is not None and isinstance(self.dispatcher, RayDispatcher)
+        s = self.settings
+        store = self.dispatcher.traffic_table(str(s.traffic_file.resolve()))
+        self.traffic_store = store
+        stored = await store.get()
+        if not self.worker:
+            for model, weights in s.traffic.items():
+                if model in stored["models"]:
+                    continue  # the cluster's table wins over start-up settings
+                try:
+                    self.plane.router.check(TrafficTable(models={model: ModelSplit(weights=weights)}))
+                except (GatewayError, ValidationError) as exc:
+                    message = exc.message if isinstance(exc, GatewayError) else str(exc)
+                    raise SystemExit(f"the 'traffic' setting for {model} cannot be applied: {message}") from None
+                stored = await store.set_model(model, weights, "settings", "initial split from the traffic setting")
+        self._apply_stored(stored)
+        self._follow = asyncio.create_task(self._follow_traffic(store, int(stored["revision"])))
+        if self.worker or not s.admin_token:
+            return 0
+        sock = bind_tcp(s.admin_host, s.admin_port)
+        self._admin = _Uvicorn(uvicorn.Config(AdminApi(self.plane, store, s.admin_token), http="httptools",
+                                              loop="none", lifespan="off", access_log=False, log_level="warning"))
+        self._tasks.append(asyncio.create_task(self._admin.serve(sockets=[sock])))
+        return int(sock.getsockname()[1])
+
+    def _apply_stored(self, stored: dict[str, Any]) -> None:
         assert self.plane is not None
-        if not self.settings.traffic:
-            return
         try:
-            table = TrafficTable(models={m: ModelSplit(weights=w) for m, w in self.settings.traffic.items()})
-            self.plane.router.apply(table)
+            self.plane.router.apply(table_from(stored))
         except (GatewayError, ValidationError) as exc:
-            message = exc.message if isinstance(exc, GatewayError) else str(exc)
-            raise SystemExit(f"the 'traffic' setting cannot be applied: {message}") from None
+            # Another gateway accepted it against its catalog; this one keeps its current routes.
+            log.warning("traffic table revision %s not applied here: %s", stored.get("revision"), exc)
+
+    async def _follow_traffic(self, store: Any, revision: int) -> None:
+        while not self.stopping.is_set():
+            try:
+                stored = await store.wait_newer(revision, 5.0)
+            except Exception as exc:  # noqa: BLE001 - the table's actor restarting must not stop following
+                log.warning("traffic table unreachable: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), 1.0)
+                continue
+            if int(stored["revision"]) > revision:
+                revision = int(stored["revision"])
+                self._apply_stored(stored)
 
     def summary(self, endpoints: Endpoints) -> str:
         assert self.plane is not None
@@ -186,10 +231,13 @@ class Gateway:
 
     async def stop(self, drain_s: float = 10.0) -> None:
         self.stopping.set()
+        if self._follow is not None:
+            self._follow.cancel()  # it may sit in a long poll of the table
         if self._grpc is not None:
             await self._grpc.stop(drain_s)
-        if self._http is not None:
-            self._http.should_exit = True
+        for server in (self._http, self._admin):
+            if server is not None:
+                server.should_exit = True
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, drain_s)
@@ -262,7 +310,7 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
     try:
         endpoints = await gateway.start()
         ready = await gateway.wait_ready(settings.ready_timeout_s)
-        gateway.apply_initial_traffic()
+        admin_port = await gateway.start_traffic()
         if worker:
             await gateway.stopping.wait()
             return 0
@@ -274,13 +322,17 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
             watcher = asyncio.create_task(workers.watch(gateway.stopping))
         print(("gateway ready" if ready else "gateway started; some model versions are not ready:")
               + (f" ({settings.workers} processes)\n" if settings.workers > 1 else "\n")
-              + gateway.summary(endpoints), file=sys.stderr, flush=True)
+              + gateway.summary(endpoints)
+              + (f"\nadmin    http://{settings.admin_host}:{admin_port}/admin/traffic (bearer token)" if admin_port
+                 else "\nadmin    off (set admin_token to change traffic at run time)"),
+              file=sys.stderr, flush=True)
         if ready_file is not None:
             assert gateway.plane is not None
             from gateway.dispatch import RayDispatcher
 
             assert isinstance(gateway.dispatcher, RayDispatcher)
             info = {**asdict(endpoints), "ready": ready, "ray_address": gateway.dispatcher.cluster_address,
+                    "admin_port": admin_port,
                     "models": [{"name": v.model, "version": v.version, "state": v.state, "reason": v.reason}
                                for v in gateway.plane.catalog.all()]}
             tmp = ready_file.with_suffix(".tmp")

@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_parser(sub)
+    from gateway import traffic_cli
     from gateway.request_log import cli as request_log_cli
     from loadtests import cli as loadtest_cli
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     loadtest_cli.add_arguments(lt)
     request_log_cli.add_parser(sub)
+    traffic_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return loadtest_cli.run(args)
     if args.command == "logs":
         return request_log_cli.run(args)
+    if args.command == "traffic":
+        return traffic_cli.run(args)
     return _serve(args)
 
 

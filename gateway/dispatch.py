@@ -20,6 +20,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 
 from gateway.errors import Code, GatewayError, overloaded, unavailable
+from serving import traffic_table
 from serving.deployment import app_name, build_app, required_resource
 from serving.repository import VersionEntry
 
@@ -133,6 +134,9 @@ class RayDispatcher:
             raise GatewayError(Code.INTERNAL, f"model '{model}' version '{version}' failed while "
                                f"running inference ({type(cause).__name__})") from None
 
+    def traffic_table(self, path: str) -> TrafficTable:
+        return TrafficTable(traffic_table.connect(path))
+
     def shutdown(self) -> None:
         try:
             if self._owns_cluster:
@@ -140,3 +144,26 @@ class RayDispatcher:
         finally:
             if self._owns_cluster:
                 ray.shutdown()
+
+
+class TrafficTable:
+    """The cluster's traffic table (a named Ray actor), seen from one gateway process."""
+
+    def __init__(self, actor: Any) -> None:
+        self._actor = actor
+
+    async def get(self) -> dict[str, Any]:
+        table: dict[str, Any] = await self._actor.get.remote()
+        return table
+
+    async def set_model(self, model: str, weights: dict[str, int], who: str, reason: str) -> dict[str, Any]:
+        table: dict[str, Any] = await self._actor.set_model.remote(model, weights, who, reason)
+        return table
+
+    async def history(self, model: str) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = await self._actor.model_history.remote(model)
+        return entries
+
+    async def wait_newer(self, revision: int, timeout_s: float) -> dict[str, Any]:
+        table: dict[str, Any] = await self._actor.wait_newer.remote(revision, timeout_s)
+        return table

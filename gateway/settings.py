@@ -61,6 +61,14 @@ class GatewaySettings(BaseSettings):
     traffic: dict[str, dict[str, int]] = Field(default_factory=dict)
     """Initial traffic split per model, e.g. {breast_cancer: {"1": 90, "2": 10}} (percent per version);
     a model not listed sends unpinned requests to its newest ready version."""
+    traffic_file: Path = Path("traffic_table.json")
+    """Where the cluster's traffic table persists (on the node running its actor), so a restart of Ray keeps it."""
+    admin_host: str = "127.0.0.1"
+    """Address of the admin API; keep it off public interfaces."""
+    admin_port: int = Field(8003, ge=0, le=65535)
+    """Admin API port (traffic changes), apart from the prediction ports."""
+    admin_token: str = ""
+    """Bearer token the admin API requires on every call; empty leaves the admin API off."""
     routing_header: str = "x-routing-key"
     """Header (HTTP) or metadata key (gRPC) carrying a sticky routing key."""
     ready_timeout_s: float = Field(300, gt=0)

@@ -81,6 +81,9 @@ class Router:
         self._compiled: dict[str, _Compiled] = {}
         self.table = TrafficTable()
 
+    def check(self, table: TrafficTable) -> None:
+        check_table(table, self.catalog)
+
     def apply(self, table: TrafficTable) -> None:
         check_table(table, self.catalog)
         compiled = {}

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ def predict(inputs):
 STALL_MARKER = 777.0
 FLOOD_QUEUE_ROWS = 8
 MAX_REQUEST_BYTES = 1 << 20
+ADMIN_TOKEN = "integration-admin-token"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class RunningGateway:
     log: Path
     request_log: Path
     ray_address: str
+    admin_url: str
 
     @property
     def http_url(self) -> str:
@@ -91,7 +94,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
     build_test_repository(repository)
     ready_file, log_file = root / "ready.json", root / "gateway.log"
     env = {**os.environ, "GATEWAY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES), "RAY_USAGE_STATS_ENABLED": "0",
-           "GATEWAY_REQUEST_LOG__DIR": str(root / "request_log")}
+           "GATEWAY_REQUEST_LOG__DIR": str(root / "request_log"), "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
+           "GATEWAY_ADMIN_PORT": "0", "GATEWAY_TRAFFIC_FILE": str(root / "traffic_table.json")}
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository), "--http-port", "0",
            "--grpc-port", "0", "--metrics-port", "0", "--ray-num-cpus", "2", "--ready-file", str(ready_file)]
     with log_file.open("w") as log:
@@ -104,7 +108,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
             time.sleep(0.5)
         info = json.loads(ready_file.read_text())
         yield RunningGateway(f"127.0.0.1:{info['http_port']}", f"127.0.0.1:{info['grpc_port']}", info["metrics"],
-                             repository, log_file, root / "request_log", info["ray_address"])
+                             repository, log_file, root / "request_log", info["ray_address"],
+                             f"http://127.0.0.1:{info['admin_port']}")
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -123,3 +128,27 @@ def run_onnx(repository: Path, version: str, x: np.ndarray) -> dict[str, np.ndar
                                 providers=["CPUExecutionProvider"])
     probabilities, label = sess.run(["probabilities", "label"], {"features": x})
     return {"probabilities": probabilities, "label": label}
+
+
+@contextmanager
+def second_gateway(gw: RunningGateway, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path, str]]:
+    """A second gateway on the session's Ray cluster: (process, gRPC address, request log dir, HTTP URL).
+
+    It attaches to the model versions the session gateway already runs, so it starts in seconds."""
+    ready, log_dir, out = tmp_path / "ready.json", tmp_path / "request_log", tmp_path / "gateway.log"
+    env = {**os.environ, "GATEWAY_REQUEST_LOG__DIR": str(log_dir), "GATEWAY_EXAMPLE_MODELS": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--repository", str(gw.repository),
+                             "--ray-address", gw.ray_address, "--http-port", "0", "--grpc-port", "0",
+                             "--metrics-port", "0", "--ready-file", str(ready)],
+                            stdout=out.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        until = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < until, out.read_text()[-3000:]
+            time.sleep(0.2)
+        info = json.loads(ready.read_text())
+        yield proc, f"127.0.0.1:{info['grpc_port']}", log_dir, f"http://127.0.0.1:{info['http_port']}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

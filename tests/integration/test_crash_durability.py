@@ -3,15 +3,10 @@ SIGTERM drains (exit 0, nothing hangs, everything answered is logged)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -21,28 +16,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from gateway.request_log import RequestLogReader
-from tests.integration.conftest import RunningGateway
-
-
-@contextmanager
-def second_gateway(gw: RunningGateway, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
-    """It attaches to the model versions the session gateway already runs, so it starts in seconds."""
-    ready, log_dir, out = tmp_path / "ready.json", tmp_path / "request_log", tmp_path / "gateway.log"
-    env = {**os.environ, "GATEWAY_REQUEST_LOG__DIR": str(log_dir), "GATEWAY_EXAMPLE_MODELS": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--repository", str(gw.repository),
-                             "--ray-address", gw.ray_address, "--http-port", "0", "--grpc-port", "0",
-                             "--metrics-port", "0", "--ready-file", str(ready)],
-                            stdout=out.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        until = time.monotonic() + 120
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < until, out.read_text()[-3000:]
-            time.sleep(0.2)
-        yield proc, f"127.0.0.1:{json.loads(ready.read_text())['grpc_port']}", log_dir
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+from tests.integration.conftest import RunningGateway, second_gateway
 
 
 class Load:
@@ -92,7 +66,7 @@ def assert_logged(log_dir: Path, answered: list[str]) -> None:
 
 
 def test_sigkill_under_load_loses_no_answered_request(gateway: RunningGateway, tmp_path: Path) -> None:
-    with second_gateway(gateway, tmp_path) as (proc, address, log_dir):
+    with second_gateway(gateway, tmp_path) as (proc, address, log_dir, _):
         load = Load(address)
         load.wait_for(300)
         os.kill(proc.pid, signal.SIGKILL)  # mid-load, no chance to flush anything
@@ -102,7 +76,7 @@ def test_sigkill_under_load_loses_no_answered_request(gateway: RunningGateway, t
 
 
 def test_sigterm_under_load_drains_and_exits_cleanly(gateway: RunningGateway, tmp_path: Path) -> None:
-    with second_gateway(gateway, tmp_path) as (proc, address, log_dir):
+    with second_gateway(gateway, tmp_path) as (proc, address, log_dir, _):
         load = Load(address)
         load.wait_for(300)
         proc.send_signal(signal.SIGTERM)
