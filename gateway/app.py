@@ -6,19 +6,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-import yaml
 from pydantic import ValidationError
 
 from gateway.admin import AdminApi, table_from
@@ -32,6 +28,7 @@ from gateway.request_log import RequestLogWriter
 from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing, TracingError, build_tracing
 from gateway.traffic import ModelSplit, TrafficTable
+from gateway.workers import Workers
 from serving.repository import Repository
 
 log = logging.getLogger("gateway")
@@ -252,53 +249,6 @@ class Gateway:
 
             assert isinstance(self.dispatcher, RayDispatcher)
             await asyncio.to_thread(self.dispatcher.shutdown)
-
-
-class Workers:
-    """The extra processes of a multi-process gateway (settings.workers > 1), kept alive until drain."""
-
-    def __init__(self, settings: GatewaySettings, endpoints: Endpoints, ray_address: str) -> None:
-        shared = settings.model_copy(update={
-            "http_port": endpoints.http_port, "grpc_port": endpoints.grpc_port,
-            "metrics_port": endpoints.metrics_port, "ray_address": ray_address, "workers": 1,
-            "example_models": False})
-        self._config = Path(tempfile.mkdtemp(prefix="gateway-worker-")) / "settings.yaml"
-        self._config.write_text(yaml.safe_dump(shared.model_dump(mode="json")))
-        # The file holds every effective setting; GATEWAY_* variables would override it, so they are dropped.
-        self._env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        self._procs = [self._spawn() for _ in range(settings.workers - 1)]
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--worker", "--config",
-                                 str(self._config)], env=self._env)
-
-    async def watch(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            for i, proc in enumerate(self._procs):
-                if proc.poll() is not None:
-                    log.warning("gateway worker %d exited with %s; starting another", proc.pid, proc.returncode)
-                    _mark_dead(proc.pid)
-                    self._procs[i] = self._spawn()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), 1.0)
-
-    async def stop(self, drain_s: float) -> None:
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self._procs:
-            try:
-                await asyncio.to_thread(proc.wait, drain_s + 5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            _mark_dead(proc.pid)
-
-
-def _mark_dead(pid: int) -> None:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)
 
 
 async def serve(settings: GatewaySettings, ready_file: Path | None = None, worker: bool = False) -> int:
