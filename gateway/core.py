@@ -113,8 +113,7 @@ class DataPlane:
         error: GatewayError | None = None
         route = Route("", "primary", "")
         try:
-            route = self._route(request)
-            info = self.catalog.get(request.model, route.version)
+            route, info = self._route(request)
             model, version = info.model, info.version
             if request.deadline is None:
                 response = await self._infer(info, request, request_id, timing, traceparent)
@@ -145,13 +144,15 @@ class DataPlane:
         assert response is not None
         return response
 
-    def _route(self, request: InferRequest) -> Route:
+    def _route(self, request: InferRequest) -> tuple[Route, VersionInfo]:
         route = self.router.choose(request.model, request.version, request.routing_key)
-        if route.role != "pinned" and not self.catalog.get(request.model, route.version).ready:
+        info = self.catalog.get(request.model, route.version)
+        if route.role != "pinned" and not info.ready:
             # A split's version went unready after the split was set: serve from a ready one instead.
-            fallback = self.catalog.default_version(request.model).version
-            return Route(fallback, "primary", f"version {route.version} is not ready; newest ready version")
-        return route
+            fallback = self.catalog.default_version(request.model)
+            return Route(fallback.version, "primary", f"version {route.version} is not ready; newest ready version"), \
+                fallback
+        return route, info
 
     async def _infer(self, info: VersionInfo, request: InferRequest, request_id: str,
                      timing: Timing, traceparent: str = "") -> InferResponse:
