@@ -45,7 +45,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def process(cmd: list[str], log: Path, env: dict[str, str] | None = None,
+            stop_timeout_s: float = 30) -> Iterator[subprocess.Popen[bytes]]:
+    """Runs cmd with its output in `log`; on exit, SIGTERM (a graceful drain), then SIGKILL of its group."""
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                 start_new_session=True)
@@ -55,7 +57,7 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Ite
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(30)
+                proc.wait(stop_timeout_s)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()

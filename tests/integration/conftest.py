@@ -9,8 +9,6 @@ version 2, which asks for a GPU that no node here offers.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from loadtests.bench import process
 from serving.examples import ensure_examples
 from serving.manifest import Accelerator, Batching, Manifest, TensorSpecModel
 from serving.repository import Repository
@@ -93,14 +92,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
     repository = root / "repository"
     build_test_repository(repository)
     ready_file, log_file = root / "ready.json", root / "gateway.log"
-    env = {**os.environ, "GATEWAY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES), "RAY_USAGE_STATS_ENABLED": "0",
+    env = {"GATEWAY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES), "RAY_USAGE_STATS_ENABLED": "0",
            "GATEWAY_REQUEST_LOG__DIR": str(root / "request_log"), "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
            "GATEWAY_ADMIN_PORT": "0", "GATEWAY_TRAFFIC_FILE": str(root / "traffic_table.json")}
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository), "--http-port", "0",
            "--grpc-port", "0", "--metrics-port", "0", "--ray-num-cpus", "2", "--ready-file", str(ready_file)]
-    with log_file.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
+    with process(cmd, log_file, env, stop_timeout_s=60) as proc:
         deadline = time.monotonic() + 240
         while not ready_file.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -110,14 +107,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
         yield RunningGateway(f"127.0.0.1:{info['http_port']}", f"127.0.0.1:{info['grpc_port']}", info["metrics"],
                              repository, log_file, root / "request_log", info["ray_address"],
                              f"http://127.0.0.1:{info['admin_port']}")
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def run_onnx(repository: Path, version: str, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -136,19 +125,13 @@ def second_gateway(gw: RunningGateway, tmp_path: Path) -> Iterator[tuple[subproc
 
     It attaches to the model versions the session gateway already runs, so it starts in seconds."""
     ready, log_dir, out = tmp_path / "ready.json", tmp_path / "request_log", tmp_path / "gateway.log"
-    env = {**os.environ, "GATEWAY_REQUEST_LOG__DIR": str(log_dir), "GATEWAY_EXAMPLE_MODELS": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--repository", str(gw.repository),
-                             "--ray-address", gw.ray_address, "--http-port", "0", "--grpc-port", "0",
-                             "--metrics-port", "0", "--ready-file", str(ready)],
-                            stdout=out.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
+    env = {"GATEWAY_REQUEST_LOG__DIR": str(log_dir), "GATEWAY_EXAMPLE_MODELS": "false"}
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(gw.repository), "--ray-address",
+           gw.ray_address, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(ready)]
+    with process(cmd, out, env) as proc:
         until = time.monotonic() + 120
         while not ready.exists():
             assert proc.poll() is None and time.monotonic() < until, out.read_text()[-3000:]
             time.sleep(0.2)
         info = json.loads(ready.read_text())
         yield proc, f"127.0.0.1:{info['grpc_port']}", log_dir, f"http://127.0.0.1:{info['http_port']}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
