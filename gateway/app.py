@@ -17,12 +17,13 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from gateway import tls
 from gateway.admin import AdminApi, table_from
 from gateway.catalog import Catalog, VersionInfo
 from gateway.core import DataPlane
 from gateway.errors import GatewayError
 from gateway.grpc_adapter import GrpcDoor, InferenceServicer
-from gateway.http_adapter import HttpDoor
+from gateway.http_adapter import HttpDoor, limited_http_protocol
 from gateway.metrics import Metrics
 from gateway.request_log import RequestLogWriter
 from gateway.settings import GatewaySettings
@@ -116,23 +117,25 @@ class Gateway:
                                tracer=self.tracing.tracer)
 
         servicer = InferenceServicer(self.plane, s.max_tensor_elements, s.default_timeout_ms / 1000.0,
-                                     routing_header=s.routing_header)
-        self._grpc = GrpcDoor(servicer, s.max_request_bytes)
+                                     routing_header=s.routing_header, max_rows=s.max_request_rows)
+        self._grpc = GrpcDoor(servicer, s.max_request_bytes, s.max_header_bytes, tls.grpc_credentials(s.tls))
         grpc_port = self._grpc.bind(s.host, s.grpc_port)
         await self._grpc.start()
         http_sock = bind_tcp(s.host, s.http_port)
         http_port = http_sock.getsockname()[1]
         door = HttpDoor(self.plane, max_body_bytes=s.max_request_bytes, max_elements=s.max_tensor_elements,
-                        default_timeout_s=s.default_timeout_ms / 1000.0, routing_header=s.routing_header)
-        self._http = _Uvicorn(uvicorn.Config(door, http="httptools", loop="none", lifespan="off",
-                                             access_log=False, log_level="warning", backlog=2048,
-                                             timeout_graceful_shutdown=10))
+                        default_timeout_s=s.default_timeout_ms / 1000.0, routing_header=s.routing_header,
+                        max_rows=s.max_request_rows)
+        self._http = _Uvicorn(uvicorn.Config(door, http=limited_http_protocol(s.max_header_bytes), loop="none",
+                                             lifespan="off", access_log=False, log_level="warning", backlog=2048,
+                                             timeout_graceful_shutdown=s.drain_s, **tls.http_options(s.tls)))
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[http_sock])))
         # Workers write metrics to the shared multiprocess directory; the first process serves them all.
         metrics_port = s.metrics_port if self.worker else self.metrics.serve(s.host, s.metrics_port)
         self._tasks.append(asyncio.create_task(self._watch_readiness()))
         host = f"[{s.host}]" if ":" in s.host else s.host
-        return Endpoints(f"http://{host}:{http_port}", f"{host}:{grpc_port}", f"http://{host}:{metrics_port}/metrics",
+        scheme = "https" if s.tls.doors else "http"
+        return Endpoints(f"{scheme}://{host}:{http_port}", f"{host}:{grpc_port}", f"http://{host}:{metrics_port}/metrics",
                          http_port, grpc_port, metrics_port)
 
     async def _watch_readiness(self) -> None:
@@ -189,8 +192,10 @@ class Gateway:
         if self.worker or not s.admin_token:
             return 0
         sock = bind_tcp(s.admin_host, s.admin_port)
-        self._admin = _Uvicorn(uvicorn.Config(AdminApi(self.plane, store, s.admin_token), http="httptools",
-                                              loop="none", lifespan="off", access_log=False, log_level="warning"))
+        self._admin = _Uvicorn(uvicorn.Config(AdminApi(self.plane, store, s.admin_token),
+                                              http=limited_http_protocol(s.max_header_bytes), loop="none",
+                                              lifespan="off", access_log=False, log_level="warning",
+                                              **tls.admin_options(s.tls)))
         self._tasks.append(asyncio.create_task(self._admin.serve(sockets=[sock])))
         return int(sock.getsockname()[1])
 
@@ -226,15 +231,16 @@ class Gateway:
                          + (f"{share}% of traffic  " if share is not None else "") + v.reason)
         return "\n".join(lines)
 
-    async def stop(self, drain_s: float = 10.0) -> None:
+    async def stop(self, drain_s: float | None = None) -> None:
+        drain_s = self.settings.drain_s if drain_s is None else drain_s
         self.stopping.set()
         if self._follow is not None:
             self._follow.cancel()  # it may sit in a long poll of the table
-        if self._grpc is not None:
-            await self._grpc.stop(drain_s)
         for server in (self._http, self._admin):
             if server is not None:
-                server.should_exit = True
+                server.should_exit = True  # before the gRPC drain, so HTTP stops accepting at the same moment
+        if self._grpc is not None:
+            await self._grpc.stop(drain_s)
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, drain_s)
@@ -273,7 +279,8 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
         print(("gateway ready" if ready else "gateway started; some model versions are not ready:")
               + (f" ({settings.workers} processes)\n" if settings.workers > 1 else "\n")
               + gateway.summary(endpoints)
-              + (f"\nadmin    http://{settings.admin_host}:{admin_port}/admin/traffic (bearer token)" if admin_port
+              + (f"\nadmin    http{'s' if settings.tls.admin_cert else ''}://{settings.admin_host}:{admin_port}"
+                 "/admin/traffic (bearer token)" if admin_port
                  else "\nadmin    off (set admin_token to change traffic at run time)"),
               file=sys.stderr, flush=True)
         if ready_file is not None:

@@ -27,6 +27,7 @@ class VersionInfo:
     reason: str = "replicas are starting"
     input_index: dict[str, TensorSpec] = field(default_factory=dict)
     output_index: dict[str, TensorSpec] = field(default_factory=dict)
+    nan_policy: str = "allow"  # the manifest's: "reject" refuses NaN/Inf in floating-point inputs
 
     @property
     def ready(self) -> bool:
@@ -40,7 +41,8 @@ class VersionInfo:
         inputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in m.inputs)
         outputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in m.outputs)
         return cls(m.name, m.version, m.display_platform, inputs, outputs, batching,
-                   input_index={t.name: t for t in inputs}, output_index={t.name: t for t in outputs})
+                   input_index={t.name: t for t in inputs}, output_index={t.name: t for t in outputs},
+                   nan_policy=m.nan_policy)
 
 
 class Catalog:

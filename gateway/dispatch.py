@@ -26,6 +26,10 @@ from serving.repository import VersionEntry
 
 log = logging.getLogger(__name__)
 
+# A replica that died or became unreachable before answering: no answer exists, so one retry is safe.
+_REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError,
+                 ReplicaUnavailableError)
+
 Arrays = dict[str, np.ndarray]
 Key = tuple[str, str]
 
@@ -44,6 +48,7 @@ class RayDispatcher:
         self._handles: dict[Key, DeploymentHandle[Any]] = {}
         self._refused: dict[Key, str] = {}
         self._owns_cluster = False
+        self.retries = 0  # calls sent again after their replica died mid-call
 
     def start(self) -> None:
         if not ray.is_initialized():
@@ -118,21 +123,29 @@ class RayDispatcher:
             handle = self._handles[(model, version)]
         except KeyError:
             raise unavailable(f"model '{model}' version '{version}' is not deployed") from None
-        try:
-            result: Arrays = await handle.remote(inputs)
-            return result
-        except BackPressureError:
-            raise overloaded(f"model '{model}' version '{version}'") from None
-        except (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError,
-                ReplicaUnavailableError) as exc:
-            raise unavailable(f"model '{model}' version '{version}' has no healthy replica "
-                              f"({type(exc).__name__}); retry shortly") from None
-        except RayTaskError as exc:
-            cause = exc.cause if exc.cause is not None else exc
-            log.warning("model %s/%s raised %s: %s", model, version, type(cause).__name__, cause)
-            # The client learns the exception type, never the traceback or model internals.
-            raise GatewayError(Code.INTERNAL, f"model '{model}' version '{version}' failed while "
-                               f"running inference ({type(cause).__name__})") from None
+        for attempt in (1, 2):
+            try:
+                result: Arrays = await handle.remote(inputs)
+                return result
+            except BackPressureError:
+                raise overloaded(f"model '{model}' version '{version}'") from None
+            except _REPLICA_LOST as exc:
+                # The replica died before answering. Inference is idempotent, so the call goes once more,
+                # to whichever replica Serve's router picks now; a second loss is the client's answer.
+                if attempt == 1 and not isinstance(exc, DeploymentUnavailableError):
+                    self.retries += 1
+                    log.warning("model %s/%s lost a replica mid-call (%s); retrying once",
+                                model, version, type(exc).__name__)
+                    continue
+                raise unavailable(f"model '{model}' version '{version}' has no healthy replica "
+                                  f"({type(exc).__name__}); retry shortly") from None
+            except RayTaskError as exc:
+                cause = exc.cause if exc.cause is not None else exc
+                log.warning("model %s/%s raised %s: %s", model, version, type(cause).__name__, cause)
+                # The client learns the exception type, never the traceback or model internals.
+                raise GatewayError(Code.INTERNAL, f"model '{model}' version '{version}' failed while "
+                                   f"running inference ({type(cause).__name__})") from None
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def traffic_table(self, path: str) -> TrafficTable:
         return TrafficTable(traffic_table.connect(path))

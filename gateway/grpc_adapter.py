@@ -25,6 +25,7 @@ from gateway.core import DataPlane
 from gateway.errors import GatewayError, invalid
 from gateway.tracing import parse_traceparent
 from gateway.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from gateway.validation import check_declared_rows
 
 SERVICE = "inference.GRPCInferenceService"
 T = TypeVar("T")
@@ -96,9 +97,10 @@ def encode_response(resp: InferResponse) -> pb.ModelInferResponse:
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane, max_elements: int, default_timeout_s: float,
-                 routing_header: str = "x-routing-key") -> None:
+                 routing_header: str = "x-routing-key", max_rows: int = 65536) -> None:
         self.plane = plane
         self.max_elements = max_elements
+        self.max_rows = max_rows
         self.default_timeout_s = default_timeout_s
         self.routing_header = routing_header
 
@@ -167,6 +169,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     traceparent = parse_traceparent(value if isinstance(value, str) else value.decode())
                 elif key == "tracestate":
                     tracestate = value if isinstance(value, str) else value.decode()
+            check_declared_rows(self.plane.catalog, request.model_name, request.model_version or None,
+                                ((t.name, t.shape) for t in request.inputs), self.max_rows)
             req = decode_request(request, self.max_elements, received_at=received, deadline=deadline,
                                  routing_key=routing_key, client=context.peer(), traceparent=traceparent,
                                  tracestate=tracestate)
@@ -208,11 +212,16 @@ def _raw_handler(method: Callable[[Any, Any], Awaitable[Any]], request_cls: Any,
 class GrpcDoor:
     """Owns the grpc.aio server: inference, health and reflection services."""
 
-    def __init__(self, servicer: InferenceServicer, max_message_bytes: int) -> None:
+    def __init__(self, servicer: InferenceServicer, max_message_bytes: int, max_metadata_bytes: int = 16 * 1024,
+                 credentials: grpc.ServerCredentials | None = None) -> None:
         self.servicer = servicer
+        self.credentials = credentials  # None: plaintext
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # Metadata past the limit is refused by the transport before the call reaches a handler.
+            ("grpc.max_metadata_size", max_metadata_bytes),
+            ("grpc.absolute_max_metadata_size", max_metadata_bytes),
             ("grpc.so_reuseport", 1),
         ])
         handlers = {name: _raw_handler(getattr(servicer, name), req, resp) for name, (req, resp) in _METHODS.items()}
@@ -224,7 +233,9 @@ class GrpcDoor:
             self.server, pool=_reflection_pool())
 
     def bind(self, host: str, port: int) -> int:
-        bound: int = self.server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        bound: int = (self.server.add_insecure_port(address) if self.credentials is None
+                      else self.server.add_secure_port(address, self.credentials))
         if bound == 0:
             raise OSError(f"cannot bind gRPC to {host}:{port}; is the port in use?")
         return bound

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import codec
 from gateway.core import DataPlane
@@ -20,6 +21,7 @@ from gateway.errors import Code, GatewayError, invalid
 from gateway.http_schema import IndexBody, InferBody, binary_size, parse_json
 from gateway.tracing import parse_traceparent
 from gateway.types import InferRequest, InferResponse, RequestedOutput, Tensor
+from gateway.validation import check_declared_rows
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,9 @@ class HttpError(GatewayError):
 
 class HttpDoor:
     def __init__(self, plane: DataPlane, *, max_body_bytes: int, max_elements: int, default_timeout_s: float,
-                 routing_header: str = "x-routing-key") -> None:
+                 routing_header: str = "x-routing-key", max_rows: int = 65536) -> None:
         self.plane = plane
+        self.max_rows = max_rows
         self.max_body_bytes = max_body_bytes
         self.max_elements = max_elements
         self.default_timeout_s = default_timeout_s
@@ -168,6 +171,8 @@ class HttpDoor:
         view = memoryview(body)
         parsed: InferBody = parse_json(InferBody, view[:header_len] if header_len is not None else body)
         binary = view[header_len:] if header_len is not None else view[len(body):]
+        check_declared_rows(self.plane.catalog, model, version, ((i.name, i.shape) for i in parsed.inputs),
+                            self.max_rows)
         request = self._decode(parsed, binary, model, version, received, received + timeout_s, routing_key,
                                _client(scope), traceparent, tracestate)
         return self._encode(await self.plane.infer(request), parsed)
@@ -247,3 +252,50 @@ def _flag(params: dict[str, Any], key: str) -> bool | None:
 def _json(payload: Any, status: int = 200) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     return status, list(JSON), orjson.dumps(payload)
 
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+def limited_http_protocol(max_header_bytes: int) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with a cap on the request line plus headers (httptools has none).
+
+    Counted as the parser hands over each piece, so an endless header is cut off at the cap instead of
+    being buffered; the client gets 431 and the connection closes.
+    """
+
+    class LimitedHttpToolsProtocol(HttpToolsProtocol):
+        _header_bytes = 0
+        _too_large = False
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._header_bytes = 0
+
+        def _count(self, size: int) -> None:
+            self._header_bytes += size
+            if self._header_bytes > max_header_bytes:
+                self._too_large = True
+                raise _HeadersTooLarge  # the parser stops; data_received answers through send_400_response
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def send_400_response(self, msg: str) -> None:
+            if not self._too_large:
+                super().send_400_response(msg)
+                return
+            body = orjson.dumps({"error": f"request line and headers are over the limit of {max_header_bytes} "
+                                          "bytes"})
+            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json"
+                                 b"\r\nconnection: close\r\ncontent-length: " + str(len(body)).encode()
+                                 + b"\r\n\r\n" + body)
+            self.transport.close()
+
+    return LimitedHttpToolsProtocol

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.request_log.settings import RequestLogSettings
+from gateway.tls import TlsSettings
 from gateway.tracing import TracingSettings
 
 
@@ -54,6 +55,14 @@ class GatewaySettings(BaseSettings):
     """Largest request body or gRPC message accepted; bigger ones get 413 / RESOURCE_EXHAUSTED."""
     max_tensor_elements: int = Field(16 * 1024 * 1024, ge=1)
     """Largest element count of one input tensor, checked before decoding."""
+    max_request_rows: int = Field(65536, ge=1)
+    """Most rows (first dimension) one request may carry, checked from the declared shapes before decoding;
+    a batched model's own max_batch_size applies too."""
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    """Largest request line plus headers (HTTP) or metadata (gRPC) accepted; bigger ones are refused
+    (HTTP 431, gRPC RESOURCE_EXHAUSTED) before they are buffered further."""
+    drain_s: float = Field(10.0, gt=0, le=600)
+    """On SIGTERM: how long in-flight requests may take to finish before the doors close."""
     default_timeout_ms: float = Field(30_000, gt=0)
     """Deadline for a request that brings none of its own."""
     batching: dict[str, BatchingOverride] = Field(default_factory=dict)
@@ -81,6 +90,16 @@ class GatewaySettings(BaseSettings):
     """The request log: one record per answered request, errors included (docs/REQUEST_LOG.md)."""
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     """OpenTelemetry tracing of inference requests (off by default; README, "Tracing")."""
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    """TLS for the prediction doors and TLS + client certificates for the admin API (off by default)."""
+
+    @model_validator(mode="after")
+    def _admin_apart(self) -> GatewaySettings:
+        public = {p for p in (self.http_port, self.grpc_port, self.metrics_port) if p}
+        if self.admin_port and self.admin_port in public:
+            raise ValueError(f"admin_port {self.admin_port} is also a prediction or metrics port; "
+                             "the admin API must listen on a port of its own")
+        return self
 
     def batching_for(self, model: str) -> BatchingOverride:
         merged: dict[str, Any] = {}

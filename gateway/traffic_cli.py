@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import sys
 from typing import Any
 
@@ -30,6 +31,13 @@ def add_parser(sub: Any) -> None:
                    help="admin API address (default $GATEWAY_ADMIN_URL or http://127.0.0.1:8003)")
     p.add_argument("--token", default=os.environ.get("GATEWAY_ADMIN_TOKEN", ""),
                    help="admin token (default $GATEWAY_ADMIN_TOKEN)")
+    p.add_argument("--ca-file", default=os.environ.get("GATEWAY_ADMIN_CA_FILE"),
+                   help="CA bundle that signed an https admin API's certificate (default $GATEWAY_ADMIN_CA_FILE)")
+    p.add_argument("--client-cert", default=os.environ.get("GATEWAY_ADMIN_CLIENT_CERT"),
+                   help="client certificate (PEM) for an admin API that requires one "
+                        "(default $GATEWAY_ADMIN_CLIENT_CERT)")
+    p.add_argument("--client-key", default=os.environ.get("GATEWAY_ADMIN_CLIENT_KEY"),
+                   help="private key of --client-cert (default $GATEWAY_ADMIN_CLIENT_KEY)")
     actions = p.add_subparsers(dest="traffic_action", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="the current split (every model, or one)")
     show.add_argument("model", nargs="?")
@@ -56,8 +64,18 @@ def run(args: argparse.Namespace) -> int:
         print("gateway traffic: no admin token; pass --token or set GATEWAY_ADMIN_TOKEN", file=sys.stderr)
         return 2
     headers = {"authorization": f"Bearer {args.token}", "x-operator": os.environ.get("USER", "cli")}
+    if bool(args.client_cert) != bool(args.client_key):
+        print("gateway traffic: --client-cert and --client-key go together", file=sys.stderr)
+        return 2
     try:
-        with httpx.Client(base_url=args.admin, headers=headers, timeout=10) as http:
+        tls = ssl.create_default_context(cafile=args.ca_file)
+        if args.client_cert:
+            tls.load_cert_chain(args.client_cert, args.client_key)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"gateway traffic: cannot load the TLS files: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with httpx.Client(base_url=args.admin, headers=headers, timeout=10, verify=tls) as http:
             if args.traffic_action == "show":
                 r = http.get("/admin/traffic" + (f"/{args.model}" if args.model else ""))
             elif args.traffic_action == "set":

@@ -101,6 +101,9 @@ class Manifest(BaseModel):
     this can be high. Callers past it wait in Ray's router with back-off, which is slow."""
     max_queued_requests: int = Field(512, ge=1)
     """Calls queued for this version inside Ray before Ray refuses them (bounded, never -1)."""
+    nan_policy: Literal["allow", "reject"] = "allow"
+    """Floating-point inputs holding NaN or +-Inf: 'allow' passes them to the model, 'reject' refuses the
+    request (400 / INVALID_ARGUMENT naming the input) before it is queued."""
     metrics: dict[str, float] = Field(default_factory=dict)
     """Evaluation metrics at training time."""
     lineage: Lineage = Lineage()
