@@ -128,7 +128,8 @@ class Gateway:
                         max_rows=s.max_request_rows)
         self._http = _Uvicorn(uvicorn.Config(door, http=limited_http_protocol(s.max_header_bytes), loop="none",
                                              lifespan="off", access_log=False, log_level="warning", backlog=2048,
-                                             timeout_graceful_shutdown=s.drain_s, **tls.http_options(s.tls)))
+                                             timeout_graceful_shutdown=max(1, round(s.drain_s)),
+                                             **tls.http_options(s.tls)))
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[http_sock])))
         # Workers write metrics to the shared multiprocess directory; the first process serves them all.
         metrics_port = s.metrics_port if self.worker else self.metrics.serve(s.host, s.metrics_port)

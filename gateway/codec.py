@@ -52,14 +52,18 @@ def numpy_dtype(name: str, datatype: str) -> np.dtype[Any]:
 
 def element_count(name: str, shape: Sequence[int], max_elements: int) -> int:
     count = 1
+    span = 1  # the product of the non-zero dimensions: an empty tensor may not declare absurd ones either
     for dim in shape:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
             raise invalid(f"input '{name}': shape {list(shape)} must hold non-negative integers")
         count *= dim
-    if count > max_elements:
+        span *= dim or 1
+    if count > max_elements or span > max_elements:
         raise GatewayError(
             Code.RESOURCE_EXHAUSTED,
-            f"input '{name}': shape {list(shape)} has {count} elements, over the limit of {max_elements}",
+            f"input '{name}': shape {list(shape)} "
+            + (f"has {count} elements" if count else f"declares dimensions multiplying to {span}")
+            + f", over the limit of {max_elements}",
         )
     return count
 

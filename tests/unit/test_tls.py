@@ -213,7 +213,7 @@ async def test_grpc_door_over_tls_with_tritonclient(pki: Pki) -> None:
 
         out = await asyncio.to_thread(call, ssl=True, root_certificates=str(pki.ca))
         assert out.tolist() == [[2.0, 4.0]]
-        with pytest.raises(Exception, match="(?i)unavailable|ssl|handshake"):  # plaintext client: no answer
+        with pytest.raises(Exception, match=r"(?i)unavailable|ssl|handshake"):  # plaintext client: no answer
             await asyncio.to_thread(call)
     finally:
         await door.stop(0)
