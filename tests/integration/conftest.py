@@ -2,8 +2,8 @@
 
 The repository holds the example models plus test versions: `faulty` (a Python model that raises
 on negative input), `stall` (an identity model that stalls 0.5 s on a marker value), `flood` (the
-same behind a gateway queue of 8 rows) and `echo`
-version 2, which asks for a GPU that no node here offers.
+same behind a gateway queue of 8 rows), `fault` (a 20 ms identity model with two replicas, for
+replica kills) and `echo` version 2, which asks for a GPU that no node here offers.
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ def predict(inputs):
     return {"y": x}
 '''
 STALL_MARKER = 777.0
+SLOW_MODEL = '''
+import time
+
+def predict(inputs):
+    time.sleep(0.02)  # long enough that a killed replica has calls in flight
+    return {"y": inputs["x"]}
+'''
 FLOOD_QUEUE_ROWS = 8
 MAX_REQUEST_BYTES = 1 << 20
 ADMIN_TOKEN = "integration-admin-token"
@@ -81,6 +88,9 @@ def build_test_repository(root: Path) -> None:
     # The same stalling model behind a gateway queue of 8 rows: a flood overflows it.
     flood = stall.model_copy(update={"name": "flood", "batching": Batching(max_queue_rows=FLOOD_QUEUE_ROWS)})
     repo.write_version(flood, lambda d: (d / "model.py").write_text(STALL_MODEL))
+    # Only tests/integration/test_faults.py touches it: it kills one of its two replicas.
+    fault = faulty.model_copy(update={"name": "fault", "replicas": 2, "cpus_per_replica": 0.05})
+    repo.write_version(fault, lambda d: (d / "model.py").write_text(SLOW_MODEL))
     echo = repo.load("echo", "1").manifest
     gpu = echo.model_copy(update={"version": "2", "accelerator": Accelerator(kind="gpu", count=1)})
     repo.write_version(gpu, lambda d: None)

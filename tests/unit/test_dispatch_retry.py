@@ -1,0 +1,73 @@
+"""RayDispatcher.infer when a replica dies mid-call: one retry (inference is idempotent), then UNAVAILABLE.
+
+Fake deployment handles stand in for Ray Serve; no cluster is started.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from ray.exceptions import ActorDiedError
+from ray.serve._private.common import DeploymentID
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+from gateway.dispatch import RayDispatcher
+from gateway.errors import Code, GatewayError
+
+pytestmark = pytest.mark.asyncio
+
+
+class FakeHandle:
+    """Answers each call with the next scripted outcome: an exception to raise, or arrays to return."""
+
+    def __init__(self, *outcomes: Any) -> None:
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    def remote(self, inputs: dict[str, np.ndarray]) -> Any:
+        self.calls += 1
+        outcome = self.outcomes.pop(0)
+
+        async def answer() -> Any:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        return answer()
+
+
+def dispatcher(handle: FakeHandle) -> RayDispatcher:
+    d = RayDispatcher(None, None, "FPGA")
+    d._handles[("m", "1")] = handle  # type: ignore[assignment]
+    return d
+
+
+X = {"x": np.ones((1, 2), np.float32)}
+
+
+@pytest.mark.parametrize("lost", [ActorDiedError(), ReplicaUnavailableError("r1")])
+async def test_a_replica_lost_mid_call_is_retried_once(lost: Exception) -> None:
+    handle = FakeHandle(lost, {"y": X["x"] * 2})
+    d = dispatcher(handle)
+    out = await d.infer("m", "1", X)
+    assert out["y"].tolist() == [[2.0, 2.0]] and handle.calls == 2 and d.retries == 1
+
+
+async def test_a_second_loss_is_unavailable() -> None:
+    handle = FakeHandle(ActorDiedError(), ActorDiedError(), {"y": X["x"]})
+    with pytest.raises(GatewayError) as e:
+        await dispatcher(handle).infer("m", "1", X)
+    assert e.value.code == Code.UNAVAILABLE and "no healthy replica" in e.value.message and handle.calls == 2
+
+
+@pytest.mark.parametrize(("fault", "code"), [
+    (DeploymentUnavailableError(DeploymentID(name="d", app_name="a")), Code.UNAVAILABLE),  # nothing to retry on
+    (BackPressureError(num_queued_requests=1, max_queued_requests=1), Code.UNAVAILABLE),  # overload: no retry
+])
+async def test_no_retry_when_no_replica_could_answer(fault: Exception, code: Code) -> None:
+    handle = FakeHandle(fault, {"y": X["x"]})
+    with pytest.raises(GatewayError) as e:
+        await dispatcher(handle).infer("m", "1", X)
+    assert e.value.code == code and handle.calls == 1
