@@ -111,6 +111,11 @@ class RayDispatcher:
                 out[key] = Readiness("UNAVAILABLE", "not deployed")
             elif app.status == "RUNNING":
                 out[key] = Readiness("READY")
+            elif (running := _running_replicas(app)) > 0:
+                # A replica died (UNHEALTHY) or is being replaced (DEPLOYING) while others still serve:
+                # the version can answer, so it stays ready while Serve heals it.
+                out[key] = Readiness("READY", f"{app.status.lower()}: {running} replica(s) running, "
+                                              "Serve is replacing the rest")
             elif app.status in ("DEPLOYING", "NOT_STARTED"):
                 out[key] = Readiness("LOADING", app.message or "replicas are starting")
             else:
@@ -157,6 +162,12 @@ class RayDispatcher:
         finally:
             if self._owns_cluster:
                 ray.shutdown()
+
+
+def _running_replicas(app: Any) -> int:
+    """Replicas able to answer: the smallest RUNNING count over the application's deployments."""
+    counts = [int(d.replica_states.get("RUNNING", 0)) for d in app.deployments.values()]
+    return min(counts) if counts else 0
 
 
 class TrafficTable:

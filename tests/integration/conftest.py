@@ -3,7 +3,8 @@
 The repository holds the example models plus test versions: `faulty` (a Python model that raises
 on negative input), `stall` (an identity model that stalls 0.5 s on a marker value), `flood` (the
 same behind a gateway queue of 8 rows), `fault` (a 20 ms identity model with two replicas, for
-replica kills) and `echo` version 2, which asks for a GPU that no node here offers.
+replica kills), `drain` (the stalling model, two rows per batch) and `echo` version 2, which
+asks for a GPU that no node here offers.
 """
 
 from __future__ import annotations
@@ -91,6 +92,10 @@ def build_test_repository(root: Path) -> None:
     # Only tests/integration/test_faults.py touches it: it kills one of its two replicas.
     fault = faulty.model_copy(update={"name": "fault", "replicas": 2, "cpus_per_replica": 0.05})
     repo.write_version(fault, lambda d: (d / "model.py").write_text(SLOW_MODEL))
+    # The stalling model two rows per batch: 16 stalled requests keep it busy for 4 s (SIGTERM drain test).
+    drain = stall.model_copy(update={"name": "drain", "cpus_per_replica": 0.05,
+                                     "batching": Batching(max_batch_size=2, replica_max_batch_size=1)})
+    repo.write_version(drain, lambda d: (d / "model.py").write_text(STALL_MODEL))
     echo = repo.load("echo", "1").manifest
     gpu = echo.model_copy(update={"version": "2", "accelerator": Accelerator(kind="gpu", count=1)})
     repo.write_version(gpu, lambda d: None)

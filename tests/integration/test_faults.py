@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -52,7 +53,8 @@ while True:
     status = serve.status().applications[app]
     running = sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
     now = replicas()
-    if victim not in now and running == len(before) and status.status == "RUNNING":
+    if victim not in now and set(now) - set(before) and len(now) == len(before) and running == len(before) \
+            and status.status == "RUNNING":
         break
     if time.monotonic() - killed > 120:
         sys.exit(f"Serve did not replace {victim}: {now} {status}")
@@ -149,8 +151,11 @@ def test_a_replica_killed_under_load(gateway: RunningGateway, tmp_path: Path) ->
         watcher.start()
         load.wait_for(200)
         at_kill = load.count()
+        # A driver joining the session's cluster by address needs token auth, as a gateway does (gateway/cli.py).
+        env = {**os.environ, "RAY_AUTH_MODE": "token"} if (
+            os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()) else None
         killer = subprocess.run([sys.executable, "-c", KILL_ONE_REPLICA, gateway.ray_address, "model:fault:1"],
-                                check=False, capture_output=True, text=True, timeout=180)
+                                check=False, capture_output=True, text=True, timeout=180, env=env)
         assert killer.returncode == 0, killer.stderr[-3000:]
         replaced = json.loads(killer.stdout.strip().splitlines()[-1])
         after_replacement = load.count()
@@ -171,6 +176,8 @@ def test_a_replica_killed_under_load(gateway: RunningGateway, tmp_path: Path) ->
     # Every request was answered, or refused with UNAVAILABLE (gRPC) / 503 (HTTP); none hung or timed out.
     assert set(outcomes) <= {"OK", "UNAVAILABLE", "HTTP 503"}, outcomes
     assert outcomes["OK"] > 400
+    # One replica kept serving throughout, so the model never stopped being ready.
+    assert readiness and all(readiness), Counter(readiness)
     # ...and every one of them, answered or refused, has its record.
     records = logged(log_dir)
     missing = [rid for rid in load.outcomes if rid not in records]
@@ -179,37 +186,50 @@ def test_a_replica_killed_under_load(gateway: RunningGateway, tmp_path: Path) ->
     assert len(replaced["after"]) == len(replaced["before"]) == 2 and replaced["victim"] not in replaced["after"]
 
 
+def body_of(value: float, rid: str) -> dict[str, Any]:
+    return {"id": rid, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [value] * 4}]}
+
+
 def stall_body(rid: str) -> dict[str, Any]:
-    return {"id": rid, "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [STALL_MARKER] * 4}]}
+    return body_of(STALL_MARKER, rid)
 
 
 def test_sigterm_answers_every_request_in_flight(gateway: RunningGateway, tmp_path: Path) -> None:
-    """Requests that each hold the replica for 0.5 s are in flight (dispatched or queued) when SIGTERM lands."""
+    """16 requests that stall `drain` (two per 0.5 s batch, so about 4 s of work) are in flight, dispatched or
+    queued, when SIGTERM lands 1 s in."""
     with second_gateway(gateway, tmp_path) as (proc, address, log_dir, http_url):
         outcomes: dict[str, str] = {}
+        connected = threading.Barrier(17)
 
         def grpc_call(rid: str) -> None:
             c = grpcclient.InferenceServerClient(address)
             inp = grpcclient.InferInput("x", [1, 4], "FP32")
+            inp.set_data_from_numpy(np.ones((1, 4), np.float32))
+            c.infer("drain", [inp], client_timeout=CLIENT_TIMEOUT_S)  # the connection is up before SIGTERM
+            connected.wait(60)
             inp.set_data_from_numpy(np.full((1, 4), STALL_MARKER, np.float32))
             try:
-                c.infer("stall", [inp], request_id=rid, client_timeout=CLIENT_TIMEOUT_S)
+                c.infer("drain", [inp], request_id=rid, client_timeout=CLIENT_TIMEOUT_S)
                 outcomes[rid] = "OK"
             except InferenceServerException as exc:
                 outcomes[rid] = str(exc.status())
 
         def http_call(rid: str) -> None:
-            try:
-                r = httpx.post(f"{http_url}/v2/models/stall/infer", json=stall_body(rid), timeout=CLIENT_TIMEOUT_S)
-                outcomes[rid] = "OK" if r.status_code == 200 else f"HTTP {r.status_code}"
-            except httpx.HTTPError as exc:
-                outcomes[rid] = type(exc).__name__
+            with httpx.Client(timeout=CLIENT_TIMEOUT_S) as http:
+                http.post(f"{http_url}/v2/models/drain/infer", json=body_of(1.0, "warm"))
+                connected.wait(60)
+                try:
+                    r = http.post(f"{http_url}/v2/models/drain/infer", json=body_of(STALL_MARKER, rid))
+                    outcomes[rid] = "OK" if r.status_code == 200 else f"HTTP {r.status_code}"
+                except httpx.HTTPError as exc:
+                    outcomes[rid] = type(exc).__name__
 
         calls = [threading.Thread(target=grpc_call, args=(f"g{i}",)) for i in range(8)]
         calls += [threading.Thread(target=http_call, args=(f"h{i}",)) for i in range(8)]
         for t in calls:
             t.start()
-        time.sleep(0.3)  # all sent; the first stalls the replica, the rest wait in the gateway's queue
+        connected.wait(60)
+        time.sleep(1.0)  # all sent; two run at a time for 0.5 s, the rest wait in the gateway's queue
         sent_at = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
@@ -222,7 +242,8 @@ def test_sigterm_answers_every_request_in_flight(gateway: RunningGateway, tmp_pa
                 accepting = True
             except grpc.FutureTimeoutError:
                 accepting = False
-    print(f"\nSIGTERM with 16 stalled requests in flight: exit {code} after {exit_s:.1f} s; outcomes {outcomes}")
+    print(f"\nSIGTERM with 16 stalled requests in flight: exit {code} after {exit_s:.1f} s; outcomes "
+          f"{Counter(outcomes.values())}")
     assert code == 0
     assert outcomes == {rid: "OK" for rid in outcomes} and len(outcomes) == 16, outcomes
     records = logged(log_dir)

@@ -20,7 +20,6 @@ import pytest
 import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -235,9 +234,15 @@ def openapi_for_session() -> dict[str, Any]:
 schema = schemathesis.openapi.from_dict(openapi_for_session())
 
 
+def no_server_fault(ctx: Any, response: Any, case: Any) -> None:
+    """5xx only where the error table says so: 503 (not ready, overloaded) and 504 (deadline). Never 500."""
+    assert response.status_code < 500 or response.status_code in (503, 504), \
+        f"{case.method} {case.formatted_path} answered {response.status_code}: {response.text[:300]}"
+
+
 @schema.parametrize()
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_openapi_schema(case: Any, gateway: RunningGateway) -> None:
     case.call_and_validate(base_url=gateway.http_url, timeout=30,
-                           checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                           checks=[no_server_fault, status_code_conformance, content_type_conformance,
                                    response_schema_conformance])
