@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from gateway.errors import Code, GatewayError, overloaded, unavailable
 from serving import traffic_table
 from serving.deployment import app_name, build_app, required_resource
+from serving.ramp import PlanError
 from serving.repository import VersionEntry
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class RayDispatcher:
                                f"running inference ({type(cause).__name__})") from None
 
     def traffic_table(self, path: str) -> TrafficTable:
-        return TrafficTable(traffic_table.connect(path))
+        return TrafficTable(path)
 
     def shutdown(self) -> None:
         try:
@@ -147,23 +148,56 @@ class RayDispatcher:
 
 
 class TrafficTable:
-    """The cluster's traffic table (a named Ray actor), seen from one gateway process."""
+    """The cluster's traffic table (a named Ray actor), seen from one gateway process.
 
-    def __init__(self, actor: Any) -> None:
-        self._actor = actor
+    A change the table refuses (PlanError) becomes INVALID_ARGUMENT. When the actor is gone (its node
+    died, Ray restarted), the next call reconnects: the table is recreated from its file."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._actor = traffic_table.connect(path)
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        for attempt in (1, 2):
+            try:
+                return await getattr(self._actor, method).remote(*args)
+            except PlanError as exc:  # raised in the actor; Ray hands back an exception that is also a PlanError
+                cause = getattr(exc, "cause", None) or exc
+                raise GatewayError(Code.INVALID_ARGUMENT, str(cause)) from None
+            except (ActorDiedError, ActorUnavailableError, RayActorError):
+                if attempt == 2:
+                    raise
+                log.warning("traffic table actor is gone; reconnecting (it reloads from %s)", self._path)
+                self._actor = traffic_table.connect(self._path)
+        raise AssertionError("unreachable")
 
     async def get(self) -> dict[str, Any]:
-        table: dict[str, Any] = await self._actor.get.remote()
+        table: dict[str, Any] = await self._call("get")
         return table
 
     async def set_model(self, model: str, weights: dict[str, int], who: str, reason: str) -> dict[str, Any]:
-        table: dict[str, Any] = await self._actor.set_model.remote(model, weights, who, reason)
+        table: dict[str, Any] = await self._call("set_model", model, weights, who, reason)
         return table
 
+    async def set_shadows(self, model: str, shadows: dict[str, float], who: str, reason: str) -> dict[str, Any]:
+        table: dict[str, Any] = await self._call("set_shadows", model, shadows, who, reason)
+        return table
+
+    async def start_ramp(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]:
+        table: dict[str, Any] = await self._call("start_ramp", model, plan, who, reason)
+        return table
+
+    async def rollback(self, model: str, who: str, reason: str) -> dict[str, Any]:
+        table: dict[str, Any] = await self._call("rollback", model, who, reason)
+        return table
+
+    async def report(self, gateway_id: str, counts: dict[str, Any]) -> None:
+        await self._call("report", gateway_id, counts)
+
     async def history(self, model: str) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = await self._actor.model_history.remote(model)
+        entries: list[dict[str, Any]] = await self._call("model_history", model)
         return entries
 
     async def wait_newer(self, revision: int, timeout_s: float) -> dict[str, Any]:
-        table: dict[str, Any] = await self._actor.wait_newer.remote(revision, timeout_s)
+        table: dict[str, Any] = await self._call("wait_newer", revision, timeout_s)
         return table

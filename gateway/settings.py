@@ -29,6 +29,17 @@ class BatchingOverride(BaseModel):
     enabled: bool | None = None
 
 
+class ShadowSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_inflight: int = Field(64, ge=1, le=100_000)
+    """Shadow calls running at once per gateway process; a copy beyond this is dropped (and counted)."""
+    timeout_ms: float = Field(10_000, gt=0)
+    """Deadline of one shadow call; a shadow slower than this is abandoned (and counted)."""
+    agreement_atol: float = Field(1e-3, ge=0)
+    """Outputs agree when every numeric element is within this of the primary's (other types: equal)."""
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid")
 
@@ -81,6 +92,8 @@ class GatewaySettings(BaseSettings):
     """The request log: one record per answered request, errors included (docs/REQUEST_LOG.md)."""
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     """OpenTelemetry tracing of inference requests (off by default; README, "Tracing")."""
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    """Limits of shadow traffic (which versions shadow is the traffic table's business)."""
 
     def batching_for(self, model: str) -> BatchingOverride:
         merged: dict[str, Any] = {}
