@@ -2,8 +2,8 @@
 
 The repository holds the example models plus test versions: `faulty` (a Python model that raises
 on negative input), `stall` (an identity model that stalls 0.5 s on a marker value), `flood` (the
-same behind a gateway queue of 8 rows) and `echo`
-version 2, which asks for a GPU that no node here offers.
+same behind a gateway queue of 8 rows), `canary` (version 1 answers, 2 always fails, 3 is slow) and
+`echo` version 2, which asks for a GPU that no node here offers.
 """
 
 from __future__ import annotations
@@ -43,6 +43,17 @@ def predict(inputs):
         time.sleep(0.5)
     return {"y": x}
 '''
+BROKEN_MODEL = '''
+def predict(inputs):
+    raise RuntimeError("this version is broken")
+'''
+SLOW_MODEL = '''
+import time
+
+def predict(inputs):
+    time.sleep(0.05)
+    return {"y": inputs["x"]}
+'''
 STALL_MARKER = 777.0
 FLOOD_QUEUE_ROWS = 8
 MAX_REQUEST_BYTES = 1 << 20
@@ -81,6 +92,10 @@ def build_test_repository(root: Path) -> None:
     # The same stalling model behind a gateway queue of 8 rows: a flood overflows it.
     flood = stall.model_copy(update={"name": "flood", "batching": Batching(max_queue_rows=FLOOD_QUEUE_ROWS)})
     repo.write_version(flood, lambda d: (d / "model.py").write_text(STALL_MODEL))
+    # `canary`: version 1 answers, 2 fails on every call, 3 answers slowly (shadow and ramp tests).
+    for version, code in (("1", STALL_MODEL), ("2", BROKEN_MODEL), ("3", SLOW_MODEL)):
+        canary = faulty.model_copy(update={"name": "canary", "version": version, "cpus_per_replica": 0.05})
+        repo.write_version(canary, lambda d, code=code: (d / "model.py").write_text(code))
     echo = repo.load("echo", "1").manifest
     gpu = echo.model_copy(update={"version": "2", "accelerator": Accelerator(kind="gpu", count=1)})
     repo.write_version(gpu, lambda d: None)
