@@ -36,6 +36,8 @@ class ShadowSettings(BaseModel):
     """Shadow calls running at once per gateway process; a copy beyond this is dropped (and counted)."""
     timeout_ms: float = Field(10_000, gt=0)
     """Deadline of one shadow call; a shadow slower than this is abandoned (and counted)."""
+    batch_wait_ms: float = Field(20, ge=0, le=10_000)
+    """How long a shadow copy waits for others to share its call: mirroring then costs few Ray calls."""
     agreement_atol: float = Field(1e-3, ge=0)
     """Outputs agree when every numeric element is within this of the primary's (other types: equal)."""
 

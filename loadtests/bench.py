@@ -73,9 +73,9 @@ def wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout_
     return info
 
 
-def load(target: str, out: Path, *extra: str) -> dict[str, Any]:
+def load(target: str, out: Path, *extra: str, model: str = MODEL) -> dict[str, Any]:
     """One load-tool run in its own process, so the generator never shares a GIL with anything measured."""
-    cmd = [sys.executable, "-m", "loadtests", "--target", target, "--model", MODEL, "--no-progress",
+    cmd = [sys.executable, "-m", "loadtests", "--target", target, "--model", model, "--no-progress",
            "--report", str(out), *extra]
     subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
     if not out.exists():
