@@ -103,7 +103,7 @@ class Gateway:
                              "<model>/<version>/manifest.json folders, or leave example_models on")
         from gateway.dispatch import RayDispatcher  # imports Ray; kept out of the CLI's --help path
 
-        dispatcher = RayDispatcher(s.ray_address, s.ray_num_cpus, s.fpga_resource)
+        dispatcher = RayDispatcher(s.ray_address, s.ray_num_cpus, s.fpga_resource, s.ray_transport)
         self.dispatcher = dispatcher
         say("starting Ray" + (f" (joining {s.ray_address})" if s.ray_address else " (embedded, local)") + "...")
         await asyncio.to_thread(dispatcher.start)

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import ray
 from ray import serve
@@ -38,10 +39,17 @@ class Readiness:
 
 
 class RayDispatcher:
-    def __init__(self, address: str | None, num_cpus: int | None, fpga_resource: str) -> None:
+    def __init__(self, address: str | None, num_cpus: int | None, fpga_resource: str,
+                 transport: str = "grpc") -> None:
         self.address = address
         self.num_cpus = num_cpus
         self.fpga_resource = fpga_resource
+        # "grpc": Ray Serve's direct gRPC channel from the handle to the replica, pickled arrays (no actor
+        # task and object store per call); "actor": Ray's actor calls. See docs/ARCHITECTURE.md, "Transport".
+        self._handle_options: dict[str, Any] = {"method_name": "infer"}
+        if transport == "grpc":
+            self._handle_options.update(_by_reference=False, request_serialization="pickle",
+                                        response_serialization="pickle")
         self._handles: dict[Key, DeploymentHandle[Any]] = {}
         self._refused: dict[Key, str] = {}
         self._owns_cluster = False
@@ -95,7 +103,7 @@ class RayDispatcher:
         for e in entries:
             key = (e.manifest.name, e.manifest.version)
             if key not in self._refused:
-                self._handles[key] = serve.get_app_handle(app_name(*key)).options(method_name="infer")
+                self._handles[key] = serve.get_app_handle(app_name(*key)).options(**self._handle_options)
 
     def readiness(self) -> dict[Key, Readiness]:
         """Blocking: asks the Serve controller; call it off the event loop."""
@@ -125,7 +133,7 @@ class RayDispatcher:
         except BackPressureError:
             raise overloaded(f"model '{model}' version '{version}'") from None
         except (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError,
-                ReplicaUnavailableError) as exc:
+                ReplicaUnavailableError, grpc.aio.AioRpcError) as exc:
             raise unavailable(f"model '{model}' version '{version}' has no healthy replica "
                               f"({type(exc).__name__}); retry shortly") from None
         except RayTaskError as exc:

@@ -6,7 +6,7 @@ Validated once at start-up; a bad value stops the process with a message naming 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -61,6 +61,9 @@ class GatewaySettings(BaseSettings):
     """Address of an existing Ray cluster; unset starts an embedded local one."""
     ray_num_cpus: int | None = Field(None, ge=1)
     """CPUs the embedded Ray cluster may use (default: all)."""
+    ray_transport: Literal["grpc", "actor"] = "grpc"
+    """How a batch reaches a replica: Ray Serve's direct gRPC channel ("grpc", less CPU per call) or Ray
+    actor calls ("actor")."""
     fpga_resource: str = "FPGA"
     """Ray custom resource name that FPGA model versions ask for."""
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
