@@ -80,7 +80,10 @@ app.kubernetes.io/component: gateway
 {{- dir .Values.trafficTable.path }}
 {{- end }}
 
-{{/* Ray token authentication environment, for every Ray container and the gateway. */}}
+{{/*
+Ray token authentication, the same on every Ray container and the gateway. The mode is always set:
+left unset, `ray start --head` turns token mode on by itself when it finds a token file.
+*/}}
 {{- define "model-gateway.rayAuthEnv" -}}
 {{- if .Values.ray.auth.enabled }}
 - name: RAY_AUTH_MODE
@@ -90,6 +93,9 @@ app.kubernetes.io/component: gateway
     secretKeyRef:
       name: {{ include "model-gateway.rayAuthSecretName" . }}
       key: auth_token
+{{- else }}
+- name: RAY_AUTH_MODE
+  value: disabled
 {{- end }}
 {{- end }}
 
