@@ -129,6 +129,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("chart-owned request log dir", {"gateway": {"settings": {"request_log": {"dir": "/x"}}}}, "dir"),
     ("traffic weight over 100", {"gateway": {"settings": {"traffic": {"m": {"1": 120}}}}}, "traffic"),
     ("short admin token", {"gateway": {"adminToken": "short"}}, "$.gateway.adminToken"),
+    ("admin token and existing Secret", {"gateway": {"adminToken": "x" * 20, "existingSecret": "s"}}, "$.gateway"),
+    ("Ray token and existing Secret", {"ray": {"auth": {"token": "y" * 20, "existingSecret": "s"}}}, "$.ray.auth"),
     ("ray start flag not a string", {"ray": {"head": {"rayStartParams": {"num-cpus": 2}}}}, "num-cpus"),
     ("num-gpus set by hand", {"ray": {"workers": {"gpu": {"rayStartParams": {"num-gpus": "2"}}}}}, "rayStartParams"),
     ("FPGA resources set by hand", {"ray": {"workers": {"fpga": {"rayStartParams": {"resources": "{}"}}}}},
