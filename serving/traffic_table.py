@@ -220,5 +220,6 @@ TrafficTableActor = ray.remote(num_cpus=0)(TrafficTableState)
 def connect(path: str) -> Any:
     """The cluster's table actor, created on first use (detached: it outlives the gateway that made it)."""
     actor_class: Any = TrafficTableActor  # ray.remote hides .options from the type checker
-    return actor_class.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached",
-                               get_if_exists=True).remote(path)
+    # On the head node (its special resource): the table must not die with the gateway (pod) that created it.
+    return actor_class.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                               resources={"node:__internal_head__": 0.001}).remote(path)
