@@ -117,7 +117,10 @@ class Gateway:
             self.request_log = RequestLogWriter(s.request_log, self.metrics.registry).start()
             if not self.request_log.healthy:
                 log.error("request log %s is not writable: %s", s.request_log.dir, self.request_log.last_error)
-            self.feedback = FeedbackLog(s.request_log, self.metrics.registry).start()  # beside it, in <dir>/feedback
+            try:  # beside it, in <dir>/feedback
+                self.feedback = FeedbackLog(s.request_log, self.metrics.registry).start()
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from None
         self.plane = DataPlane(catalog, dispatcher, self.metrics, request_log=self.request_log,
                                tracer=self.tracing.tracer, shadow=s.shadow)
 

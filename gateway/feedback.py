@@ -138,6 +138,8 @@ def feedback_settings(settings: RequestLogSettings) -> RequestLogSettings:
 
 class FeedbackLog:
     def __init__(self, settings: RequestLogSettings, registry: CollectorRegistry | None = None) -> None:
+        if settings.gateway_id == FEEDBACK_DIR:
+            raise ValueError(f"request_log.gateway_id '{FEEDBACK_DIR}' is taken by the feedback folder; choose another")
         self.settings = feedback_settings(settings)
         self.writer = _FeedbackWriter(self.settings)
         self.records = Counter("gateway_feedback_records", "Ground-truth labels posted back, by outcome",

@@ -113,6 +113,11 @@ async def test_an_unwritable_folder_answers_unavailable(tmp_path: Path) -> None:
     await feedback.close()
 
 
+async def test_the_feedback_folder_name_is_not_a_gateway_id(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="taken by the feedback folder"):
+        FeedbackLog(RequestLogSettings(dir=tmp_path, gateway_id="feedback"))
+
+
 async def test_latest_label_wins() -> None:
     records = [{"request_id": "a", "time": 2.0, "label": 1}, {"request_id": "a", "time": 1.0, "label": 0},
                {"request_id": "b", "time": 1.0, "label": 0}, {"request_id": "b", "time": 1.0, "label": 1}]
