@@ -125,7 +125,13 @@ def propose_canary(table: Any, model: str, plan: dict[str, Any], who: str, reaso
         def get(ref: Any) -> Any:
             return ray.get(ref, timeout=60)
 
-    return get(table.start_ramp.remote(model, plan, who, reason))
+    try:
+        start_ramp = table.start_ramp
+    except AttributeError:
+        raise RuntimeError("this cluster's traffic table takes no ramp plans (it has no start_ramp): the version "
+                           "is registered and deployed; upgrade the gateway, or move traffic with "
+                           "`gateway traffic`") from None
+    return get(start_ramp.remote(model, plan, who, reason))
 
 
 def deploy(entry: VersionEntry, ray_address: str | None, fpga_resource: str, timeout_s: float, say: Say) -> None:

@@ -180,6 +180,11 @@ def test_propose_canary_calls_start_ramp_with_the_plan() -> None:
                                      "max_p99_ms": None, "min_requests": 100}, "retrain", "why")]
 
 
+def test_a_table_without_ramp_plans_says_so() -> None:
+    with pytest.raises(RuntimeError, match="takes no ramp plans"):
+        retrain.propose_canary(object(), MODEL, {}, "retrain", "why", get=lambda ref: ref)
+
+
 def test_cli_errors_exit_2_with_a_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--model", MODEL, "--parent-version", "9", "--repository", str(tmp_path), "--log-dir", str(tmp_path)]
     assert retrain.main(args) == 2
