@@ -111,9 +111,11 @@ def register(repo: Repository, parent: VersionEntry, model: onnx.ModelProto, lin
 
 
 def ramp_plan(version: str, steps: Sequence[int], every_s: float, max_error_rate: float | None,
-              max_p99_ms: float | None, min_requests: int) -> dict[str, Any]:
+              max_p99_ms: float | None, min_requests: int, parent: str) -> dict[str, Any]:
+    """The plan for the table's start_ramp (serving/ramp.py). `base` only counts when the model has no split
+    yet: then the ramp starts from the parent taking all traffic, as it did when the drift was seen."""
     return {"version": version, "steps": list(steps), "every_s": every_s, "max_error_rate": max_error_rate,
-            "max_p99_ms": max_p99_ms, "min_requests": min_requests}
+            "max_p99_ms": max_p99_ms, "min_requests": min_requests, "base": {parent: 100}}
 
 
 def propose_canary(table: Any, model: str, plan: dict[str, Any], who: str, reason: str,
@@ -240,7 +242,8 @@ def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
     if a.no_deploy:
         return EXIT_OK, {**summary, "deployed": False, "seconds": round(time.monotonic() - started, 1)}
 
-    plan = ramp_plan(version, a.ramp_steps, a.ramp_every_s, a.max_error_rate, a.max_p99_ms, a.min_requests)
+    plan = ramp_plan(version, a.ramp_steps, a.ramp_every_s, a.max_error_rate, a.max_p99_ms, a.min_requests,
+                     m.version)
     try:
         say(f"deploying {m.name}/{version} on Ray Serve...")
         deploy(entry, a.ray_address, a.fpga_resource, a.deploy_timeout_s, say)
@@ -271,7 +274,7 @@ def _steps(text: str) -> list[int]:
         steps = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of percents") from None
-    if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(steps):
+    if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
         raise argparse.ArgumentTypeError("ramp steps are rising percents in 1..100, e.g. 5,25,50,100")
     return steps
 

@@ -16,6 +16,7 @@ from gateway.request_log import RequestLogSettings, RequestLogWriter
 from gateway.types import RequestRecord, Tensor
 from serving import retrain
 from serving.examples import fit_classifier, write_classifier
+from serving.ramp import RampPlan
 from serving.repository import Repository
 from serving.retrain_data import load_labelled, row_labels, split_held_out
 
@@ -173,11 +174,13 @@ class FakeTable:
 
 def test_propose_canary_calls_start_ramp_with_the_plan() -> None:
     table = FakeTable()
-    plan = retrain.ramp_plan("3", [5, 50, 100], 60.0, 0.01, None, 100)
+    plan = retrain.ramp_plan("3", [5, 50, 100], 60.0, 0.01, None, 100, parent="1")
     answer = retrain.propose_canary(table, MODEL, plan, "retrain", "why", get=lambda ref: ref.value)
     assert answer == {"revision": 7}
     assert table.calls == [(MODEL, {"version": "3", "steps": [5, 50, 100], "every_s": 60.0, "max_error_rate": 0.01,
-                                     "max_p99_ms": None, "min_requests": 100}, "retrain", "why")]
+                                     "max_p99_ms": None, "min_requests": 100, "base": {"1": 100}},
+                                    "retrain", "why")]
+    RampPlan.parse(plan)  # what the traffic table accepts
 
 
 def test_a_table_without_ramp_plans_says_so() -> None:
@@ -191,7 +194,7 @@ def test_cli_errors_exit_2_with_a_json_summary(tmp_path: Path, capsys: pytest.Ca
     out = json.loads(capsys.readouterr().out)
     assert out["outcome"] == "error" and "has no manifest.json" in out["error"]
     with pytest.raises(SystemExit):
-        retrain.main([*args, "--ramp-steps", "50,5"])
+        retrain.main([*args, "--ramp-steps", "5,5,100"])
     assert "rising percents" in capsys.readouterr().err
 
 
