@@ -257,7 +257,10 @@ def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
         summary.setdefault("deployed", False)
         return EXIT_NOT_DEPLOYED, {**summary, "error": f"{type(exc).__name__}: {exc}"[:1000],
                                    "seconds": round(time.monotonic() - started, 1)}
-    summary.update(outcome="canary_started", ramp=plan, table_answer=_jsonable(answer))
+    if isinstance(answer, dict):  # the whole table: keep what concerns this model
+        answer = {"revision": answer.get("revision"), "weights": answer.get("models", {}).get(m.name),
+                  "ramp": answer.get("ramps", {}).get(m.name)}
+    summary.update(outcome="canary_started", ramp=plan, table=_jsonable(answer))
     return EXIT_OK, {**summary, "seconds": round(time.monotonic() - started, 1)}
 
 
