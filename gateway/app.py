@@ -22,6 +22,7 @@ from gateway.admin import AdminApi, table_from
 from gateway.catalog import Catalog, VersionInfo
 from gateway.core import DataPlane
 from gateway.errors import Code, GatewayError
+from gateway.feedback import FeedbackLog
 from gateway.grpc_adapter import GrpcDoor, InferenceServicer
 from gateway.http_adapter import HttpDoor
 from gateway.metrics import Metrics
@@ -80,6 +81,7 @@ class Gateway:
         self._pending_table: dict[str, Any] | None = None  # a table revision waiting for versions to be ready
         self._discovering = asyncio.Lock()
         self.request_log: RequestLogWriter | None = None
+        self.feedback: FeedbackLog | None = None
         self.tracing: Tracing | None = None
         self.stopping = asyncio.Event()
 
@@ -115,6 +117,10 @@ class Gateway:
             self.request_log = RequestLogWriter(s.request_log, self.metrics.registry).start()
             if not self.request_log.healthy:
                 log.error("request log %s is not writable: %s", s.request_log.dir, self.request_log.last_error)
+            try:  # beside it, in <dir>/feedback
+                self.feedback = FeedbackLog(s.request_log, self.metrics.registry).start()
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from None
         self.plane = DataPlane(catalog, dispatcher, self.metrics, request_log=self.request_log,
                                tracer=self.tracing.tracer, shadow=s.shadow)
 
@@ -126,7 +132,8 @@ class Gateway:
         http_sock = bind_tcp(s.host, s.http_port)
         http_port = http_sock.getsockname()[1]
         door = HttpDoor(self.plane, max_body_bytes=s.max_request_bytes, max_elements=s.max_tensor_elements,
-                        default_timeout_s=s.default_timeout_ms / 1000.0, routing_header=s.routing_header)
+                        default_timeout_s=s.default_timeout_ms / 1000.0, routing_header=s.routing_header,
+                        feedback=self.feedback)
         self._http = _Uvicorn(uvicorn.Config(door, http="httptools", loop="none", lifespan="off",
                                              access_log=False, log_level="warning", backlog=2048,
                                              timeout_graceful_shutdown=10))
@@ -306,6 +313,8 @@ class Gateway:
             await self.plane.close()
         if self.request_log is not None:
             await self.request_log.close()  # after the doors and batchers: every answered request is written
+        if self.feedback is not None:
+            await self.feedback.close()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)  # exports the spans still buffered
         if self.dispatcher is not None:
