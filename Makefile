@@ -14,6 +14,7 @@ help:
 	@echo "make setup    only create .venv and install"
 	@echo "make protos   regenerate gateway/_proto from protos/"
 	@echo "make lock     refresh requirements.lock from the current .venv"
+	@echo "make chart-check  check the Helm chart (helm lint + kubernetes-validate where helm exists)"
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=...)")'
@@ -43,6 +44,10 @@ test: lint
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
+
+# Not part of `make test`: it needs a helm binary for its full run (the static chart checks are in the tests).
+chart-check: $(STAMP)
+	$(BIN)/python scripts/chart_check.py
 
 lock: $(STAMP)
 	{ echo "# Exact versions of every dependency, used as pip constraints by 'make setup'."; \

@@ -1,23 +1,35 @@
 """The admin API (own port, bearer token on every call): operators read and change the traffic table.
 
+    GET  /admin/traffic                     the whole table
+    GET  /admin/traffic/{model}             one model: weights, shadows, running ramp
+    PUT  /admin/traffic/{model}             {"weights": {"1": 90, "2": 10}, "reason": ...}
+    PUT  /admin/traffic/{model}/shadows     {"shadows": {"3": 0.2}}   ({} stops shadowing)
+    POST /admin/traffic/{model}/ramp        {"version", "steps", "every_s", "max_error_rate", "max_p99_ms", ...}
+    POST /admin/traffic/{model}/promote     {"version": "2"}
+    POST /admin/traffic/{model}/rollback    {} (ends a ramp at its starting split, or undoes the last change)
+    GET  /admin/traffic/{model}/history     every change: who, when, before, after, why
+
 A change is validated against this gateway's catalog (weights, versions exist and are ready) before
-it is stored in the cluster's table; every gateway then follows the table (see app.follow_traffic).
+it is stored in the cluster's table; every gateway then follows the table (Gateway._follow_traffic).
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.core import DataPlane
 from gateway.errors import Code, GatewayError
-from gateway.traffic import ModelSplit, TrafficTable
+from gateway.traffic import ModelSplit, TrafficTable, versions_named
+from serving.ramp import PlanError, RampPlan, split_with
 
 Scope = dict[str, Any]
 JSON = [(b"content-type", b"application/json")]
+M = TypeVar("M", bound=BaseModel)
 
 
 class TrafficStore(Protocol):
@@ -25,27 +37,60 @@ class TrafficStore(Protocol):
 
     async def set_model(self, model: str, weights: dict[str, int], who: str, reason: str) -> dict[str, Any]: ...
 
+    async def set_shadows(self, model: str, shadows: dict[str, float], who: str, reason: str) -> dict[str, Any]: ...
+
+    async def start_ramp(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]: ...
+
+    async def rollback(self, model: str, who: str, reason: str) -> dict[str, Any]: ...
+
     async def history(self, model: str) -> list[dict[str, Any]]: ...
 
 
-class SplitChange(BaseModel):
+# Finds versions added to the repository since start-up and starts serving them (Gateway.discover).
+Discover = Callable[[set[tuple[str, str]]], Awaitable[None]]
+
+
+class _Change(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    weights: dict[str, int]
     reason: str = Field("", max_length=1000)
+
+
+class SplitChange(_Change):
+    weights: dict[str, int]
+
+
+class ShadowChange(_Change):
+    shadows: dict[str, float]
+    """Shadow version -> fraction of the model's requests mirrored to it; {} stops shadowing."""
+
+
+class RampChange(_Change):
+    version: str
+    steps: list[int] = Field(min_length=1)
+    every_s: float = Field(gt=0)
+    max_error_rate: float | None = Field(None, ge=0, le=1)
+    max_p99_ms: float | None = Field(None, gt=0)
+    min_requests: int = Field(20, ge=0)
+
+
+class PromoteChange(_Change):
+    version: str
 
 
 def table_from(stored: dict[str, Any]) -> TrafficTable:
     return TrafficTable(revision=int(stored["revision"]),
-                        models={m: ModelSplit(weights=w) for m, w in stored["models"].items()})
+                        models={m: ModelSplit(weights=w) for m, w in stored["models"].items()},
+                        shadows=stored.get("shadows", {}), ramps=stored.get("ramps", {}))
 
 
 class AdminApi:
-    def __init__(self, plane: DataPlane, store: TrafficStore, token: str) -> None:
+    def __init__(self, plane: DataPlane, store: TrafficStore, token: str, discover: Discover | None = None) -> None:
         if not token:
             raise ValueError("the admin API needs a token")
         self.plane = plane
         self.store = store
+        self.discover = discover
         self._token = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -63,34 +108,103 @@ class AdminApi:
             return 401, {"error": "missing or wrong bearer token (Authorization: Bearer <admin_token>)"}
         parts = scope["path"].strip("/").split("/")
         method = scope["method"]
+        if parts[:2] != ["admin", "traffic"] or len(parts) > 4:
+            return 404, {"error": f"no admin route {method} {scope['path']}"}
+        model, action = [*parts, None, None][2:4]
         try:
-            if parts == ["admin", "traffic"] and method == "GET":
+            if model is None and method == "GET":
                 return 200, await self.store.get()
-            if len(parts) == 3 and parts[:2] == ["admin", "traffic"] and method == "GET":
+            if model is not None and action is None and method == "GET":
                 table = await self.store.get()
-                return 200, {"model": parts[2], "weights": table["models"].get(parts[2]),
-                             "revision": table["revision"]}
-            if len(parts) == 3 and parts[:2] == ["admin", "traffic"] and method == "PUT":
-                return 200, await self._set(parts[2], await _body(receive), scope)
-            if len(parts) == 4 and parts[:2] == ["admin", "traffic"] and parts[3] == "history" and method == "GET":
-                return 200, await self.store.history(parts[2])
+                return 200, {"model": model, "weights": table["models"].get(model),
+                             "shadows": table.get("shadows", {}).get(model, {}),
+                             "ramp": table.get("ramps", {}).get(model), "revision": table["revision"]}
+            if model is not None and action is None and method == "PUT":
+                return 200, await self._set(model, await _body(receive), scope)
+            if action == "history" and method == "GET":
+                return 200, await self.store.history(model)
+            if action == "shadows" and method == "PUT":
+                return 200, await self._shadows(model, await _body(receive), scope)
+            if action == "ramp" and method == "POST":
+                return 200, await self._ramp(model, await _body(receive), scope)
+            if action == "promote" and method == "POST":
+                promote = _parse(PromoteChange, await _body(receive))
+                raw = orjson.dumps({"weights": {promote.version: 100}, "reason": promote.reason
+                                    or f"promote version {promote.version}"})
+                return 200, await self._set(model, raw, scope)
+            if action == "rollback" and method == "POST":
+                body = await _body(receive)
+                change = _parse(_Change, body or b"{}")
+                self.plane.catalog.model_versions(model)  # NOT_FOUND for an unknown model
+                return 200, self._applied(await self.store.rollback(model, _who(scope), change.reason))
         except GatewayError as exc:
             return exc.http_status, {"error": exc.message}
         return 404, {"error": f"no admin route {method} {scope['path']}"}
 
-    async def _set(self, model: str, raw: bytes, scope: Scope) -> dict[str, Any]:
+    async def _check(self, candidate: TrafficTable) -> None:
+        """NOT_FOUND / INVALID_ARGUMENT; a version this gateway has not seen yet is looked for in the repository."""
         try:
-            change = SplitChange.model_validate_json(raw)
+            self.plane.router.check(candidate)
+        except GatewayError as exc:
+            if exc.code != Code.NOT_FOUND or self.discover is None:
+                raise
+            await self.discover(versions_named(candidate))
+            self.plane.router.check(candidate)
+
+    async def _current(self) -> TrafficTable:
+        return table_from(await self.store.get())
+
+    def _applied(self, stored: dict[str, Any]) -> dict[str, Any]:
+        self.plane.router.apply(table_from(stored))
+        return stored
+
+    async def _set(self, model: str, raw: bytes, scope: Scope) -> dict[str, Any]:
+        change = _parse(SplitChange, raw)
+        try:
             split = ModelSplit(weights=change.weights)
         except ValidationError as exc:
             raise GatewayError(Code.INVALID_ARGUMENT, "; ".join(e["msg"] for e in exc.errors())) from None
-        current = table_from(await self.store.get())
-        candidate = TrafficTable(revision=current.revision, models={**current.models, model: split})
-        self.plane.router.check(candidate)  # NOT_FOUND / INVALID_ARGUMENT; nothing stored on failure
-        who = dict(scope["headers"]).get(b"x-operator", b"").decode() or _peer(scope)
-        stored = await self.store.set_model(model, split.weights, who, change.reason)
-        self.plane.router.apply(table_from(stored))
-        return stored
+        current = await self._current()
+        await self._check(current.model_copy(update={"models": {**current.models, model: split}}))
+        return self._applied(await self.store.set_model(model, split.weights, _who(scope), change.reason))
+
+    async def _shadows(self, model: str, raw: bytes, scope: Scope) -> dict[str, Any]:
+        change = _parse(ShadowChange, raw)
+        current = await self._current()
+        await self._check(current.model_copy(update={"shadows": {**current.shadows, model: change.shadows}}))
+        return self._applied(await self.store.set_shadows(model, change.shadows, _who(scope), change.reason))
+
+    async def _ramp(self, model: str, raw: bytes, scope: Scope) -> dict[str, Any]:
+        change = _parse(RampChange, raw)
+        plan = change.model_dump(exclude={"reason"})
+        try:
+            parsed = RampPlan.parse(plan)
+        except PlanError as exc:
+            raise GatewayError(Code.INVALID_ARGUMENT, str(exc)) from None
+        current = await self._current()
+        if model in current.models:
+            base = current.models[model].weights
+        else:  # no split yet: ramp away from what unpinned requests get now
+            base = {self.plane.catalog.default_version(model).version: 100}
+            plan["base"] = base
+        try:
+            first = ModelSplit(weights=split_with(base, parsed.version, parsed.steps[0]))
+        except PlanError as exc:
+            raise GatewayError(Code.INVALID_ARGUMENT, str(exc)) from None
+        await self._check(current.model_copy(update={"models": {**current.models, model: first}}))
+        return self._applied(await self.store.start_ramp(model, plan, _who(scope), change.reason))
+
+
+def _parse(kind: type[M], raw: bytes) -> M:
+    try:
+        return kind.model_validate_json(raw)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise GatewayError(Code.INVALID_ARGUMENT, detail) from None
+
+
+def _who(scope: Scope) -> str:
+    return dict(scope["headers"]).get(b"x-operator", b"").decode(errors="replace")[:200] or _peer(scope)
 
 
 async def _body(receive: Any) -> bytes:

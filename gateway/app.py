@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -21,14 +22,15 @@ from gateway import tls
 from gateway.admin import AdminApi, table_from
 from gateway.catalog import Catalog, VersionInfo
 from gateway.core import DataPlane
-from gateway.errors import GatewayError
+from gateway.errors import Code, GatewayError
+from gateway.feedback import FeedbackLog
 from gateway.grpc_adapter import GrpcDoor, InferenceServicer
 from gateway.http_adapter import HttpDoor, limited_http_protocol
 from gateway.metrics import Metrics
 from gateway.request_log import RequestLogWriter
 from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing, TracingError, build_tracing
-from gateway.traffic import ModelSplit, TrafficTable
+from gateway.traffic import ModelSplit, TrafficTable, versions_named
 from gateway.workers import Workers
 from serving.repository import Repository
 
@@ -77,7 +79,10 @@ class Gateway:
         self._admin: _Uvicorn | None = None
         self.traffic_store: Any = None
         self._follow: asyncio.Task[None] | None = None
+        self._pending_table: dict[str, Any] | None = None  # a table revision waiting for versions to be ready
+        self._discovering = asyncio.Lock()
         self.request_log: RequestLogWriter | None = None
+        self.feedback: FeedbackLog | None = None
         self.tracing: Tracing | None = None
         self.stopping = asyncio.Event()
 
@@ -101,7 +106,7 @@ class Gateway:
                              "<model>/<version>/manifest.json folders, or leave example_models on")
         from gateway.dispatch import RayDispatcher  # imports Ray; kept out of the CLI's --help path
 
-        dispatcher = RayDispatcher(s.ray_address, s.ray_num_cpus, s.fpga_resource)
+        dispatcher = RayDispatcher(s.ray_address, s.ray_num_cpus, s.fpga_resource, s.ray_transport)
         self.dispatcher = dispatcher
         say("starting Ray" + (f" (joining {s.ray_address})" if s.ray_address else " (embedded, local)") + "...")
         await asyncio.to_thread(dispatcher.start)
@@ -113,8 +118,12 @@ class Gateway:
             self.request_log = RequestLogWriter(s.request_log, self.metrics.registry).start()
             if not self.request_log.healthy:
                 log.error("request log %s is not writable: %s", s.request_log.dir, self.request_log.last_error)
+            try:  # beside it, in <dir>/feedback
+                self.feedback = FeedbackLog(s.request_log, self.metrics.registry).start()
+            except ValueError as exc:
+                raise SystemExit(str(exc)) from None
         self.plane = DataPlane(catalog, dispatcher, self.metrics, request_log=self.request_log,
-                               tracer=self.tracing.tracer)
+                               tracer=self.tracing.tracer, shadow=s.shadow)
 
         servicer = InferenceServicer(self.plane, s.max_tensor_elements, s.default_timeout_ms / 1000.0,
                                      routing_header=s.routing_header, max_rows=s.max_request_rows)
@@ -125,7 +134,7 @@ class Gateway:
         http_port = http_sock.getsockname()[1]
         door = HttpDoor(self.plane, max_body_bytes=s.max_request_bytes, max_elements=s.max_tensor_elements,
                         default_timeout_s=s.default_timeout_ms / 1000.0, routing_header=s.routing_header,
-                        max_rows=s.max_request_rows)
+                        feedback=self.feedback, max_rows=s.max_request_rows)
         self._http = _Uvicorn(uvicorn.Config(door, http=limited_http_protocol(s.max_header_bytes), loop="none",
                                              lifespan="off", access_log=False, log_level="warning", backlog=2048,
                                              timeout_graceful_shutdown=max(1, round(s.drain_s)),
@@ -153,6 +162,8 @@ class Gateway:
             for (model, version), r in states.items():
                 self.plane.catalog.set_state(model, version, r.state, r.reason)
                 self.metrics.set_ready(model, version, r.state == "READY")
+            if self._pending_table is not None:
+                self._apply_now(self._pending_table)
             now_serving = self.plane.server_ready()
             if now_serving != serving:
                 await self._grpc.set_serving(now_serving)
@@ -188,25 +199,83 @@ class Gateway:
                     message = exc.message if isinstance(exc, GatewayError) else str(exc)
                     raise SystemExit(f"the 'traffic' setting for {model} cannot be applied: {message}") from None
                 stored = await store.set_model(model, weights, "settings", "initial split from the traffic setting")
-        self._apply_stored(stored)
+        await self._apply_stored(stored)
         self._follow = asyncio.create_task(self._follow_traffic(store, int(stored["revision"])))
+        self._tasks.append(asyncio.create_task(self._report_live_counts(store)))
         if self.worker or not s.admin_token:
             return 0
         sock = bind_tcp(s.admin_host, s.admin_port)
-        self._admin = _Uvicorn(uvicorn.Config(AdminApi(self.plane, store, s.admin_token),
-                                              http=limited_http_protocol(s.max_header_bytes), loop="none",
+        admin = AdminApi(self.plane, store, s.admin_token, discover=self.discover)
+        self._admin = _Uvicorn(uvicorn.Config(admin, http=limited_http_protocol(s.max_header_bytes), loop="none",
                                               lifespan="off", access_log=False, log_level="warning",
                                               **tls.admin_options(s.tls)))
         self._tasks.append(asyncio.create_task(self._admin.serve(sockets=[sock])))
         return int(sock.getsockname()[1])
 
-    def _apply_stored(self, stored: dict[str, Any]) -> None:
+    async def _apply_stored(self, stored: dict[str, Any]) -> None:
+        try:
+            named = versions_named(table_from(stored))
+        except ValidationError as exc:
+            log.warning("traffic table revision %s is malformed: %s", stored.get("revision"), exc)
+            return
+        await self.discover(named)  # e.g. a version a retraining job registered and deployed
+        self._apply_now(stored)
+
+    def _apply_now(self, stored: dict[str, Any]) -> None:
         assert self.plane is not None
         try:
             self.plane.router.apply(table_from(stored))
         except (GatewayError, ValidationError) as exc:
-            # Another gateway accepted it against its catalog; this one keeps its current routes.
-            log.warning("traffic table revision %s not applied here: %s", stored.get("revision"), exc)
+            # Another gateway accepted it against its catalog; this one keeps its current routes and tries
+            # again as readiness changes (a version it has just attached to may still be starting).
+            self._pending_table = stored
+            if not isinstance(exc, GatewayError) or exc.code != Code.INVALID_ARGUMENT:
+                log.warning("traffic table revision %s not applied here: %s", stored.get("revision"), exc)
+            return
+        self._pending_table = None
+        self.metrics.set_weights(self.plane.router.table, self.plane.catalog)
+
+    async def discover(self, named: set[tuple[str, str]]) -> None:
+        """Starts serving the versions in `named` that this gateway does not know yet but the repository has.
+
+        Versions are immutable and only ever added, so this attaches to (or deploys) the new ones and
+        leaves everything that is already serving alone."""
+        from gateway.dispatch import RayDispatcher
+
+        assert self.plane is not None and isinstance(self.dispatcher, RayDispatcher)
+        catalog, dispatcher = self.plane.catalog, self.dispatcher
+        if not (named - {(v.model, v.version) for v in catalog.all()}):
+            return
+        async with self._discovering:
+            known = {(v.model, v.version) for v in catalog.all()}
+            entries = await asyncio.to_thread(Repository(self.settings.repository).scan)
+            new = [e for e in entries if (e.manifest.name, e.manifest.version) in named - known]
+            if not new:
+                return
+            await asyncio.to_thread(dispatcher.deploy, new)
+            states = await asyncio.to_thread(dispatcher.readiness)
+            for e in new:
+                info = VersionInfo.from_manifest(e.manifest, self.settings.batching_for(e.manifest.name))
+                state = states.get((info.model, info.version))
+                if state is not None:
+                    info.state, info.reason = state.state, state.reason
+                self.plane.add_version(info)
+                log.warning("now serving model %s version %s (%s), named by the traffic table",
+                            info.model, info.version, info.state)
+
+    async def _report_live_counts(self, store: Any) -> None:
+        """Sends the cluster's table what ramped versions did here, once a second, for their guards."""
+        assert self.plane is not None
+        gateway_id = f"{socket.gethostname()}:{os.getpid()}"
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 1.0)
+            counts = self.plane.live_counts.take()
+            if counts:
+                try:
+                    await store.report(gateway_id, counts)
+                except Exception as exc:  # noqa: BLE001 - the table restarting must not stop reporting
+                    log.warning("cannot report live counts to the traffic table: %s", exc)
 
     async def _follow_traffic(self, store: Any, revision: int) -> None:
         while not self.stopping.is_set():
@@ -219,13 +288,13 @@ class Gateway:
                 continue
             if int(stored["revision"]) > revision:
                 revision = int(stored["revision"])
-                self._apply_stored(stored)
+                await self._apply_stored(stored)
 
     def summary(self, endpoints: Endpoints) -> str:
         assert self.plane is not None
         lines = [f"HTTP     {endpoints.http}/v2", f"gRPC     {endpoints.grpc}  (inference.GRPCInferenceService)",
                  f"metrics  {endpoints.metrics}", "", f"{'MODEL':<20} {'VERSION':<8} {'STATE':<12} REASON"]
-        weights = {m: s.weights for m, s in self.plane.router.table.models.items()}
+        weights = {m: split.weights for m, split in self.plane.router.table.models.items()}
         for v in self.plane.catalog.all():
             share = weights.get(v.model, {}).get(v.version)
             lines.append(f"{v.model:<20} {v.version:<8} {v.state:<12} "
@@ -249,6 +318,8 @@ class Gateway:
             await self.plane.close()
         if self.request_log is not None:
             await self.request_log.close()  # after the doors and batchers: every answered request is written
+        if self.feedback is not None:
+            await self.feedback.close()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)  # exports the spans still buffered
         if self.dispatcher is not None:

@@ -78,6 +78,16 @@ class Catalog:
         reasons = "; ".join(f"version {v.version}: {v.reason or v.state}" for v in versions.values())
         raise unavailable(f"model '{model}' has no ready version ({reasons})")
 
+    def add(self, info: VersionInfo) -> None:
+        """A new version (versions are immutable: one already known is left as it is)."""
+        versions = self._models.get(info.model, {})
+        if info.version in versions:
+            return
+        merged = {**versions, info.version: info}
+        # Swap in a new dict: a request iterating the old one never sees it change under it.
+        self._models = {**self._models,
+                        info.model: dict(sorted(merged.items(), key=lambda kv: version_sort_key(kv[0])))}
+
     def all(self) -> list[VersionInfo]:
         return [v for vs in self._models.values() for v in vs.values()]
 

@@ -20,8 +20,10 @@ from gateway.batching import Batcher, BatchStats
 from gateway.catalog import Catalog, VersionInfo
 from gateway.errors import Code, GatewayError, as_gateway_error, unavailable
 from gateway.metrics import Metrics
+from gateway.settings import ShadowSettings
+from gateway.shadow import ShadowRunner
 from gateway.tracing import RequestSpan, with_traceparent
-from gateway.traffic import Route, Router
+from gateway.traffic import FAILURE_CODES, LiveCounts, Route, Router
 from gateway.types import InferRequest, InferResponse, ModelMetadata, RequestRecord, Tensor, Timing, VersionStatus
 from gateway.validation import validate_inputs, validate_outputs
 
@@ -46,7 +48,7 @@ class RequestLog(Protocol):
 class DataPlane:
     def __init__(self, catalog: Catalog, dispatcher: Dispatcher, metrics: Metrics | None = None,
                  name: str = "model-gateway", request_log: RequestLog | None = None,
-                 tracer: Tracer | None = None) -> None:
+                 tracer: Tracer | None = None, shadow: ShadowSettings | None = None) -> None:
         self.catalog = catalog
         self.dispatcher = dispatcher
         self.request_log = request_log
@@ -62,8 +64,21 @@ class DataPlane:
         for info in catalog.all():
             if info.batching.enabled:
                 self._batchers[(info.model, info.version)] = self._make_batcher(info)
+        self.live_counts = LiveCounts()  # what ramped versions did, for the cluster's table to judge
+        self._shadow_batchers: dict[tuple[str, str], Batcher] = {}
+        self._shadow_wait_s = (shadow or ShadowSettings()).batch_wait_ms / 1000.0
+        self.shadow = ShadowRunner(catalog, self._run_shadow, request_log.append if request_log else None,
+                                   self.metrics.registry, shadow)
 
-    def _make_batcher(self, info: VersionInfo) -> Batcher:
+    def add_version(self, info: VersionInfo) -> None:
+        """Serves a version that appeared in the repository while running (e.g. one a retraining job made)."""
+        if info.batching.enabled:
+            self._batchers[(info.model, info.version)] = self._make_batcher(info)
+        self.catalog.add(info)
+
+    def _make_batcher(self, info: VersionInfo, shadow_wait_s: float | None = None) -> Batcher:
+        """The version's batcher; with shadow_wait_s, the one its shadow copies share (they wait that long
+        for company, so mirroring costs few Ray calls, and take one call slot: a shadow never needs speed)."""
         b = info.batching
         model, version = info.model, info.version
 
@@ -73,6 +88,10 @@ class DataPlane:
         def on_batch(stats: BatchStats) -> None:
             self.metrics.batch(model, version, stats.rows, stats.requests)
 
+        if shadow_wait_s is not None:
+            return Batcher(call, f"shadow copies for model '{model}' version '{version}'",
+                           max_batch_size=b.max_batch_size, max_wait_s=shadow_wait_s,
+                           max_queue_rows=b.max_queue_rows, max_inflight=1)
         return Batcher(call, f"model '{model}' version '{version}'", max_batch_size=b.max_batch_size,
                        max_wait_s=b.max_wait_ms / 1000.0, max_queue_rows=b.max_queue_rows,
                        preferred_sizes=tuple(sorted(b.preferred_batch_sizes)),
@@ -131,6 +150,8 @@ class DataPlane:
         self.metrics.request(model, version, code, total, timing.queue_s, timing.model_s)
         # Tracing off: the caller's trace id ("" when it sent no valid traceparent) still goes in the record.
         trace_id = span.finish(model, version, timing, error) if span is not None else request.traceparent[3:35]
+        if model in self.router.ramped and self.router.ramped[model] == version:
+            self.live_counts.add(model, version, code, total * 1000.0)
         if self.request_log is not None:
             await self.request_log.append(RequestRecord(
                 request_id=request_id, time=time.time() - (time.monotonic() - start), model=model or request.model,
@@ -139,6 +160,12 @@ class DataPlane:
                 error=error.message if error is not None else "", queue_ms=timing.queue_s * 1000.0,
                 model_ms=timing.model_s * 1000.0, total_ms=total * 1000.0, batch_rows=timing.batch_rows,
                 client=request.client, protocol=request.protocol, trace_id=trace_id))
+        shadows = self.router.shadows.get(model) if version else None
+        if shadows and (error is None or code in FAILURE_CODES):
+            # After the primary's answer is final (and logged): a shadow can never change or delay it.
+            self.shadow.mirror(shadows, request, version,
+                               {t.name: t.data for t in response.outputs} if response is not None else None,
+                               request_id, trace_id)
         if error is not None:
             raise with_traceparent(error, traceparent) if traceparent else error
         assert response is not None
@@ -162,14 +189,7 @@ class DataPlane:
             raise unavailable(f"model '{info.model}' version '{info.version}' is not ready: {info.reason}")
         if request.deadline is not None and time.monotonic() >= request.deadline:
             raise GatewayError(Code.DEADLINE_EXCEEDED, "the request's deadline passed before it was dispatched")
-        batcher = self._batchers.get((info.model, info.version))
-        if batcher is not None:
-            out = await batcher.submit(arrays, rows, request.deadline, timing)
-        else:
-            try:
-                out = await self.dispatcher.infer(info.model, info.version, arrays)
-            except Exception as exc:  # noqa: BLE001 - the same answer as the batched path
-                raise as_gateway_error(exc, f"model '{info.model}' version '{info.version}'") from None
+        out = await self._run_version(info, arrays, rows, request.deadline, timing)
         wanted = [o.name for o in request.outputs] or list(info.output_index)
         tensors = []
         for name in wanted:
@@ -179,7 +199,30 @@ class DataPlane:
             tensors.append(Tensor(name, info.output_index[name].datatype, out[name]))
         return InferResponse(info.model, info.version, tuple(tensors), request_id, traceparent=traceparent)
 
-    async def close(self) -> None:
+    async def _run_version(self, info: VersionInfo, arrays: Arrays, rows: int, deadline: float | None,
+                           timing: Timing) -> Arrays:
+        batcher = self._batchers.get((info.model, info.version))
+        if batcher is not None:
+            return await batcher.submit(arrays, rows, deadline, timing)
+        try:
+            return await self.dispatcher.infer(info.model, info.version, arrays)
+        except Exception as exc:  # noqa: BLE001 - the same answer as the batched path
+            raise as_gateway_error(exc, f"model '{info.model}' version '{info.version}'") from None
+
+    async def _run_shadow(self, info: VersionInfo, arrays: Arrays, rows: int, deadline: float | None,
+                          timing: Timing) -> Arrays:
+        if not info.batching.enabled:
+            return await self._run_version(info, arrays, rows, deadline, timing)
+        key = (info.model, info.version)
+        batcher = self._shadow_batchers.get(key)
+        if batcher is None:
+            batcher = self._shadow_batchers[key] = self._make_batcher(info, self._shadow_wait_s)
+        return await batcher.submit(arrays, rows, deadline, timing)
+
+    async def close(self, drain_s: float = 5.0) -> None:
         self.live = False
+        await self.shadow.close(drain_s)
+        for b in self._shadow_batchers.values():
+            await b.close()
         for b in self._batchers.values():
             await b.close()

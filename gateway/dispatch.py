@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import ray
 from ray import serve
@@ -22,13 +23,15 @@ from ray.serve.handle import DeploymentHandle
 from gateway.errors import Code, GatewayError, overloaded, unavailable
 from serving import traffic_table
 from serving.deployment import app_name, build_app, required_resource
+from serving.ramp import PlanError
 from serving.repository import VersionEntry
 
 log = logging.getLogger(__name__)
 
 # A replica that died or became unreachable before answering: no answer exists, so one retry is safe.
+# AioRpcError: the direct gRPC channel to a replica broke (transport "grpc").
 _REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError,
-                 ReplicaUnavailableError)
+                 ReplicaUnavailableError, grpc.aio.AioRpcError)
 
 Arrays = dict[str, np.ndarray]
 Key = tuple[str, str]
@@ -41,10 +44,17 @@ class Readiness:
 
 
 class RayDispatcher:
-    def __init__(self, address: str | None, num_cpus: int | None, fpga_resource: str) -> None:
+    def __init__(self, address: str | None, num_cpus: int | None, fpga_resource: str,
+                 transport: str = "grpc") -> None:
         self.address = address
         self.num_cpus = num_cpus
         self.fpga_resource = fpga_resource
+        # "grpc": Ray Serve's direct gRPC channel from the handle to the replica, pickled arrays (no actor
+        # task and object store per call); "actor": Ray's actor calls. See docs/ARCHITECTURE.md, "Transport".
+        self._handle_options: dict[str, Any] = {"method_name": "infer"}
+        if transport == "grpc":
+            self._handle_options.update(_by_reference=False, request_serialization="pickle",
+                                        response_serialization="pickle")
         self._handles: dict[Key, DeploymentHandle[Any]] = {}
         self._refused: dict[Key, str] = {}
         self._owns_cluster = False
@@ -99,7 +109,7 @@ class RayDispatcher:
         for e in entries:
             key = (e.manifest.name, e.manifest.version)
             if key not in self._refused:
-                self._handles[key] = serve.get_app_handle(app_name(*key)).options(method_name="infer")
+                self._handles[key] = serve.get_app_handle(app_name(*key)).options(**self._handle_options)
 
     def readiness(self) -> dict[Key, Readiness]:
         """Blocking: asks the Serve controller; call it off the event loop."""
@@ -153,7 +163,7 @@ class RayDispatcher:
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     def traffic_table(self, path: str) -> TrafficTable:
-        return TrafficTable(traffic_table.connect(path))
+        return TrafficTable(path)
 
     def shutdown(self) -> None:
         try:
@@ -171,23 +181,56 @@ def _running_replicas(app: Any) -> int:
 
 
 class TrafficTable:
-    """The cluster's traffic table (a named Ray actor), seen from one gateway process."""
+    """The cluster's traffic table (a named Ray actor), seen from one gateway process.
 
-    def __init__(self, actor: Any) -> None:
-        self._actor = actor
+    A change the table refuses (PlanError) becomes INVALID_ARGUMENT. When the actor is gone (its node
+    died, Ray restarted), the next call reconnects: the table is recreated from its file."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._actor = traffic_table.connect(path)
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        for attempt in (1, 2):
+            try:
+                return await getattr(self._actor, method).remote(*args)
+            except PlanError as exc:  # raised in the actor; Ray hands back an exception that is also a PlanError
+                cause = getattr(exc, "cause", None) or exc
+                raise GatewayError(Code.INVALID_ARGUMENT, str(cause)) from None
+            except (ActorDiedError, ActorUnavailableError, RayActorError):
+                if attempt == 2:
+                    raise
+                log.warning("traffic table actor is gone; reconnecting (it reloads from %s)", self._path)
+                self._actor = traffic_table.connect(self._path)
+        raise AssertionError("unreachable")
 
     async def get(self) -> dict[str, Any]:
-        table: dict[str, Any] = await self._actor.get.remote()
+        table: dict[str, Any] = await self._call("get")
         return table
 
     async def set_model(self, model: str, weights: dict[str, int], who: str, reason: str) -> dict[str, Any]:
-        table: dict[str, Any] = await self._actor.set_model.remote(model, weights, who, reason)
+        table: dict[str, Any] = await self._call("set_model", model, weights, who, reason)
         return table
 
+    async def set_shadows(self, model: str, shadows: dict[str, float], who: str, reason: str) -> dict[str, Any]:
+        table: dict[str, Any] = await self._call("set_shadows", model, shadows, who, reason)
+        return table
+
+    async def start_ramp(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]:
+        table: dict[str, Any] = await self._call("start_ramp", model, plan, who, reason)
+        return table
+
+    async def rollback(self, model: str, who: str, reason: str) -> dict[str, Any]:
+        table: dict[str, Any] = await self._call("rollback", model, who, reason)
+        return table
+
+    async def report(self, gateway_id: str, counts: dict[str, Any]) -> None:
+        await self._call("report", gateway_id, counts)
+
     async def history(self, model: str) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = await self._actor.model_history.remote(model)
+        entries: list[dict[str, Any]] = await self._call("model_history", model)
         return entries
 
     async def wait_newer(self, revision: int, timeout_s: float) -> dict[str, Any]:
-        table: dict[str, Any] = await self._actor.wait_newer.remote(revision, timeout_s)
+        table: dict[str, Any] = await self._call("wait_newer", revision, timeout_s)
         return table

@@ -17,7 +17,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import codec
 from gateway.core import DataPlane
-from gateway.errors import Code, GatewayError, invalid
+from gateway.errors import Code, GatewayError, invalid, not_found
+from gateway.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BYTES
+from gateway.feedback import FeedbackLog, parse_body
 from gateway.http_schema import IndexBody, InferBody, binary_size, parse_json
 from gateway.tracing import parse_traceparent
 from gateway.types import InferRequest, InferResponse, RequestedOutput, Tensor
@@ -44,8 +46,10 @@ class HttpError(GatewayError):
 
 class HttpDoor:
     def __init__(self, plane: DataPlane, *, max_body_bytes: int, max_elements: int, default_timeout_s: float,
-                 routing_header: str = "x-routing-key", max_rows: int = 65536) -> None:
+                 routing_header: str = "x-routing-key", feedback: FeedbackLog | None = None,
+                 max_rows: int = 65536) -> None:
         self.plane = plane
+        self.feedback = feedback
         self.max_rows = max_rows
         self.max_body_bytes = max_body_bytes
         self.max_elements = max_elements
@@ -111,6 +115,9 @@ class HttpDoor:
             if tail == ["infer"]:
                 self._method(method, "POST")
                 return await self._infer(scope, receive, model, version)
+            if tail == ["feedback"]:
+                self._method(method, "POST")
+                return await self._feedback(scope, receive, model, version)
         raise HttpError(404, f"no route for {scope['path']}")
 
     @staticmethod
@@ -124,11 +131,12 @@ class HttpDoor:
                 "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.inputs],
                 "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.outputs]}
 
-    async def _body(self, scope: Scope, receive: Any) -> bytes:
+    async def _body(self, scope: Scope, receive: Any, limit: int | None = None) -> bytes:
+        max_bytes = self.max_body_bytes if limit is None else limit
         for key, value in scope["headers"]:
-            if key == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+            if key == b"content-length" and value.isdigit() and int(value) > max_bytes:
                 raise GatewayError(Code.RESOURCE_EXHAUSTED,
-                                   f"request body of {int(value)} bytes is over the limit of {self.max_body_bytes}")
+                                   f"request body of {int(value)} bytes is over the limit of {max_bytes}")
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -137,12 +145,23 @@ class HttpDoor:
                 raise GatewayError(Code.CANCELLED, "client disconnected")
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
-                raise GatewayError(Code.RESOURCE_EXHAUSTED,
-                                   f"request body is over the limit of {self.max_body_bytes} bytes")
+            if size > max_bytes:
+                raise GatewayError(Code.RESOURCE_EXHAUSTED, f"request body is over the limit of {max_bytes} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _feedback(self, scope: Scope, receive: Any, model: str, version: str | None
+                        ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        if version is not None:
+            raise not_found(f"feedback is keyed by request id, not version: POST it to /v2/models/{model}/feedback")
+        self.plane.catalog.model_versions(model)  # NOT_FOUND for a model this gateway does not serve
+        if self.feedback is None:
+            raise GatewayError(Code.UNIMPLEMENTED, "feedback is off: it is written beside the request log; "
+                               "set request_log.enabled to accept it")
+        items = parse_body(await self._body(scope, receive, min(self.max_body_bytes, FEEDBACK_MAX_BYTES)))
+        accepted = await self.feedback.submit(model, items, _client(scope), "http")
+        return _json({"model": model, "accepted": accepted})
 
     async def _infer(self, scope: Scope, receive: Any, model: str, version: str | None
                      ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -32,6 +32,8 @@ class Metrics:
                                     ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
         self.batch_requests = Histogram("gateway_batch_requests", "Requests coalesced into one call",
                                         ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
+        self.weight = Gauge("gateway_traffic_weight", "Percent of the model's unpinned traffic the version gets",
+                            ["model", "version"], registry=r, multiprocess_mode="max")
         self.ready = Gauge("gateway_model_ready", "1 when the model version can serve",
                            ["model", "version"], registry=r, multiprocess_mode="max")
 
@@ -60,6 +62,19 @@ class Metrics:
 
     def set_ready(self, model: str, version: str, ready: bool) -> None:
         self.ready.labels(model, version).set(1 if ready else 0)
+
+    def set_weights(self, table: Any, catalog: Any) -> None:
+        """Every catalog version's share under the traffic table (a model without a split: its default)."""
+        for info in catalog.all():
+            split = table.models.get(info.model)
+            if split is not None:
+                share = split.weights.get(info.version, 0)
+            else:
+                try:
+                    share = 100 if catalog.default_version(info.model).version == info.version else 0
+                except Exception:  # noqa: BLE001 - no ready version: nobody gets traffic
+                    share = 0
+            self.weight.labels(info.model, info.version).set(share)
 
     def serve(self, host: str, port: int) -> int:
         """Starts the /metrics endpoint in a thread; returns the bound port.

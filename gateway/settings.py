@@ -6,7 +6,7 @@ Validated once at start-up; a bad value stops the process with a message naming 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -30,6 +30,19 @@ class BatchingOverride(BaseModel):
     enabled: bool | None = None
 
 
+class ShadowSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_inflight: int = Field(64, ge=1, le=100_000)
+    """Shadow calls running at once per gateway process; a copy beyond this is dropped (and counted)."""
+    timeout_ms: float = Field(10_000, gt=0)
+    """Deadline of one shadow call; a shadow slower than this is abandoned (and counted)."""
+    batch_wait_ms: float = Field(20, ge=0, le=10_000)
+    """How long a shadow copy waits for others to share its call: mirroring then costs few Ray calls."""
+    agreement_atol: float = Field(1e-3, ge=0)
+    """Outputs agree when every numeric element is within this of the primary's (other types: equal)."""
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid")
 
@@ -49,6 +62,9 @@ class GatewaySettings(BaseSettings):
     """Address of an existing Ray cluster; unset starts an embedded local one."""
     ray_num_cpus: int | None = Field(None, ge=1)
     """CPUs the embedded Ray cluster may use (default: all)."""
+    ray_transport: Literal["grpc", "actor"] = "grpc"
+    """How a batch reaches a replica: Ray Serve's direct gRPC channel ("grpc", less CPU per call) or Ray
+    actor calls ("actor")."""
     fpga_resource: str = "FPGA"
     """Ray custom resource name that FPGA model versions ask for."""
     max_request_bytes: int = Field(64 * 1024 * 1024, ge=1024)
@@ -90,6 +106,8 @@ class GatewaySettings(BaseSettings):
     """The request log: one record per answered request, errors included (docs/REQUEST_LOG.md)."""
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     """OpenTelemetry tracing of inference requests (off by default; README, "Tracing")."""
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    """Limits of shadow traffic (which versions shadow is the traffic table's business)."""
     tls: TlsSettings = Field(default_factory=TlsSettings)
     """TLS for the prediction doors and TLS + client certificates for the admin API (off by default)."""
 

@@ -1,9 +1,10 @@
-"""Traffic splitting: which version answers an unpinned request (weighted canary, sticky A/B).
+"""Traffic splitting: which version answers an unpinned request (weighted canary, sticky A/B, shadows).
 
-A `TrafficTable` holds, per model, integer percentages per version; `Router` answers from an
-immutable snapshot that `apply()` swaps atomically, so no request sees a half-applied table.
-Sticky requests use weighted rendezvous hashing: the same key keeps its version while the
-weights stand, and when they change only the keys that must move, move.
+A `TrafficTable` holds, per model, integer percentages per version, the shadow versions that get a
+copy of each request, and the running ramp plan (stepped by the cluster's table, serving/ramp.py);
+`Router` answers from an immutable snapshot that `apply()` swaps atomically, so no request sees a
+half-applied table. Sticky requests use weighted rendezvous hashing: the same key keeps its version
+while the weights stand, and when they change only the keys that must move, move.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.catalog import Catalog
 from gateway.errors import invalid, not_found
+from serving.ramp import FAILURE_CODES, N_BUCKETS, latency_bucket
+
+__all__ = ["FAILURE_CODES", "LiveCounts", "ModelSplit", "Route", "Router", "TrafficTable", "check_table"]
 
 
 class ModelSplit(BaseModel):
@@ -40,18 +45,39 @@ class TrafficTable(BaseModel):
 
     revision: int = 0
     models: dict[str, ModelSplit] = Field(default_factory=dict)
+    shadows: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Per model: shadow version -> fraction of requests mirrored to it."""
+    ramps: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per model: the running ramp plan as the cluster's table reports it (`version`, `percent`, ...)."""
+
+
+def _check_version(catalog: Catalog, model: str, version: str, use: str | None) -> None:
+    """NOT_FOUND for an unknown model or version; with `use`, INVALID_ARGUMENT when it is not ready for it."""
+    versions = catalog.model_versions(model)
+    if version not in versions:
+        raise not_found(f"model '{model}' has no version '{version}' (it has {', '.join(versions)})")
+    if use is not None and not versions[version].ready:
+        raise invalid(f"model '{model}' version '{version}' is not ready ({versions[version].reason}); "
+                      f"it cannot {use}")
 
 
 def check_table(table: TrafficTable, catalog: Catalog) -> None:
     """Refuses a table naming unknown versions, or sending traffic to a version that is not ready."""
     for model, split in table.models.items():
-        versions = catalog.model_versions(model)  # NOT_FOUND for an unknown model
         for version, weight in split.weights.items():
-            if version not in versions:
-                raise not_found(f"model '{model}' has no version '{version}' (it has {', '.join(versions)})")
-            if weight > 0 and not versions[version].ready:
-                raise invalid(f"model '{model}' version '{version}' is not ready ({versions[version].reason}); "
-                              "it cannot take traffic")
+            _check_version(catalog, model, version, "take traffic" if weight > 0 else None)
+    for model, shadows in table.shadows.items():
+        for version, sample in shadows.items():
+            _check_version(catalog, model, version, "shadow traffic")
+            if not 0 < sample <= 1:
+                raise invalid(f"a shadow's sample rate is a fraction in (0, 1], got {sample} for version '{version}'")
+
+
+def versions_named(table: TrafficTable) -> set[tuple[str, str]]:
+    """Every (model, version) the table gives traffic to or shadows."""
+    named = {(m, v) for m, split in table.models.items() for v in split.weights}
+    named |= {(m, v) for m, shadows in table.shadows.items() for v in shadows}
+    return named
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +105,8 @@ class Router:
         self.catalog = catalog
         self._rng = rng or random.Random()
         self._compiled: dict[str, _Compiled] = {}
+        self.shadows: dict[str, tuple[tuple[str, float], ...]] = {}
+        self.ramped: dict[str, str] = {}  # model -> the version its running ramp is stepping up
         self.table = TrafficTable()
 
     def check(self, table: TrafficTable) -> None:
@@ -91,10 +119,14 @@ class Router:
             versions = tuple(split.weights)
             weights = tuple(split.weights[v] for v in versions)
             cumulative = tuple(sum(weights[: i + 1]) for i in range(len(weights)))
-            primary = max(versions, key=lambda v: split.weights[v])  # ties: the first listed
+            canary = table.ramps.get(model, {}).get("version")
+            # The ramped version is the canary whatever its share; ties: the first listed.
+            primary = max((v for v in versions if v != canary), key=lambda v: split.weights[v], default=versions[0])
             compiled[model] = _Compiled(versions, weights, cumulative, primary)
+        shadows = {m: tuple(s.items()) for m, s in table.shadows.items() if s}
+        ramped = {m: str(r["version"]) for m, r in table.ramps.items() if "version" in r}
         # One assignment: a request reads either the old snapshot or the new one, never a mix.
-        self._compiled, self.table = compiled, table
+        self._compiled, self.shadows, self.ramped, self.table = compiled, shadows, ramped, table
 
     def choose(self, model: str, pinned: str | None, routing_key: str | None) -> Route:
         if pinned is not None:
@@ -112,3 +144,29 @@ class Router:
             i = next(i for i, c in enumerate(split.cumulative) if r < c)
             version, reason = split.versions[i], "weighted split"
         return Route(version, "primary" if version == split.primary else "canary", reason)
+
+
+class LiveCounts:
+    """What ramped versions did since the last report: requests, failures, latency buckets (OK only).
+
+    The gateway sends these to the cluster's table, which judges the ramp's guards (serving/ramp.py)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], list[Any]] = {}
+
+    def add(self, model: str, version: str, code: str, total_ms: float) -> None:
+        c = self._counts.get((model, version))
+        if c is None:
+            c = self._counts[(model, version)] = [0, 0, [0] * N_BUCKETS]
+        c[0] += 1
+        if code in FAILURE_CODES:
+            c[1] += 1
+        elif code == "OK":
+            c[2][latency_bucket(total_ms)] += 1
+
+    def take(self) -> dict[str, dict[str, list[Any]]]:
+        counts, self._counts = self._counts, {}
+        out: dict[str, dict[str, list[Any]]] = {}
+        for (model, version), c in counts.items():
+            out.setdefault(model, {})[version] = c
+        return out

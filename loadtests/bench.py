@@ -73,9 +73,9 @@ def wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout_
     return info
 
 
-def load(target: str, out: Path, *extra: str) -> dict[str, Any]:
+def load(target: str, out: Path, *extra: str, model: str = MODEL) -> dict[str, Any]:
     """One load-tool run in its own process, so the generator never shares a GIL with anything measured."""
-    cmd = [sys.executable, "-m", "loadtests", "--target", target, "--model", MODEL, "--no-progress",
+    cmd = [sys.executable, "-m", "loadtests", "--target", target, "--model", model, "--no-progress",
            "--report", str(out), *extra]
     subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
     if not out.exists():
@@ -85,13 +85,15 @@ def load(target: str, out: Path, *extra: str) -> dict[str, Any]:
 
 
 def ray_call_p50_ms(calls: int = 300) -> float:
-    """One DeploymentHandle call with one row, sequentially: the floor under any gateway's p50."""
+    """One DeploymentHandle call with one row, sequentially, over the transport the gateway uses by default
+    (Ray Serve's direct gRPC channel, pickled arrays): the floor under any gateway's p50."""
     import asyncio
 
     import numpy as np
     from ray import serve
 
-    handle = serve.get_app_handle("bench-ray-proxy").options(method_name="infer")
+    handle = serve.get_app_handle("bench-ray-proxy").options(
+        method_name="infer", _by_reference=False, request_serialization="pickle", response_serialization="pickle")
     x = {"INPUT0": np.ones((1, 16), np.float32)}
 
     async def run() -> list[float]:
@@ -127,8 +129,9 @@ def start_ray(work: Path) -> tuple[str, int, Path]:
 
 def measure(targets: list[Target], rounds: int, duration: str, concurrency: int, open_rate: float,
             work: Path, batching: list[Target], logging_pair: list[Target],
-            log_rate: float) -> dict[str, dict[str, list[float]]]:
-    results: dict[str, dict[str, list[float]]] = {t.name: {} for t in targets + batching + logging_pair}
+            log_rate: float, transport_pair: list[Target]) -> dict[str, dict[str, list[float]]]:
+    results: dict[str, dict[str, list[float]]] = {t.name: {}
+                                                  for t in targets + batching + logging_pair + transport_pair}
 
     def add(name: str, key: str, value: float) -> None:
         results[name].setdefault(key, []).append(value)
@@ -177,6 +180,16 @@ def measure(targets: list[Target], rounds: int, duration: str, concurrency: int,
             add(t.name, "log_p99_ms", op["latency_ms"]["p99"])
             print(f"round {r + 1}/{rounds} {t.name:<22} {sat['ok_qps']:8.0f} req/s  p99 {op['latency_ms']['p99']:7.2f} "
                   f"ms at {log_rate:g}/s", flush=True)
+        for t in transport_pair if r % 2 == 0 else transport_pair[::-1]:
+            tag = f"{t.name.replace(' ', '_')}-{r}"
+            sat = load(t.url, work / f"{tag}-sat.json", "--concurrency", str(concurrency), "--duration", duration,
+                       "--warmup", "1s")
+            c1 = load(t.url, work / f"{tag}-c1.json", "--concurrency", "1", "--duration", half, "--warmup", "1s")
+            add(t.name, "qps", sat["ok_qps"])
+            add(t.name, "errors", sum(sat["errors_by_code"].values()))
+            add(t.name, "transport_c1_p50_ms", c1["latency_ms"]["p50"])
+            print(f"round {r + 1}/{rounds} {t.name:<22} {sat['ok_qps']:8.0f} req/s  c1 p50 "
+                  f"{c1['latency_ms']['p50']:6.2f} ms", flush=True)
     return results
 
 
@@ -209,6 +222,11 @@ def table(results: dict[str, dict[str, list[float]]], ray_call_ms: float, open_r
                      f"{logged['qps'] / max(unlogged['qps'], 1e-9):.2f}x throughput; p99 at {log_rate:g}/s "
                      f"{logged['log_p99_ms']:.2f} vs {unlogged['log_p99_ms']:.2f} ms = "
                      f"{logged['log_p99_ms'] / max(unlogged['log_p99_ms'], 1e-9):.2f}x")
+    grpc_t, actor_t = med.get("gateway grpc transport grpc"), med.get("gateway grpc transport actor")
+    if grpc_t and actor_t:
+        lines.append(f"replica transport gRPC vs Ray actor calls (gateway gRPC door): {grpc_t['qps']:.0f} vs "
+                     f"{actor_t['qps']:.0f} req/s = {grpc_t['qps'] / max(actor_t['qps'], 1e-9):.2f}x; c=1 p50 "
+                     f"{grpc_t['transport_c1_p50_ms']:.2f} vs {actor_t['transport_c1_p50_ms']:.2f} ms")
     return "\n".join(lines)
 
 
@@ -233,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "--http-port", str(echo_http), "--model", MODEL], work / "echo.log"))
         gateways = {}
         variants = {"on": {}, "off": {"GATEWAY_BATCHING": '{"*": {"enabled": false}}'},
-                    "nolog": {"GATEWAY_REQUEST_LOG__ENABLED": "false"}}
+                    "nolog": {"GATEWAY_REQUEST_LOG__ENABLED": "false"},
+                    "actor": {"GATEWAY_RAY_TRANSPORT": "actor"}}
         for name, env in variants.items():
             env = {**env, "GATEWAY_REQUEST_LOG__DIR": str(work / f"request_log-{name}")}
             ready = work / f"gateway-{name}.json"
@@ -244,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                 log, env))
             gateways[name] = wait_for_file(ready, proc, log)
         time.sleep(1.0)
-        on, off, nolog = gateways["on"], gateways["off"], gateways["nolog"]
+        on, off, nolog, actor = gateways["on"], gateways["off"], gateways["nolog"], gateways["actor"]
         targets = [Target("bare grpc.aio", f"grpc://127.0.0.1:{echo_grpc}"),
                    Target("ray serve http proxy", f"http://127.0.0.1:{ray_port}"),
                    Target("gateway grpc", f"grpc://127.0.0.1:{on['grpc_port']}"),
@@ -253,9 +272,11 @@ def main(argv: list[str] | None = None) -> int:
                     Target("gateway grpc no batching", f"grpc://127.0.0.1:{off['grpc_port']}")]
         logging_pair = [Target("gateway grpc log on", f"grpc://127.0.0.1:{on['grpc_port']}"),
                         Target("gateway grpc log off", f"grpc://127.0.0.1:{nolog['grpc_port']}")]
+        transport_pair = [Target("gateway grpc transport grpc", f"grpc://127.0.0.1:{on['grpc_port']}"),
+                          Target("gateway grpc transport actor", f"grpc://127.0.0.1:{actor['grpc_port']}")]
         ray_ms = ray_call_p50_ms()
         results = measure(targets, args.rounds, args.duration, args.concurrency, args.open_rate, work, batching,
-                          logging_pair, args.log_rate)
+                          logging_pair, args.log_rate, transport_pair)
         text = table(results, ray_ms, args.open_rate, args.log_rate)
         print("\n" + text)
         if args.out:

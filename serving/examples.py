@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -63,36 +64,64 @@ def classifier_signature(n_features: int) -> dict[str, list[TensorSpecModel]]:
     }
 
 
-def write_reference(folder: Path, x: np.ndarray, p: np.ndarray, names: list[str]) -> None:
-    np.savez(folder / "reference.npz", inputs=x.astype(np.float32), predictions=p.astype(np.float32),
-             feature_names=np.array(names))
+def write_reference(folder: Path, x: np.ndarray, p: np.ndarray, names: list[str],
+                    labels: np.ndarray | None = None) -> None:
+    """reference.npz: the training inputs, the model's predictions on them and, when known, their labels."""
+    arrays: dict[str, Any] = {"inputs": x.astype(np.float32), "predictions": p.astype(np.float32),
+                              "feature_names": np.array(names)}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    np.savez(folder / "reference.npz", **arrays)
+
+
+KINDS = ("logistic", "mlp")
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {"logistic": {"C": 0.05}, "mlp": {"hidden": 16, "alpha": 1e-3}}
+
+
+def fit_classifier(kind: str, x: np.ndarray, y: np.ndarray, seed: int = 0, params: dict[str, Any] | None = None,
+                   sample_weight: np.ndarray | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Standardise with x's statistics, fit a binary logistic regression or a one-layer MLP, export it as ONNX.
+
+    Returns the model and the hyper-parameters it used (DEFAULT_PARAMS[kind] updated by params)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown classifier kind {kind!r}; expected one of {', '.join(KINDS)}")
+    used = {**DEFAULT_PARAMS[kind], **{k: v for k, v in (params or {}).items() if k in DEFAULT_PARAMS[kind]}}
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-12
+    z = (x - mean) / scale
+    if kind == "logistic":
+        lr = LogisticRegression(C=float(used["C"]), max_iter=1000).fit(z, y, sample_weight=sample_weight)
+        layers = [(lr.coef_.T, lr.intercept_)]
+    else:
+        mlp = MLPClassifier(hidden_layer_sizes=(int(used["hidden"]),), alpha=float(used["alpha"]), max_iter=2000,
+                            random_state=seed)
+        mlp.fit(z, y, sample_weight=sample_weight)
+        layers = list(zip(mlp.coefs_, mlp.intercepts_, strict=True))
+    return dense_onnx(mean, scale, layers), used
+
+
+def predict_proba(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
+    """Class probabilities [n, 2] from an ONNX classifier of dense_onnx's signature, run by ONNX Runtime."""
+    import onnxruntime as ort
+
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    sess = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(["probabilities"], {"features": x.astype(np.float32)})[0])
 
 
 def write_classifier(repo: Repository, version: str, kind: str, seed: int = 0,
                      parent: str | None = None) -> VersionEntry:
     from sklearn.datasets import load_breast_cancer
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, roc_auc_score
     from sklearn.model_selection import train_test_split
-    from sklearn.neural_network import MLPClassifier
 
     data = load_breast_cancer()
     x_train, x_test, y_train, y_test = train_test_split(
         data.data, data.target, test_size=0.25, random_state=seed, stratify=data.target)
-    mean, scale = x_train.mean(axis=0), x_train.std(axis=0) + 1e-12
-    z_train = (x_train - mean) / scale
-    if kind == "logistic":
-        params = {"C": 0.05}
-        lr = LogisticRegression(C=0.05, max_iter=1000).fit(z_train, y_train)
-        layers = [(lr.coef_.T, lr.intercept_)]
-        proba = lr.predict_proba((x_test - mean) / scale)[:, 1]
-    else:
-        params = {"hidden": 16, "alpha": 1e-3}
-        mlp = MLPClassifier(hidden_layer_sizes=(16,), alpha=1e-3, max_iter=2000, random_state=seed)
-        mlp.fit(z_train, y_train)
-        layers = list(zip(mlp.coefs_, mlp.intercepts_, strict=True))
-        proba = mlp.predict_proba((x_test - mean) / scale)[:, 1]
-    model = dense_onnx(mean, scale, layers)
+    model, params = fit_classifier(kind, x_train, y_train, seed)
+    proba = predict_proba(model, x_test)[:, 1]
     metrics = {"accuracy": float(accuracy_score(y_test, proba > 0.5)), "roc_auc": float(roc_auc_score(y_test, proba))}
     manifest = Manifest(
         name=CLASSIFIER, version=version, runtime="onnx", artifact="model.onnx",
@@ -106,17 +135,10 @@ def write_classifier(repo: Repository, version: str, kind: str, seed: int = 0,
 
     def artifacts(folder: Path) -> None:
         onnx.save(model, str(folder / "model.onnx"))
-        train_proba = _run_onnx(folder / "model.onnx", x_train.astype(np.float32))
-        write_reference(folder, x_train, train_proba, [str(n) for n in data.feature_names])
+        train_proba = predict_proba(model, x_train)[:, 1]
+        write_reference(folder, x_train, train_proba, [str(n) for n in data.feature_names], y_train)
 
     return repo.write_version(manifest, artifacts)
-
-
-def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.asarray(sess.run(["probabilities"], {"features": x})[0][:, 1])
 
 
 def write_echo(repo: Repository) -> VersionEntry:

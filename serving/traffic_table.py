@@ -1,9 +1,16 @@
 """The cluster's one traffic table: a named, detached Ray actor that every gateway process follows.
 
-It keeps per-model weights with a revision number and an audit history, persists them to a JSON
-file (written to a temporary name, then renamed) so a restart of Ray keeps them, and lets gateways
-long-poll for a newer revision. Validation against the model repository happens in the gateway
-that accepts the change; the table only stores what was accepted.
+Per model it keeps the weighted split, the shadow versions (with their sample rate) and a running
+ramp plan, with a revision number and an audit history (who, when, before, after, why). It persists
+everything to a JSON file (written to a temporary name, then renamed) so a restart of Ray keeps it,
+and lets gateways long-poll for a newer revision.
+
+Ramp plans run here, so they keep going while gateways come and go: gateways report their live
+counts of ramped versions (`report`), and a ticker steps the canary's weight up, promotes it, or
+rolls back to the split before the ramp when a guard is breached (serving/ramp.py).
+
+Validation against the model repository happens in the gateway that accepts an operator's change;
+the table checks only what it can know itself (weights sum to 100, a plan is well formed).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -18,60 +26,200 @@ from typing import Any
 
 import ray
 
+from serving.ramp import PlanError, Ramp, RampPlan
+
 ACTOR_NAME = "traffic-table"
 NAMESPACE = "gateway"
 MAX_HISTORY = 1000  # audit entries kept per model
+TICK_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=0)
-class TrafficTableActor:
+def _check_weights(weights: dict[str, int]) -> dict[str, int]:
+    clean = {str(v): int(w) for v, w in weights.items()}
+    if not clean or any(w < 0 or w > 100 for w in clean.values()) or sum(clean.values()) != 100:
+        raise PlanError(f"weights must be whole percents between 0 and 100 summing to 100, got {clean}")
+    return clean
+
+
+class TrafficTableState:
+    """The table itself; run as the `TrafficTableActor` Ray actor (tests drive it directly)."""
+
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self.revision = 0
         self.models: dict[str, dict[str, int]] = {}
+        self.shadows: dict[str, dict[str, float]] = {}
+        self.ramps: dict[str, Ramp] = {}
         self.history: dict[str, list[dict[str, Any]]] = {}
         if self.path.is_file():
             saved = json.loads(self.path.read_text())
             self.revision = int(saved["revision"])
             self.models = saved["models"]
+            self.shadows = saved.get("shadows", {})
+            self.ramps = {m: Ramp.from_dict(r) for m, r in saved.get("ramps", {}).items()}
             self.history = saved.get("history", {})
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None
+        self._ticker: asyncio.Task[None] | None = None
 
+    # --- reading ---------------------------------------------------------------------------
     def get(self) -> dict[str, Any]:
-        return {"revision": self.revision, "models": self.models}
-
-    def set_model(self, model: str, weights: dict[str, int], who: str, reason: str) -> dict[str, Any]:
-        before = self.models.get(model)
-        self.models = {**self.models, model: dict(weights)}
-        self.revision += 1
-        entry = {"revision": self.revision, "time": time.time(), "who": who, "reason": reason,
-                 "before": before, "after": dict(weights)}
-        self.history[model] = [*self.history.get(model, []), entry][-MAX_HISTORY:]
-        self._save()
-        # Wake every waiting gateway, then arm the event for the next change.
-        self._changed.set()
-        self._changed = asyncio.Event()
-        return self.get()
+        return {"revision": self.revision, "models": self.models, "shadows": self.shadows,
+                "ramps": {m: r.public() for m, r in self.ramps.items()}}
 
     def model_history(self, model: str) -> list[dict[str, Any]]:
         return list(self.history.get(model, []))
 
     async def wait_newer(self, revision: int, timeout_s: float) -> dict[str, Any]:
         """Returns the table as soon as its revision passes `revision`, or after timeout_s anyway."""
+        changed = self._event()
         if self.revision <= revision:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout_s)
+                await asyncio.wait_for(changed.wait(), timeout_s)
         return self.get()
+
+    # --- changing --------------------------------------------------------------------------
+    async def set_model(self, model: str, weights: dict[str, int], who: str, reason: str) -> dict[str, Any]:
+        """An operator's split. It ends a running ramp of the model (the operator took over)."""
+        weights = _check_weights(weights)
+        before = self.models.get(model)
+        extra = {}
+        if model in self.ramps:
+            extra["ramp_ended"] = f"ramp of version {self.ramps.pop(model).plan.version} ended by this change"
+        self.models = {**self.models, model: weights}
+        return self._commit(model, who, reason, before, weights, **extra)
+
+    async def set_shadows(self, model: str, shadows: dict[str, float], who: str, reason: str) -> dict[str, Any]:
+        clean = {str(v): float(s) for v, s in shadows.items()}
+        if any(not 0 < s <= 1 for s in clean.values()):
+            raise PlanError("a shadow's sample rate is a fraction in (0, 1]")
+        before = {"shadows": self.shadows.get(model, {})}
+        self.shadows = {**self.shadows, model: clean} if clean else {
+            m: s for m, s in self.shadows.items() if m != model}
+        return self._commit(model, who, reason, before, {"shadows": clean})
+
+    async def start_ramp(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]:
+        """Starts a canary ramp: the version gets the plan's first step at once.
+
+        The split it ramps from is the model's current split, or the plan's `base` when the model has none.
+        """
+        parsed = RampPlan.parse(plan)
+        base = self.models.get(model) or plan.get("base")
+        if not base:
+            raise PlanError(f"model '{model}' has no split to ramp from; set one first or give the plan a base")
+        base = _check_weights(base)
+        if model in self.ramps and self.ramps[model].plan.version != parsed.version:
+            raise PlanError(f"model '{model}' is already ramping version {self.ramps[model].plan.version}; "
+                            "promote or roll it back first")
+        if model in self.ramps:  # the same version again: restart from its base, not from a ramped split
+            base = self.ramps[model].base
+        ramp = Ramp(parsed, base, 0, time.time())
+        weights = ramp.weights()
+        before = self.models.get(model)
+        self.ramps = {**self.ramps, model: ramp}
+        self.models = {**self.models, model: weights}
+        self._ensure_ticker()
+        return self._commit(model, who, reason or f"ramp of version {parsed.version} started", before, weights,
+                            ramp=ramp.public())
+
+    async def rollback(self, model: str, who: str, reason: str) -> dict[str, Any]:
+        """Ends a running ramp at the split it started from; with no ramp, undoes the last split change."""
+        before = self.models.get(model)
+        if model in self.ramps:
+            ramp = self.ramps.pop(model)
+            after = ramp.base
+            why = reason or f"ramp of version {ramp.plan.version} rolled back"
+        else:
+            previous = next((e["before"] for e in reversed(self.history.get(model, []))
+                             if e.get("after") == before and isinstance(e.get("before"), dict)
+                             and "shadows" not in e["before"]), None)
+            if not previous:
+                raise PlanError(f"model '{model}' has no earlier split to roll back to")
+            after, why = previous, reason or "rolled back to the previous split"
+        self.models = {**self.models, model: after}
+        return self._commit(model, who, why, before, after)
+
+    async def report(self, gateway_id: str, counts: dict[str, dict[str, list[Any]]]) -> None:
+        """A gateway's live counts since its last report, per ramped model: {model: {version: [requests,
+        failures, latency buckets]}}. Counts of versions other than the ramp's canary are ignored."""
+        for model, versions in counts.items():
+            ramp = self.ramps.get(model)
+            if ramp is not None and ramp.plan.version in versions:
+                requests, failures, buckets = versions[ramp.plan.version]
+                ramp.window.add(int(requests), int(failures), [int(b) for b in buckets])
+        self._ensure_ticker()
+        self._evaluate(time.time())
+
+    # --- ramp ticker -------------------------------------------------------------------------
+    def _ensure_ticker(self) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while self.ramps:
+            await asyncio.sleep(TICK_S)
+            try:
+                self._evaluate(time.time())
+            except Exception:  # a bad plan must not stop every other model's ramp
+                log.exception("ramp evaluation failed")
+
+    def _evaluate(self, now: float) -> None:
+        for model, ramp in list(self.ramps.items()):
+            action, why = ramp.verdict(now)
+            if action == "hold":
+                continue
+            before = self.models.get(model)
+            if action == "rollback":
+                del self.ramps[model]
+                self.models = {**self.models, model: ramp.base}
+                self._commit(model, "ramp", why, before, ramp.base, rollback=True)
+            elif action == "promote":
+                del self.ramps[model]
+                after = {ramp.plan.version: 100}
+                self.models = {**self.models, model: after}
+                self._commit(model, "ramp", why, before, after)
+            else:
+                ramp.advance(now)
+                after = ramp.weights()
+                self.models = {**self.models, model: after}
+                self._commit(model, "ramp", why, before, after, ramp=ramp.public())
+
+    # --- bookkeeping -------------------------------------------------------------------------
+    def _commit(self, model: str, who: str, reason: str, before: Any, after: Any, **extra: Any) -> dict[str, Any]:
+        self.revision += 1
+        entry = {"revision": self.revision, "time": time.time(), "who": who, "reason": reason,
+                 "before": before, "after": after, **extra}
+        self.history[model] = [*self.history.get(model, []), entry][-MAX_HISTORY:]
+        self._save()
+        # Wake every waiting gateway, then arm a fresh event for the next change.
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+        return self.get()
+
+    def _event(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        if self.ramps:
+            self._ensure_ticker()  # e.g. a ramp loaded from the file after a restart of Ray
+        return self._changed
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"revision": self.revision, "models": self.models, "history": self.history}))
+        tmp.write_text(json.dumps({"revision": self.revision, "models": self.models, "shadows": self.shadows,
+                                   "ramps": {m: r.to_dict() for m, r in self.ramps.items()},
+                                   "history": self.history}))
         os.replace(tmp, self.path)
+
+
+TrafficTableActor = ray.remote(num_cpus=0)(TrafficTableState)
 
 
 def connect(path: str) -> Any:
     """The cluster's table actor, created on first use (detached: it outlives the gateway that made it)."""
     actor_class: Any = TrafficTableActor  # ray.remote hides .options from the type checker
-    return actor_class.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached",
-                                     get_if_exists=True).remote(path)
+    # On the head node (its special resource): the table must not die with the gateway (pod) that created it.
+    return actor_class.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                               resources={"node:__internal_head__": 0.001}).remote(path)

@@ -2,9 +2,9 @@
 
 The repository holds the example models plus test versions: `faulty` (a Python model that raises
 on negative input), `stall` (an identity model that stalls 0.5 s on a marker value), `flood` (the
-same behind a gateway queue of 8 rows), `fault` (a 20 ms identity model with two replicas, for
-replica kills), `drain` (the stalling model, two rows per batch) and `echo` version 2, which
-asks for a GPU that no node here offers.
+same behind a gateway queue of 8 rows), `canary` (version 1 answers, 2 always fails, 3 is slow),
+`fault` (a 20 ms identity model with two replicas, for replica kills), `drain` (the stalling model,
+two rows per batch) and `echo` version 2, which asks for a GPU that no node here offers.
 """
 
 from __future__ import annotations
@@ -44,8 +44,19 @@ def predict(inputs):
         time.sleep(0.5)
     return {"y": x}
 '''
-STALL_MARKER = 777.0
+BROKEN_MODEL = '''
+def predict(inputs):
+    raise RuntimeError("this version is broken")
+'''
 SLOW_MODEL = '''
+import time
+
+def predict(inputs):
+    time.sleep(0.05)
+    return {"y": inputs["x"]}
+'''
+STALL_MARKER = 777.0
+FAULT_MODEL = '''
 import time
 
 def predict(inputs):
@@ -89,9 +100,13 @@ def build_test_repository(root: Path) -> None:
     # The same stalling model behind a gateway queue of 8 rows: a flood overflows it.
     flood = stall.model_copy(update={"name": "flood", "batching": Batching(max_queue_rows=FLOOD_QUEUE_ROWS)})
     repo.write_version(flood, lambda d: (d / "model.py").write_text(STALL_MODEL))
+    # `canary`: version 1 answers, 2 fails on every call, 3 answers slowly (shadow and ramp tests).
+    for version, code in (("1", STALL_MODEL), ("2", BROKEN_MODEL), ("3", SLOW_MODEL)):
+        canary = faulty.model_copy(update={"name": "canary", "version": version, "cpus_per_replica": 0.05})
+        repo.write_version(canary, lambda d, code=code: (d / "model.py").write_text(code))
     # Only tests/integration/test_faults.py touches it: it kills one of its two replicas.
     fault = faulty.model_copy(update={"name": "fault", "replicas": 2, "cpus_per_replica": 0.05})
-    repo.write_version(fault, lambda d: (d / "model.py").write_text(SLOW_MODEL))
+    repo.write_version(fault, lambda d: (d / "model.py").write_text(FAULT_MODEL))
     # The stalling model two rows per batch: 16 stalled requests keep it busy for 4 s (SIGTERM drain test).
     drain = stall.model_copy(update={"name": "drain", "cpus_per_replica": 0.05,
                                      "batching": Batching(max_batch_size=2, replica_max_batch_size=1)})

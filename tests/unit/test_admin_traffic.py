@@ -1,0 +1,160 @@
+"""Shadows, ramps, promote and rollback through the admin API, stored in the real table state (no Ray)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.admin import AdminApi
+from gateway.catalog import VersionInfo
+from gateway.core import DataPlane
+from gateway.errors import Code, GatewayError
+from gateway.settings import BatchingOverride
+from serving.manifest import Manifest, TensorSpecModel
+from serving.ramp import PlanError
+from serving.traffic_table import TrafficTableState
+from tests.unit.test_traffic import catalog
+
+
+class StateStore:
+    """The table state behind the admin API, refusals mapped the way gateway.dispatch.TrafficTable maps them."""
+
+    def __init__(self, state: TrafficTableState) -> None:
+        self.state = state
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        try:
+            result = getattr(self.state, method)(*args)
+            return await result if hasattr(result, "__await__") else result
+        except PlanError as exc:
+            raise GatewayError(Code.INVALID_ARGUMENT, str(exc)) from None
+
+    async def get(self) -> dict[str, Any]:
+        return await self._call("get")  # type: ignore[no-any-return]
+
+    async def set_model(self, model: str, weights: dict[str, int], who: str, reason: str) -> dict[str, Any]:
+        return await self._call("set_model", model, weights, who, reason)  # type: ignore[no-any-return]
+
+    async def set_shadows(self, model: str, shadows: dict[str, float], who: str, reason: str) -> dict[str, Any]:
+        return await self._call("set_shadows", model, shadows, who, reason)  # type: ignore[no-any-return]
+
+    async def start_ramp(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]:
+        return await self._call("start_ramp", model, plan, who, reason)  # type: ignore[no-any-return]
+
+    async def rollback(self, model: str, who: str, reason: str) -> dict[str, Any]:
+        return await self._call("rollback", model, who, reason)  # type: ignore[no-any-return]
+
+    async def history(self, model: str) -> list[dict[str, Any]]:
+        return await self._call("model_history", model)  # type: ignore[no-any-return]
+
+
+Setup = tuple[httpx.AsyncClient, DataPlane, TrafficTableState, list[set[tuple[str, str]]]]
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    plane = DataPlane(catalog(("1", "READY"), ("2", "READY"), ("3", "LOADING")), _NoDispatch())
+    state = TrafficTableState(str(tmp_path / "table.json"))
+    asked: list[set[tuple[str, str]]] = []
+
+    async def discover(named: set[tuple[str, str]]) -> None:
+        asked.append(named)
+        if ("m", "4") in named:  # the repository has a version 4 that appeared after start-up
+            spec = [TensorSpecModel(name="x", datatype="FP32", shape=[-1, 1])]
+            info = VersionInfo.from_manifest(Manifest(name="m", version="4", runtime="array", inputs=spec,
+                                                      outputs=spec), BatchingOverride())
+            info.state = "READY"
+            plane.add_version(info)
+
+    api = AdminApi(plane, StateStore(state), "s3cret", discover=discover)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://admin",
+                                 headers={"authorization": "Bearer s3cret", "x-operator": "alice"}) as client:
+        yield client, plane, state, asked
+    if state._ticker is not None:
+        state._ticker.cancel()
+
+
+class _NoDispatch:
+    async def infer(self, model: str, version: str, inputs: Any) -> Any:
+        raise AssertionError("not called")
+
+
+async def test_shadows_are_set_applied_and_cleared(setup: Setup) -> None:
+    client, plane, state, _ = setup
+    r = await client.put("/admin/traffic/m/shadows", json={"shadows": {"2": 0.5}, "reason": "try v2"})
+    assert r.status_code == 200, r.json()
+    assert plane.router.shadows == {"m": (("2", 0.5),)}
+    assert (await client.get("/admin/traffic/m")).json()["shadows"] == {"2": 0.5}
+    assert (await client.put("/admin/traffic/m/shadows", json={"shadows": {}})).status_code == 200
+    assert plane.router.shadows == {} and state.shadows == {}
+    assert [e["who"] for e in state.model_history("m")] == ["alice", "alice"]
+
+
+@pytest.mark.parametrize(("shadows", "status", "fragment"), [
+    ({"9": 1.0}, 404, "no version '9'"), ({"3": 1.0}, 400, "not ready"), ({"2": 1.5}, 400, "(0, 1]"),
+    ({"2": "x"}, 400, "shadows.2")])
+async def test_bad_shadows_change_nothing(setup: Setup, shadows: dict[str, Any], status: int, fragment: str) -> None:
+    client, plane, state, _ = setup
+    r = await client.put("/admin/traffic/m/shadows", json={"shadows": shadows})
+    assert r.status_code == status and fragment in r.json()["error"], r.json()
+    assert state.revision == 0 and plane.router.shadows == {}
+
+
+async def test_a_ramp_from_the_default_version_then_rollback(setup: Setup) -> None:
+    client, plane, state, _ = setup
+    r = await client.post("/admin/traffic/m/ramp", json={"version": "1", "steps": [5, 50, 100], "every_s": 60,
+                                                         "max_error_rate": 0.01})
+    assert r.status_code == 200, r.json()
+    # No split yet: unpinned requests went to the newest ready version (2), so the ramp starts from it.
+    assert plane.router.table.models["m"].weights == {"2": 95, "1": 5}
+    assert plane.router.ramped == {"m": "1"}
+    assert plane.router.choose("m", None, "some-key").role in ("primary", "canary")
+    ramp = (await client.get("/admin/traffic/m")).json()["ramp"]
+    assert ramp["version"] == "1" and ramp["percent"] == 5 and ramp["base"] == {"2": 100}
+    r = await client.post("/admin/traffic/m/rollback", json={"reason": "not today"})
+    assert r.status_code == 200 and plane.router.table.models["m"].weights == {"2": 100}
+    assert plane.router.ramped == {} and state.model_history("m")[-1]["reason"] == "not today"
+
+
+@pytest.mark.parametrize(("body", "status", "fragment"), [
+    ({"version": "1", "steps": [50, 5], "every_s": 60}, 400, "rising"),
+    ({"version": "1", "steps": [5], "every_s": 0}, 400, "every_s"),
+    ({"version": "3", "steps": [5], "every_s": 60}, 400, "not ready"),
+    ({"version": "9", "steps": [5], "every_s": 60}, 404, "no version '9'"),
+    ({"version": "1", "steps": [5], "every_s": 60, "max_error_rate": 5}, 400, "max_error_rate")])
+async def test_bad_ramps_change_nothing(setup: Setup, body: dict[str, Any], status: int, fragment: str) -> None:
+    client, plane, state, _ = setup
+    await client.put("/admin/traffic/m", json={"weights": {"2": 100}})
+    r = await client.post("/admin/traffic/m/ramp", json=body)
+    assert r.status_code == status and fragment in r.json()["error"], r.json()
+    assert state.revision == 1 and state.ramps == {} and plane.router.table.models["m"].weights == {"2": 100}
+
+
+async def test_promote_ends_a_ramp(setup: Setup) -> None:
+    client, plane, state, _ = setup
+    await client.put("/admin/traffic/m", json={"weights": {"2": 100}})
+    await client.post("/admin/traffic/m/ramp", json={"version": "1", "steps": [10, 100], "every_s": 600})
+    r = await client.post("/admin/traffic/m/promote", json={"version": "1"})
+    assert r.status_code == 200 and plane.router.table.models["m"].weights == {"1": 100}
+    assert state.ramps == {} and plane.router.ramped == {}
+    assert (await client.post("/admin/traffic/m/rollback", json={})).json()["models"]["m"] == {"2": 90, "1": 10}
+
+
+async def test_a_version_added_to_the_repository_after_start_up_is_found(setup: Setup) -> None:
+    client, plane, _, asked = setup
+    r = await client.put("/admin/traffic/m", json={"weights": {"2": 50, "4": 50}})
+    assert r.status_code == 200, r.json()
+    assert ("m", "4") in asked[-1] and plane.router.table.models["m"].weights == {"2": 50, "4": 50}
+    r = await client.put("/admin/traffic/m", json={"weights": {"2": 50, "5": 50}})
+    assert r.status_code == 404 and "no version '5'" in r.json()["error"]
+
+
+async def test_unknown_routes_and_rollback_of_an_unknown_model(setup: Setup) -> None:
+    client, *_ = setup
+    assert (await client.post("/admin/traffic/m/explode", json={})).status_code == 404
+    assert (await client.get("/admin/other")).status_code == 404
+    assert (await client.post("/admin/traffic/nope/rollback", json={})).status_code == 404
