@@ -127,7 +127,9 @@ def test_random_bytes_get_a_client_error(door: Door, raw: bytes, path: str) -> N
 def test_any_path_method_and_header_gets_a_defined_answer(door: Door, method: str, parts: list[str],
                                                           headers: dict[str, str]) -> None:
     encoded = {k: v.encode("latin-1") for k, v in headers.items()}
-    r = door.request(method, "/" + "/".join(parts), headers=encoded, content=b"{}" if method != "GET" else None)
+    path = "/" + "/".join(parts)
+    path = "/v2" + path if path.startswith("//") else path  # the client cannot send a path starting with //
+    r = door.request(method, path, headers=encoded, content=b"{}" if method != "GET" else None)
     assert r.status_code in {200, 503} | CLIENT_STATUSES, (r.status_code, r.text)  # 503: 'loading' not ready
 
 
