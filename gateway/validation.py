@@ -79,7 +79,7 @@ def check_declared_rows(catalog: Catalog, model: str, version: str | None,
         if not isinstance(rows, int) or rows <= 0:
             continue  # the codec names a bad dimension; zero rows are refused after decoding
         if rows > max_rows:
-            raise GatewayError(Code.RESOURCE_EXHAUSTED, f"input '{name}': {rows} rows are over the gateway's "
-                               f"limit of {max_rows} rows per request; split the request")
+            raise GatewayError(Code.RESOURCE_EXHAUSTED, f"input '{name}': {rows} rows, over the limit of "
+                               f"{max_rows} rows per request (max_request_rows); split the request")
         if limit and rows > limit:
             raise invalid(f"batch size {rows} is outside 1..{limit} for model '{model}'; split the request")
