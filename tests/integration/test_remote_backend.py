@@ -36,6 +36,18 @@ from tests.integration.conftest import RunningGateway, run_onnx
 
 MODEL = "remote_cancer"
 VERSIONS = {"1": "local", "2": "grpc", "3": "http"}
+APPS = [(MODEL, v) for v in VERSIONS] + [("local_echo", "1")]
+# The session's cluster outlives this file's gateway: its applications are deleted after it, from a subprocess
+# so the test process never joins the cluster.
+UNDEPLOY = """
+import sys
+import ray
+from ray import serve
+from serving.deployment import app_name
+ray.init(address=sys.argv[1], namespace="gateway", log_to_driver=False, logging_level="ERROR")
+for item in sys.argv[2:]:
+    serve.delete(app_name(*item.split("/")))
+"""
 
 
 @dataclass
@@ -130,6 +142,16 @@ def setup(gateway: RunningGateway, tmp_path_factory: pytest.TempPathFactory) -> 
                         remote)
     finally:
         remote.kill()
+        undeploy(gateway.ray_address)
+
+
+def undeploy(address: str) -> None:
+    env = dict(os.environ)
+    if "RAY_AUTH_MODE" not in env and (env.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
+        env["RAY_AUTH_MODE"] = "token"  # as `gateway serve` does when it joins a cluster by address
+    done = subprocess.run([sys.executable, "-c", UNDEPLOY, address, *(f"{m}/{v}" for m, v in APPS)],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def infer(setup: Setup, door: str, version: str | None, x: np.ndarray, request_id: str = "") -> dict[str, np.ndarray]:
