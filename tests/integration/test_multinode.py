@@ -68,8 +68,10 @@ class Gateway:
 
 
 def node_ports() -> list[str]:
-    # Several raylets on one host: every port a node opens must be its own.
-    return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+    # Several raylets on one host, beside other people's clusters: every port a node opens must be its own, and
+    # its workers take ports the system picks (0) rather than from the range every cluster shares by default.
+    return ["--min-worker-port", "0", "--max-worker-port", "0",
+            "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
             "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
 
