@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.core import DataPlane
 from gateway.errors import Code, GatewayError
-from gateway.traffic import ModelSplit, TrafficTable, versions_named
+from gateway.traffic import ModelSplit, TrafficTable, applicable, only, versions_named
 from serving.ramp import PlanError, RampPlan, split_with
 
 Scope = dict[str, Any]
@@ -141,21 +141,24 @@ class AdminApi:
             return exc.http_status, {"error": exc.message}
         return 404, {"error": f"no admin route {method} {scope['path']}"}
 
-    async def _check(self, candidate: TrafficTable) -> None:
-        """NOT_FOUND / INVALID_ARGUMENT; a version this gateway has not seen yet is looked for in the repository."""
+    async def _check(self, candidate: TrafficTable, model: str) -> None:
+        """NOT_FOUND / INVALID_ARGUMENT for the model's new entry (other models may be served by other gateways);
+        a version this gateway has not seen yet is looked for in the repository."""
+        entry = only(candidate, {model})
         try:
-            self.plane.router.check(candidate)
+            self.plane.router.check(entry)
         except GatewayError as exc:
             if exc.code != Code.NOT_FOUND or self.discover is None:
                 raise
-            await self.discover(versions_named(candidate))
-            self.plane.router.check(candidate)
+            await self.discover(versions_named(entry))
+            self.plane.router.check(entry)
 
     async def _current(self) -> TrafficTable:
         return table_from(await self.store.get())
 
     def _applied(self, stored: dict[str, Any]) -> dict[str, Any]:
-        self.plane.router.apply(table_from(stored))
+        router = self.plane.router
+        router.apply(applicable(table_from(stored), self.plane.catalog, router.table)[0])
         return stored
 
     async def _set(self, model: str, raw: bytes, scope: Scope) -> dict[str, Any]:
@@ -165,13 +168,13 @@ class AdminApi:
         except ValidationError as exc:
             raise GatewayError(Code.INVALID_ARGUMENT, "; ".join(e["msg"] for e in exc.errors())) from None
         current = await self._current()
-        await self._check(current.model_copy(update={"models": {**current.models, model: split}}))
+        await self._check(current.model_copy(update={"models": {**current.models, model: split}}), model)
         return self._applied(await self.store.set_model(model, split.weights, _who(scope), change.reason))
 
     async def _shadows(self, model: str, raw: bytes, scope: Scope) -> dict[str, Any]:
         change = _parse(ShadowChange, raw)
         current = await self._current()
-        await self._check(current.model_copy(update={"shadows": {**current.shadows, model: change.shadows}}))
+        await self._check(current.model_copy(update={"shadows": {**current.shadows, model: change.shadows}}), model)
         return self._applied(await self.store.set_shadows(model, change.shadows, _who(scope), change.reason))
 
     async def _ramp(self, model: str, raw: bytes, scope: Scope) -> dict[str, Any]:
@@ -191,7 +194,7 @@ class AdminApi:
             first = ModelSplit(weights=split_with(base, parsed.version, parsed.steps[0]))
         except PlanError as exc:
             raise GatewayError(Code.INVALID_ARGUMENT, str(exc)) from None
-        await self._check(current.model_copy(update={"models": {**current.models, model: first}}))
+        await self._check(current.model_copy(update={"models": {**current.models, model: first}}), model)
         return self._applied(await self.store.start_ramp(model, plan, _who(scope), change.reason))
 
 

@@ -22,7 +22,7 @@ from gateway import tls
 from gateway.admin import AdminApi, table_from
 from gateway.catalog import Catalog, VersionInfo
 from gateway.core import DataPlane
-from gateway.errors import Code, GatewayError
+from gateway.errors import GatewayError
 from gateway.feedback import FeedbackLog
 from gateway.grpc_adapter import GrpcDoor, InferenceServicer
 from gateway.http_adapter import HttpDoor, limited_http_protocol
@@ -30,7 +30,7 @@ from gateway.metrics import Metrics
 from gateway.request_log import RequestLogWriter
 from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing, TracingError, build_tracing
-from gateway.traffic import ModelSplit, TrafficTable, versions_named
+from gateway.traffic import ModelSplit, TrafficTable, applicable, versions_named
 from gateway.workers import Workers
 from serving.repository import Repository
 
@@ -223,17 +223,20 @@ class Gateway:
 
     def _apply_now(self, stored: dict[str, Any]) -> None:
         assert self.plane is not None
+        router = self.plane.router
         try:
-            self.plane.router.apply(table_from(stored))
+            table, problems = applicable(table_from(stored), self.plane.catalog, router.table)
+            router.apply(table)
         except (GatewayError, ValidationError) as exc:
-            # Another gateway accepted it against its catalog; this one keeps its current routes and tries
-            # again as readiness changes (a version it has just attached to may still be starting).
-            self._pending_table = stored
-            if not isinstance(exc, GatewayError) or exc.code != Code.INVALID_ARGUMENT:
-                log.warning("traffic table revision %s not applied here: %s", stored.get("revision"), exc)
+            log.warning("traffic table revision %s not applied here: %s", stored.get("revision"), exc)
             return
-        self._pending_table = None
-        self.metrics.set_weights(self.plane.router.table, self.plane.catalog)
+        # A model whose entry this gateway cannot apply yet (a version it has just attached to may still be
+        # starting) keeps its current routes; the readiness watcher tries again.
+        if problems and self._pending_table != stored:  # once per revision, not on every retry
+            log.warning("traffic table revision %s: kept current routes for %s", stored.get("revision"),
+                        "; ".join(problems))
+        self._pending_table = stored if problems else None
+        self.metrics.set_weights(router.table, self.plane.catalog)
 
     async def discover(self, named: set[tuple[str, str]]) -> None:
         """Starts serving the versions in `named` that this gateway does not know yet but the repository has.

@@ -88,6 +88,9 @@ class Catalog:
         self._models = {**self._models,
                         info.model: dict(sorted(merged.items(), key=lambda kv: version_sort_key(kv[0])))}
 
+    def model_names(self) -> list[str]:
+        return list(self._models)
+
     def all(self) -> list[VersionInfo]:
         return [v for vs in self._models.values() for v in vs.values()]
 

@@ -25,6 +25,7 @@ from serving import traffic_table
 from serving.deployment import app_name, build_app, required_resource
 from serving.ramp import PlanError
 from serving.repository import VersionEntry
+from serving.runtimes import RuntimeFault
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,11 @@ class RayDispatcher:
                                   f"({type(exc).__name__}); retry shortly") from None
             except RayTaskError as exc:
                 cause = exc.cause if exc.cause is not None else exc
+                if isinstance(cause, RuntimeFault) and cause.code in Code.__members__:
+                    # Already classified by the runtime (a remote server's answer): the client gets that code.
+                    code, message = Code[cause.code], f"model '{model}' version '{version}': {cause.message}"
+                    raise (unavailable(message) if code == Code.UNAVAILABLE else GatewayError(code, message)) \
+                        from None
                 log.warning("model %s/%s raised %s: %s", model, version, type(cause).__name__, cause)
                 # The client learns the exception type, never the traceback or model internals.
                 raise GatewayError(Code.INTERNAL, f"model '{model}' version '{version}' failed while "

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.catalog import Catalog
-from gateway.errors import invalid, not_found
+from gateway.errors import GatewayError, invalid, not_found
 from serving.ramp import FAILURE_CODES, N_BUCKETS, latency_bucket
 
 __all__ = ["FAILURE_CODES", "LiveCounts", "ModelSplit", "Route", "Router", "TrafficTable", "check_table"]
@@ -71,6 +71,37 @@ def check_table(table: TrafficTable, catalog: Catalog) -> None:
             _check_version(catalog, model, version, "shadow traffic")
             if not 0 < sample <= 1:
                 raise invalid(f"a shadow's sample rate is a fraction in (0, 1], got {sample} for version '{version}'")
+
+
+def only(table: TrafficTable, models: set[str]) -> TrafficTable:
+    """The table's entries for `models` alone."""
+    return table.model_copy(update={"models": {m: s for m, s in table.models.items() if m in models},
+                                    "shadows": {m: s for m, s in table.shadows.items() if m in models},
+                                    "ramps": {m: r for m, r in table.ramps.items() if m in models}})
+
+
+def applicable(table: TrafficTable, catalog: Catalog, current: TrafficTable) -> tuple[TrafficTable, list[str]]:
+    """The part of the cluster's table this gateway can apply, and what it could not.
+
+    Gateways may serve different repositories on one cluster: a model this gateway does not serve is left
+    out (others serve it). A model whose entry names a version that is unknown or not ready here keeps the
+    entry it has now (the caller retries as readiness changes)."""
+    served = set(catalog.model_names())
+    parts: list[TrafficTable] = []
+    problems: list[str] = []
+    for model in sorted((set(table.models) | set(table.shadows)) & served):
+        part = only(table, {model})
+        try:
+            check_table(part, catalog)
+        except GatewayError as exc:
+            problems.append(f"{model}: {exc.message}")
+            part = only(current, {model})
+        parts.append(part)
+    merged = TrafficTable(revision=table.revision,
+                          models={m: s for p in parts for m, s in p.models.items()},
+                          shadows={m: s for p in parts for m, s in p.shadows.items()},
+                          ramps={m: r for p in parts for m, r in p.ramps.items()})
+    return merged, problems
 
 
 def versions_named(table: TrafficTable) -> set[tuple[str, str]]:

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from gateway.codec import NUMPY_DTYPES, datatype_of
 from serving.manifest import Manifest
 from serving.repository import VersionEntry
-from serving.runtimes import Arrays, load_runtime
+from serving.runtimes import Arrays, load_runtime, run_model
 
 APP_PREFIX = "model"
 
@@ -46,7 +46,7 @@ class ModelVersionServer:
 
     async def infer(self, inputs: Arrays) -> Arrays:
         if not self.batched:
-            return self.runtime.run(inputs)
+            return await run_model(self.runtime, inputs)
         result: Arrays = await self._infer_batch(inputs)
         return result
 
@@ -55,9 +55,9 @@ class ModelVersionServer:
                  batch_size_fn=lambda items: sum(_rows(i) for i in items))
     async def _infer_batch(self, items: list[Arrays]) -> list[Arrays]:
         if len(items) == 1:
-            return [self.runtime.run(items[0])]
+            return [await run_model(self.runtime, items[0])]
         merged = {name: np.concatenate([it[name] for it in items]) for name in items[0]}
-        out = self.runtime.run(merged)
+        out = await run_model(self.runtime, merged)
         results: list[Arrays] = []
         start = 0
         for it in items:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
              "FP16", "FP32", "FP64", "BYTES")
@@ -67,6 +67,34 @@ class Accelerator(BaseModel):
     """GPUs (fractions allowed) or FPGA resource units per replica."""
 
 
+class RemoteBackend(BaseModel):
+    """Where a `remote` version's model runs: another Open Inference Protocol server (Triton, KServe, MLServer)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    """host:port of the remote server's gRPC or HTTP endpoint (no scheme; see protocol and tls)."""
+    protocol: Literal["grpc", "http"] = "grpc"
+    model_name: str = ""
+    """The model's name on the remote server (default: this manifest's name)."""
+    model_version: str = ""
+    """The version to ask the remote server for (default: the remote server's choice)."""
+    timeout_s: float = Field(30.0, gt=0)
+    """Longest one forwarded batch may take; past it the requests in it fail with DEADLINE_EXCEEDED."""
+    tls: bool = False
+    """Connect with TLS (the system's trusted roots)."""
+
+    @field_validator("url")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if "://" in v or "/" in v:
+            raise ValueError(f"url {v!r} must be host:port, without a scheme or path (set protocol and tls instead)")
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"url {v!r} must be host:port with a port between 1 and 65535")
+        return v
+
+
 class Lineage(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -81,8 +109,9 @@ class Manifest(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    runtime: Literal["onnx", "array", "python"]
-    """onnx: an ONNX file run by ONNX Runtime; array: a NumPy/CuPy program; python: predict() in model.py."""
+    runtime: Literal["onnx", "array", "python", "remote"]
+    """onnx: an ONNX file run by ONNX Runtime; array: a NumPy/CuPy program; python: predict() in model.py;
+    remote: forwarded to another Open Inference Protocol server (the `remote` block)."""
     artifact: str = ""
     """File inside the version folder that the runtime loads."""
     platform: str = ""
@@ -109,7 +138,18 @@ class Manifest(BaseModel):
     lineage: Lineage = Lineage()
     reference: str | None = None
     """File of reference statistics of the training inputs (for drift detection)."""
+    remote: RemoteBackend | None = None
+    """The remote server of a `remote` version (required with that runtime, refused with any other)."""
+
+    @model_validator(mode="after")
+    def _remote_block(self) -> Manifest:
+        if self.runtime == "remote" and self.remote is None:
+            raise ValueError("runtime 'remote' needs a 'remote' block with at least the server's url")
+        if self.runtime != "remote" and self.remote is not None:
+            raise ValueError(f"a 'remote' block only applies to runtime 'remote', not {self.runtime!r}")
+        return self
 
     @property
     def display_platform(self) -> str:
-        return self.platform or {"onnx": "onnxruntime_onnx", "array": "numpy", "python": "python"}[self.runtime]
+        return self.platform or {"onnx": "onnxruntime_onnx", "array": "numpy", "python": "python",
+                                 "remote": "remote"}[self.runtime]

@@ -1,4 +1,5 @@
-"""Model runtimes a replica loads from a version folder: ONNX Runtime, a NumPy/CuPy array program, Python.
+"""Model runtimes a replica loads from a version folder: ONNX Runtime, a NumPy/CuPy array program, Python,
+or a remote Open Inference Protocol server (serving/remote.py).
 
 Each takes and returns `{tensor name: numpy array}` with the batch along the first axis.
 """
@@ -10,7 +11,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,6 +26,37 @@ class Runtime(Protocol):
     device: str
 
     def run(self, inputs: Arrays) -> Arrays: ...
+
+
+@runtime_checkable
+class AsyncRuntime(Protocol):
+    """A runtime whose model runs elsewhere: awaited, so the replica keeps taking requests while a call is out."""
+
+    device: str
+
+    async def run_async(self, inputs: Arrays) -> Arrays: ...
+
+
+class RuntimeFault(Exception):
+    """A failure the runtime has already classified with a google.rpc code name ('UNAVAILABLE', ...).
+
+    The gateway answers it with that code instead of INTERNAL. It crosses Ray as a pickled exception,
+    so its state lives in `args` only.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+
+    @property
+    def code(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def message(self) -> str:
+        return str(self.args[1])
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 def array_module() -> tuple[ModuleType, str]:
@@ -113,13 +145,27 @@ class PythonRuntime:
         return self.predict(inputs)
 
 
+def _remote(manifest: Manifest, folder: Path) -> AsyncRuntime:
+    from serving.remote import RemoteRuntime  # imports tritonclient only where a remote version runs
+
+    return RemoteRuntime(manifest)
+
+
 _RUNTIMES: dict[str, Callable[[Manifest, Path], Any]] = {
     "onnx": OnnxRuntime,
     "array": ArrayRuntime,
     "python": PythonRuntime,
+    "remote": _remote,
 }
 
 
-def load_runtime(manifest: Manifest, folder: Path) -> Runtime:
-    runtime: Runtime = _RUNTIMES[manifest.runtime](manifest, folder)
+def load_runtime(manifest: Manifest, folder: Path) -> Runtime | AsyncRuntime:
+    runtime: Runtime | AsyncRuntime = _RUNTIMES[manifest.runtime](manifest, folder)
     return runtime
+
+
+async def run_model(runtime: Runtime | AsyncRuntime, inputs: Arrays) -> Arrays:
+    """One batch through any runtime: awaited when the model runs elsewhere, in place when it runs here."""
+    if isinstance(runtime, AsyncRuntime):
+        return await runtime.run_async(inputs)
+    return runtime.run(inputs)

@@ -158,3 +158,26 @@ async def test_unknown_routes_and_rollback_of_an_unknown_model(setup: Setup) -> 
     assert (await client.post("/admin/traffic/m/explode", json={})).status_code == 404
     assert (await client.get("/admin/other")).status_code == 404
     assert (await client.post("/admin/traffic/nope/rollback", json={})).status_code == 404
+
+
+async def test_models_this_gateway_does_not_serve_are_left_to_others(setup: Setup) -> None:
+    client, plane, state, _ = setup
+    await state.set_model("elsewhere", {"7": 100}, "other-gateway", "")  # a model only another gateway serves
+    r = await client.put("/admin/traffic/m", json={"weights": {"1": 30, "2": 70}})
+    assert r.status_code == 200, r.json()
+    assert plane.router.table.models["m"].weights == {"1": 30, "2": 70} and "elsewhere" not in plane.router.table.models
+    assert state.models["elsewhere"] == {"7": 100}
+
+
+def test_applicable_keeps_current_routes_for_an_entry_it_cannot_apply_yet() -> None:
+    from gateway.traffic import ModelSplit, TrafficTable, applicable
+
+    cat = catalog(("1", "READY"), ("2", "READY"), ("3", "LOADING"))
+    current = TrafficTable(models={"m": ModelSplit(weights={"1": 100})})
+    wanted = TrafficTable(revision=5, models={"m": ModelSplit(weights={"1": 50, "3": 50}),
+                                              "other": ModelSplit(weights={"9": 100})})
+    table, problems = applicable(wanted, cat, current)
+    assert table.revision == 5 and table.models == current.models and "not ready" in problems[0]
+    cat.set_state("m", "3", "READY")
+    table, problems = applicable(wanted, cat, current)
+    assert table.models == {"m": ModelSplit(weights={"1": 50, "3": 50})} and problems == []

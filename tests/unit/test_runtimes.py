@@ -1,22 +1,38 @@
-"""serving.runtimes: the array runtime on NumPy, CuPy detection, the Python runtime, and ONNX Runtime on an
-example model checked against a NumPy re-computation from the ONNX file's own weights (no scikit-learn)."""
+"""serving.runtimes: the array runtime on NumPy, CuPy detection, the Python runtime, ONNX Runtime on an
+example model checked against a NumPy re-computation from the ONNX file's own weights (no scikit-learn), and
+the remote runtime against a real Open Inference Protocol server on loopback (tests/oip_server.py)."""
 
 from __future__ import annotations
 
 import importlib.util
+import pickle
+import socket
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from pydantic import ValidationError
 
 from serving import examples, runtimes
-from serving.manifest import Accelerator, Manifest, TensorSpecModel
+from serving.manifest import Accelerator, Manifest, RemoteBackend, TensorSpecModel
+from serving.remote import RemoteRuntime, fault_for, remote_status
 from serving.repository import Repository, VersionEntry
-from serving.runtimes import ArrayRuntime, OnnxRuntime, PythonRuntime, array_module, load_runtime
+from serving.runtimes import (
+    ArrayRuntime,
+    AsyncRuntime,
+    OnnxRuntime,
+    PythonRuntime,
+    RuntimeFault,
+    array_module,
+    load_runtime,
+    run_model,
+)
+from tests.oip_server import OipServer, serve_in_thread
 
 
 def spec(name: str, shape: list[int], datatype: str = "FP32") -> TensorSpecModel:
@@ -208,3 +224,126 @@ def test_echo_example_is_an_identity_array_model(tmp_path: Path) -> None:
     rt = runtimes.load_runtime(entry.manifest, entry.path)
     x = np.random.default_rng(0).normal(size=(4, examples.ECHO_WIDTH)).astype(np.float32)
     np.testing.assert_array_equal(rt.run({"INPUT0": x})["OUTPUT0"], x)
+
+
+# --- remote runtime: a real Open Inference Protocol server on loopback (tests/oip_server.py) -----------
+
+def remote_manifest(url: str, protocol: str = "grpc", **backend: object) -> Manifest:
+    """The example classifier served elsewhere; the width is left open so the remote server checks it."""
+    return Manifest(name="cancer", version="7", runtime="remote",
+                    remote=RemoteBackend(url=url, protocol=protocol, model_name="breast_cancer", **backend),
+                    inputs=[spec("features", [-1, -1])],
+                    outputs=[spec("probabilities", [-1, 2]), spec("label", [-1], "INT64")])
+
+
+@pytest.fixture(scope="module")
+def oip(classifier: VersionEntry) -> Iterator[OipServer]:
+    with serve_in_thread({"breast_cancer": classifier.path / "model.onnx"}) as server:
+        yield server
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens once the socket is closed
+
+
+def server_url(oip: OipServer, protocol: str) -> str:
+    return f"127.0.0.1:{oip.grpc_port if protocol == 'grpc' else oip.http_port}"
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_remote_runtime_answers_like_onnx_runtime_run_here(classifier: VersionEntry, oip: OipServer,
+                                                                 protocol: str) -> None:
+    rt = load_runtime(remote_manifest(server_url(oip, protocol), protocol), classifier.path)
+    assert isinstance(rt, RemoteRuntime) and isinstance(rt, AsyncRuntime) and rt.device == "remote"
+    local = OnnxRuntime(classifier.manifest, classifier.path)
+    with np.load(classifier.path / "reference.npz") as ref:
+        x = ref["inputs"][:32]
+    before = oip.models.infer_count
+    for rows in (1, 32):
+        out = await run_model(rt, {"features": x[:rows]})
+        expected = local.run({"features": x[:rows]})
+        assert list(out) == ["probabilities", "label"]
+        np.testing.assert_array_equal(out["probabilities"], expected["probabilities"])
+        np.testing.assert_array_equal(out["label"], expected["label"])
+        assert out["probabilities"].dtype == np.float32 and out["label"].dtype == np.int64
+    client = rt._client
+    await rt.run_async({"features": x[:2]})
+    assert rt._client is client and client is not None  # one client for the replica, not one per call
+    assert oip.models.infer_count == before + 3
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_remote_refusal_is_invalid_argument_with_the_remote_reason(classifier: VersionEntry, oip: OipServer,
+                                                                          protocol: str) -> None:
+    rt = RemoteRuntime(remote_manifest(server_url(oip, protocol), protocol))
+    with pytest.raises(RuntimeFault) as caught:
+        await rt.run_async({"features": np.ones((2, 29), np.float32)})  # the model takes 30 features
+    assert caught.value.code == "INVALID_ARGUMENT" and "refused the request" in caught.value.message
+    assert "features" in caught.value.message  # the remote's own words say what was wrong
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_remote_unknown_model_is_unavailable_and_says_to_check_the_manifest(oip: OipServer,
+                                                                                  protocol: str) -> None:
+    m = remote_manifest(server_url(oip, protocol), protocol)
+    rt = RemoteRuntime(m.model_copy(update={"remote": m.remote.model_copy(update={"model_name": "nope"})}))
+    with pytest.raises(RuntimeFault) as caught:
+        await rt.run_async({"features": np.ones((1, 30), np.float32)})
+    assert caught.value.code == "UNAVAILABLE" and "manifest's remote settings" in caught.value.message
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_remote_server_down_is_unavailable(protocol: str) -> None:
+    rt = RemoteRuntime(remote_manifest(f"127.0.0.1:{closed_port()}", protocol, timeout_s=5))
+    with pytest.raises(RuntimeFault) as caught:
+        await rt.run_async({"features": np.ones((1, 30), np.float32)})
+    assert caught.value.code == "UNAVAILABLE" and "unreachable" in caught.value.message
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_remote_slower_than_its_timeout_is_deadline_exceeded(classifier: VersionEntry, protocol: str) -> None:
+    with serve_in_thread({"breast_cancer": classifier.path / "model.onnx"}, delay_s=2.0) as slow:
+        rt = RemoteRuntime(remote_manifest(server_url(slow, protocol), protocol, timeout_s=0.2))
+        with pytest.raises(RuntimeFault) as caught:
+            await rt.run_async({"features": np.ones((1, 30), np.float32)})
+    assert caught.value.code == "DEADLINE_EXCEEDED" and "0.2 s" in caught.value.message
+
+
+def test_runtime_fault_survives_pickling_as_ray_sends_it() -> None:
+    fault = pickle.loads(pickle.dumps(RuntimeFault("UNAVAILABLE", "down")))
+    assert isinstance(fault, RuntimeFault) and (fault.code, fault.message) == ("UNAVAILABLE", "down")
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    ("INVALID_ARGUMENT", "INVALID_ARGUMENT"), ("UNAVAILABLE", "UNAVAILABLE"), ("NOT_FOUND", "UNAVAILABLE"),
+    ("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"), ("RESOURCE_EXHAUSTED", "UNAVAILABLE"), ("INTERNAL", "INTERNAL"),
+    ("UNKNOWN", "INTERNAL"), ("400", "INVALID_ARGUMENT"), ("404", "UNAVAILABLE"), ("503", "UNAVAILABLE"),
+    ("504", "DEADLINE_EXCEEDED"), ("500", "INTERNAL"), ("", "INTERNAL")])
+def test_remote_status_maps_onto_the_error_table(status: str, code: str) -> None:
+    backend = RemoteBackend(url="h:1")
+    fault = fault_for(remote_status(f"StatusCode.{status}" if status.isalpha() else status), "why", backend, "m")
+    assert fault.code == code
+    assert ("why" in fault.message) == (code == "INVALID_ARGUMENT")  # only refusals repeat the remote's words
+
+
+@pytest.mark.parametrize(("manifest", "error"), [
+    ({"runtime": "remote"}, "needs a 'remote' block"),
+    ({"runtime": "onnx", "remote": {"url": "h:1"}}, "only applies to runtime 'remote'"),
+    ({"runtime": "remote", "remote": {"url": "grpc://h:1"}}, "without a scheme"),
+    ({"runtime": "remote", "remote": {"url": "localhost"}}, "host:port"),
+    ({"runtime": "remote", "remote": {"url": "h:1", "protocol": "kafka"}}, "protocol"),
+])
+def test_remote_manifest_is_validated(manifest: dict[str, object], error: str) -> None:
+    doc = {"name": "m", "version": "1", "inputs": [], "outputs": [], **manifest}
+    with pytest.raises(ValidationError, match=error):
+        Manifest.model_validate(doc)
+
+
+def test_remote_manifest_defaults() -> None:
+    m = Manifest.model_validate({"name": "m", "version": "1", "runtime": "remote", "remote": {"url": "h:8001"},
+                                 "inputs": [], "outputs": []})
+    assert m.remote == RemoteBackend(url="h:8001", protocol="grpc", model_name="", model_version="",
+                                     timeout_s=30.0, tls=False)
+    assert m.display_platform == "remote" and RemoteRuntime(m).model == "m"
