@@ -155,8 +155,10 @@ class RayDispatcher:
                     continue
                 raise unavailable(f"model '{model}' version '{version}' has no healthy replica "
                                   f"({type(exc).__name__}); retry shortly") from None
-            except RayTaskError as exc:
-                cause = exc.cause if exc.cause is not None else exc
+            except (RayTaskError, RuntimeFault) as exc:
+                # Over the actor transport the runtime's exception arrives wrapped in a RayTaskError; over the
+                # gRPC transport it arrives as itself.
+                cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
                 if isinstance(cause, RuntimeFault) and cause.code in Code.__members__:
                     # Already classified by the runtime (a remote server's answer): the client gets that code.
                     code, message = Code[cause.code], f"model '{model}' version '{version}': {cause.message}"

@@ -15,6 +15,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from gateway.dispatch import RayDispatcher
 from gateway.errors import Code, GatewayError
+from serving.runtimes import RuntimeFault
 
 pytestmark = pytest.mark.asyncio
 
@@ -71,3 +72,13 @@ async def test_no_retry_when_no_replica_could_answer(fault: Exception, code: Cod
     with pytest.raises(GatewayError) as e:
         await dispatcher(handle).infer("m", "1", X)
     assert e.value.code == code and handle.calls == 1
+
+
+@pytest.mark.parametrize(("code", "expected"), [("INVALID_ARGUMENT", Code.INVALID_ARGUMENT),
+                                                 ("UNAVAILABLE", Code.UNAVAILABLE)])
+async def test_a_runtime_fault_keeps_its_code_and_is_not_retried(code: str, expected: Code) -> None:
+    # Over the gRPC transport a replica's exception arrives as itself, not wrapped in a RayTaskError.
+    handle = FakeHandle(RuntimeFault(code, "the remote server refused it"), {"y": X["x"]})
+    with pytest.raises(GatewayError) as e:
+        await dispatcher(handle).infer("m", "1", X)
+    assert e.value.code == expected and "refused it" in e.value.message and handle.calls == 1
