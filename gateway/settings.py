@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.drift.settings import DriftSettings
 from gateway.request_log.settings import RequestLogSettings
 from gateway.tracing import TracingSettings
 
@@ -81,6 +82,8 @@ class GatewaySettings(BaseSettings):
     """The request log: one record per answered request, errors included (docs/REQUEST_LOG.md)."""
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     """OpenTelemetry tracing of inference requests (off by default; README, "Tracing")."""
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    """The drift sidecar: windows, statistics, alarm policy, reports, retraining jobs (docs/DRIFT.md)."""
 
     def batching_for(self, model: str) -> BatchingOverride:
         merged: dict[str, Any] = {}
