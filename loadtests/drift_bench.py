@@ -53,15 +53,17 @@ def records_from(x: np.ndarray, p: np.ndarray, *, model: str = MODEL, version: s
     return out
 
 
-def write_log(root: Path, records: list[RequestRecord], gateway_id: str = "gw", rotate_bytes: int = 8 << 20) -> str:
-    """Appends the records with the gateway's RequestLogWriter; returns the writer's gateway id."""
+def write_log(root: Path, records: list[RequestRecord], gateway_id: str = "gw", rotate_bytes: int = 8 << 20,
+              chunk: int = 5000) -> str:
+    """Appends the records with the gateway's RequestLogWriter, `chunk` at a time (rotation is checked between
+    writes); returns the writer's gateway id."""
     settings = RequestLogSettings(dir=root, gateway_id=gateway_id, durability="async", rotate_bytes=rotate_bytes,
                                   max_queue_records=1_000_000, retain_bytes=None, retain_s=None)
 
     async def go() -> str:
         w = RequestLogWriter(settings).start()
-        for i in range(0, len(records), 5000):
-            await asyncio.gather(*(w.append(r) for r in records[i:i + 5000]))
+        for i in range(0, len(records), chunk):
+            await asyncio.gather(*(w.append(r) for r in records[i:i + chunk]))
             await w.flush()
         await w.close()
         return w.gateway_id

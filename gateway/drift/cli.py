@@ -133,7 +133,8 @@ def _run(args: argparse.Namespace, settings: DriftSettings, repository: Path, lo
 
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = DriftMetrics()
-    submitter = RayJobSubmitter(settings.jobs_address, settings.retrain_runtime_env) if settings.retrain else None
+    submitter = (RayJobSubmitter(settings.jobs_address, settings.retrain_runtime_env, settings.jobs_token)
+                 if settings.retrain else None)
     try:
         sidecar = Sidecar(settings, repository, log_dir, submitter, metrics)
     except ValueError as exc:

@@ -7,6 +7,7 @@ submits the same alarm gets "already exists" and treats the job as submitted.
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,18 +56,37 @@ def build_entrypoint(template: str, *, model: str, version: str, window: int, re
                           f"use {', '.join('{' + k + '}' for k in values)}") from None
 
 
+def cluster_token(explicit: str = "") -> str:
+    """The token of a Ray cluster with token authentication, found where Ray's own clients look: the
+    setting, else $RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token ("" if none)."""
+    if explicit:
+        return explicit
+    if token := os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return token
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
 class RayJobSubmitter:
     """Submits through `ray.job_submission.JobSubmissionClient` (the Ray dashboard's Jobs API)."""
 
-    def __init__(self, address: str, runtime_env: dict[str, Any] | None = None) -> None:
+    def __init__(self, address: str, runtime_env: dict[str, Any] | None = None, token: str = "") -> None:
         self.address = address
         self.runtime_env = dict(runtime_env or {})
+        self.token = token
 
     def _client(self) -> Any:
         from ray.job_submission import JobSubmissionClient
 
+        # Ray's client adds its token only when RAY_AUTH_MODE=token was set before Ray was imported; an
+        # explicit header works however this process started (a cluster without token auth ignores it).
+        token = cluster_token(self.token)
+        headers = {"authorization": f"Bearer {token}"} if token else None
         try:
-            return JobSubmissionClient(self.address)
+            return JobSubmissionClient(self.address, headers=headers)
         except Exception as exc:  # noqa: BLE001 - connection errors come in many types (requests, ConnectionError, RuntimeError)
             raise SubmitError(f"cannot reach the Ray Jobs API at {self.address}: {exc}") from None
 

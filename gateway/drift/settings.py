@@ -88,6 +88,9 @@ class DriftSettings(BaseModel):
     """The alarm policy."""
     jobs_address: str = "http://127.0.0.1:8265"
     """Ray Jobs API address (the dashboard's HTTP address) where retraining jobs are submitted."""
+    jobs_token: str = ""
+    """Token of a Ray cluster with token authentication (default: $RAY_AUTH_TOKEN, else the file
+    $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, where Ray's own clients look)."""
     retrain: bool = True
     """Submit a retraining job when an alarm fires (off: only record the alarm)."""
     retrain_entrypoint: str = DEFAULT_ENTRYPOINT
