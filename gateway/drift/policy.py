@@ -51,7 +51,7 @@ def breached(scores: dict[str, float], thresholds: dict[str, float]) -> list[str
 def judge(policy: DriftPolicySettings, state: PolicyState, features: list[FeatureScore], rows: int,
           window: int, end_time: float) -> Verdict:
     """The window's verdict; updates state (the streak, and the alarm bookkeeping when it fires)."""
-    thresholds: dict[str, float] = dict(policy.thresholds)
+    thresholds: dict[str, float] = {str(k): v for k, v in policy.thresholds.items()}
     if rows < policy.min_samples:
         return Verdict("insufficient", streak=state.streak,
                        reason=f"{rows} rows, fewer than min_samples {policy.min_samples}: not judged")

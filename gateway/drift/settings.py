@@ -20,12 +20,16 @@ DEFAULT_ENTRYPOINT = ("python -m serving.retrain --model {model} --parent-versio
                       "--repository {repository} --log-dir {log_dir} --drift-report {report}")
 
 
+def _default_thresholds() -> dict[Statistic, float]:
+    return {"psi": 0.25, "chi2_pvalue": 0.001}
+
+
 class DriftPolicySettings(BaseModel):
     """When drift raises an alarm (and submits a retraining job)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    thresholds: dict[Statistic, float] = Field(default_factory=lambda: {"psi": 0.25, "chi2_pvalue": 0.001})
+    thresholds: dict[Statistic, float] = Field(default_factory=_default_thresholds)
     """A feature breaches when any listed statistic crosses its threshold: p-values (ks_pvalue,
     chi2_pvalue) below it, the others (psi, ks_stat, js_distance, chi2_stat) above it."""
     min_features: int = Field(2, ge=1)

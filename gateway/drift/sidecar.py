@@ -154,11 +154,12 @@ class Sidecar:
         features = profile.score(w.x, w.p)
         pstate = self.policy.setdefault(key, PolicyState())
         verdict = judge(self.settings.policy, pstate, features, w.rows, w.index, w.last_time)
+        thresholds = {str(k): v for k, v in self.settings.policy.thresholds.items()}
         report: dict[str, Any] = {
             "model": w.model, "version": w.version, "window": w.index, "rows": w.rows,
             "first_time": w.first_time, "last_time": w.last_time, "reference_rows": profile.reference_rows,
-            "verdict": verdict.to_json(), "thresholds": dict(self.settings.policy.thresholds),
-            "features": [_feature_json(f, self.settings.policy.thresholds) for f in features],
+            "verdict": verdict.to_json(), "thresholds": thresholds,
+            "features": [_feature_json(f, thresholds) for f in features],
             "alarm": None, "plot": None}
         sid = submission_id(w.model, w.version, w.index)
         if verdict.status == "alarm":

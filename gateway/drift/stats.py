@@ -128,7 +128,7 @@ def ks_pvalue(stat: F64, n1: F64, n2: F64) -> F64:
 def category_counts(x: F64, categories: list[F64]) -> I64:
     """Counts per category, shape (features, max categories + 1); the last column counts values outside the
     feature's categories ('other'); unused columns of features with fewer categories stay zero. NaN is left out."""
-    n, f = x.shape
+    f = x.shape[1]
     width = max((len(c) for c in categories), default=0) + 1
     out = np.zeros((f, width), dtype=np.int64)
     for j, cats in enumerate(categories):
