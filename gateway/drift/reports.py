@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,22 +31,12 @@ def report_path(root: Path, model: str, version: str, window: int) -> Path:
     return version_dir(root, model, version) / f"window-{window:08d}.json"
 
 
-def _clean(v: Any) -> Any:
-    """JSON has no NaN: a statistic that could not be computed is null."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_clean(x) for x in v]
-    return v
-
-
 def write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never half of one (a temp file renamed over it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two sidecars never share one
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -59,7 +48,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 def write_report(root: Path, report: dict[str, Any], keep: int) -> Path:
     """Writes the window's JSON report and latest.json; prunes old reports. Returns the report's path."""
     path = report_path(root, report["model"], report["version"], report["window"])
-    data = orjson.dumps(_clean(report), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    # orjson writes NaN (a statistic that could not be computed) as null.
+    data = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     write_atomic(path, data)
     write_atomic(path.parent / LATEST, data)
     _prune(path.parent, keep)
@@ -96,7 +86,7 @@ def all_latest(root: Path) -> list[dict[str, Any]]:
 def append_alarm(root: Path, entry: dict[str, Any]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ALARMS, "ab") as f:
-        f.write(orjson.dumps(_clean(entry), option=orjson.OPT_APPEND_NEWLINE))
+        f.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
         f.flush()
         os.fsync(f.fileno())
 

@@ -25,7 +25,7 @@ from gateway.drift.metrics import DriftMetrics
 from gateway.drift.policy import PolicyState, judge
 from gateway.drift.reference import FeatureScore, ReferenceError, ReferenceProfile, load_profile
 from gateway.drift.settings import DriftSettings
-from gateway.drift.window import ClosedWindow, OpenWindow, Rows, extract
+from gateway.drift.window import ClosedWindow, OpenWindow, extract
 from gateway.request_log.tailer import Position, Tailer
 
 log = logging.getLogger("gateway.drift")
@@ -108,6 +108,7 @@ class Sidecar:
         return len(records)
 
     def _ingest(self, r: dict[str, Any], closed: list[ClosedWindow]) -> str:
+        # The per-record path: kept flat (one call, few lookups), it runs for every logged request.
         if r.get("code") != "OK":
             return "not_ok"
         if r.get("role") == "shadow":
@@ -117,14 +118,23 @@ class Sidecar:
         if profile is None:
             return "no_reference"
         rows = extract(r, profile)
-        if not isinstance(rows, Rows):
+        if isinstance(rows, str):
             return rows
         w = self.windows.get(key)
         if w is None:
             w = self.windows[key] = OpenWindow(key[0], key[1], 0, profile.width, len(profile.prediction_columns))
         t = r.get("time")
-        closed.extend(w.add(rows, float(t) if isinstance(t, int | float) else w.last_time,
-                            self.settings.window_rows, self.settings.max_age_s))
+        t = t if type(t) is float else float(t) if isinstance(t, int) else w.last_time
+        s = self.settings
+        n = rows.n
+        if w.rows and w.rows + n < s.window_rows and t - w.first_time <= s.max_age_s:
+            w.x.extend(rows.x)  # the common case: the record fits in the open window
+            if w.pwidth:
+                w.p.extend(rows.p)
+            w.rows += n
+            w.last_time = t
+        else:
+            closed.extend(w.add(rows, t, s.window_rows, s.max_age_s))
         return "used"
 
     def _profile(self, key: Key) -> ReferenceProfile | None:

@@ -96,20 +96,34 @@ def ks_2samp(ref_sorted: list[F64], live: F64) -> tuple[F64, F64]:
     The largest gap between the two empirical CDFs is found at live points only: between two consecutive
     live points the live CDF is flat and the reference CDF rises, so the gap is largest at one end (the
     value at the point, or the limit just before the next one). Cost: O(window log window) per feature."""
-    f = live.shape[1]
+    n2, f = live.shape
     stat = np.full(f, np.nan)
-    ns = np.zeros((f, 2))
+    n1s = np.array([r.shape[0] for r in ref_sorted], dtype=np.float64)
+    if n2 == 0 or f == 0:
+        return stat, np.full(f, np.nan)
+    xs = np.sort(live, axis=0)  # every column at once; NaN sorts last
+    valid = ~np.isnan(xs)
+    n2s = valid.sum(axis=0).astype(np.float64)
+    # The live CDF at each sorted point, right-continuous (count <= x) and just before it (count < x),
+    # from the runs of equal values, for all columns at once.
+    idx = np.arange(n2, dtype=np.float64)[:, None]
+    new_run = np.ones_like(valid)
+    new_run[1:] = xs[1:] != xs[:-1]
+    run_end = np.ones_like(valid)
+    run_end[:-1] = new_run[1:]
+    below = np.maximum.accumulate(np.where(new_run, idx, 0.0), axis=0)  # count of live values < x
+    upto = np.minimum.accumulate(np.where(run_end, idx + 1, np.inf)[::-1], axis=0)[::-1]  # count <= x
+    ref_upto = np.empty_like(xs)
+    ref_below = np.empty_like(xs)
     for j, r in enumerate(ref_sorted):
-        col = live[:, j]
-        x = np.sort(col[~np.isnan(col)])
-        n1, n2 = r.shape[0], x.shape[0]
-        if n1 == 0 or n2 == 0:
-            continue
-        right = np.searchsorted(r, x, side="right") / n1 - np.searchsorted(x, x, side="right") / n2
-        left = np.searchsorted(r, x, side="left") / n1 - np.searchsorted(x, x, side="left") / n2
-        stat[j] = max(np.abs(right).max(), np.abs(left).max())
-        ns[j] = (n1, n2)
-    return stat, ks_pvalue(stat, ns[:, 0], ns[:, 1])
+        ref_upto[:, j] = np.searchsorted(r, xs[:, j], side="right")
+        ref_below[:, j] = np.searchsorted(r, xs[:, j], side="left")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.maximum(np.abs(ref_upto / n1s - upto / n2s), np.abs(ref_below / n1s - below / n2s))
+    gap = np.where(valid, gap, 0.0)  # NaN rows (sorted last) take no part
+    ok = (n1s > 0) & (n2s > 0)
+    stat[ok] = gap.max(axis=0)[ok]
+    return stat, ks_pvalue(stat, n1s, n2s)
 
 
 def ks_pvalue(stat: F64, n1: F64, n2: F64) -> F64:

@@ -26,8 +26,11 @@ class Rows:
 
 
 def _tensor(tensors: Any, name: str) -> dict[str, Any] | None:
-    if not isinstance(tensors, list):
+    if not isinstance(tensors, list) or not tensors:
         return None
+    first = tensors[0]
+    if isinstance(first, dict) and first.get("name") == name:  # the usual case, first in signature order
+        return first
     for t in tensors:
         if isinstance(t, dict) and t.get("name") == name:
             return t
