@@ -101,28 +101,29 @@ def ks_2samp(ref_sorted: list[F64], live: F64) -> tuple[F64, F64]:
     n1s = np.array([r.shape[0] for r in ref_sorted], dtype=np.float64)
     if n2 == 0 or f == 0:
         return stat, np.full(f, np.nan)
-    xs = np.sort(live, axis=0)  # every column at once; NaN sorts last
+    xs = np.sort(live.T, axis=1)  # one contiguous row per feature, each sorted; NaN sorts last
     valid = ~np.isnan(xs)
-    n2s = valid.sum(axis=0).astype(np.float64)
+    n2s = valid.sum(axis=1).astype(np.float64)
     # The live CDF at each sorted point, right-continuous (count <= x) and just before it (count < x),
-    # from the runs of equal values, for all columns at once.
-    idx = np.arange(n2, dtype=np.float64)[:, None]
+    # from the runs of equal values, for all features at once.
+    idx = np.arange(n2, dtype=np.float64)
     new_run = np.ones_like(valid)
-    new_run[1:] = xs[1:] != xs[:-1]
+    new_run[:, 1:] = xs[:, 1:] != xs[:, :-1]
     run_end = np.ones_like(valid)
-    run_end[:-1] = new_run[1:]
-    below = np.maximum.accumulate(np.where(new_run, idx, 0.0), axis=0)  # count of live values < x
-    upto = np.minimum.accumulate(np.where(run_end, idx + 1, np.inf)[::-1], axis=0)[::-1]  # count <= x
+    run_end[:, :-1] = new_run[:, 1:]
+    below = np.maximum.accumulate(np.where(new_run, idx, 0.0), axis=1)  # count of live values < x
+    upto = np.minimum.accumulate(np.where(run_end, idx + 1, np.inf)[:, ::-1], axis=1)[:, ::-1]  # count <= x
     ref_upto = np.empty_like(xs)
     ref_below = np.empty_like(xs)
     for j, r in enumerate(ref_sorted):
-        ref_upto[:, j] = np.searchsorted(r, xs[:, j], side="right")
-        ref_below[:, j] = np.searchsorted(r, xs[:, j], side="left")
+        ref_upto[j] = np.searchsorted(r, xs[j], side="right")
+        ref_below[j] = np.searchsorted(r, xs[j], side="left")
     with np.errstate(invalid="ignore", divide="ignore"):
-        gap = np.maximum(np.abs(ref_upto / n1s - upto / n2s), np.abs(ref_below / n1s - below / n2s))
-    gap = np.where(valid, gap, 0.0)  # NaN rows (sorted last) take no part
+        gap = np.maximum(np.abs(ref_upto / n1s[:, None] - upto / n2s[:, None]),
+                         np.abs(ref_below / n1s[:, None] - below / n2s[:, None]))
+    gap = np.where(valid, gap, 0.0)  # NaN (sorted last) takes no part
     ok = (n1s > 0) & (n2s > 0)
-    stat[ok] = gap.max(axis=0)[ok]
+    stat[ok] = gap.max(axis=1)[ok]
     return stat, ks_pvalue(stat, n1s, n2s)
 
 
