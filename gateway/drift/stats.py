@@ -135,9 +135,28 @@ def ks_pvalue(stat: F64, n1: F64, n2: F64) -> F64:
     with np.errstate(invalid="ignore", divide="ignore"):
         en = np.round(n1 * n2 / (n1 + n2))
     ok = ~np.isnan(stat) & (en >= 1)  # one row on each side has no distribution (scipy: NaN too)
-    if ok.any():
-        p[ok] = np.clip(kstwo.sf(stat[ok], en[ok]), 0.0, 1.0)
+    todo = []
+    for i in np.flatnonzero(ok):
+        key = (float(stat[i]), float(en[i]))
+        hit = _KS_SF.get(key)
+        if hit is None:
+            todo.append(i)
+        else:
+            p[i] = hit
+    if todo:
+        p[todo] = np.clip(kstwo.sf(stat[todo], en[todo]), 0.0, 1.0)
+        if len(_KS_SF) + len(todo) > _KS_SF_MAX:
+            _KS_SF.clear()
+        for i in todo:
+            _KS_SF[(float(stat[i]), float(en[i]))] = float(p[i])
     return p
+
+
+# kstwo.sf costs about 0.1 ms a value (an exact matrix method for small statistics). A full window against
+# the same reference has the same sizes every time, and its statistic is a difference of two fractions
+# with those denominators, so the same values come back window after window: they are remembered.
+_KS_SF: dict[tuple[float, float], float] = {}
+_KS_SF_MAX = 50_000
 
 
 def category_counts(x: F64, categories: list[F64]) -> I64:
