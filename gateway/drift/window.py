@@ -40,6 +40,8 @@ def _tensor(tensors: Any, name: str) -> dict[str, Any] | None:
 def extract(record: dict[str, Any], profile: ReferenceProfile) -> Rows | str:
     """The record's rows, or why it has none usable ('no_data': truncated or redacted; 'malformed')."""
     width = profile.width
+    if record.get("truncated"):
+        return "no_data"
     if len(profile.input_names) == 1:
         t = _tensor(record.get("inputs"), profile.input_names[0])
         if t is None:

@@ -245,3 +245,31 @@ def test_the_sidecar_does_not_import_the_data_plane() -> None:
             "'gateway.grpc_adapter', 'gateway.http_adapter', 'ray') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_categorical_feature_is_compared_by_chi_square(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4000, WIDTH))
+    x[:, 3] = rng.choice([0.0, 1.0, 2.0, 3.0], size=4000, p=[0.4, 0.3, 0.2, 0.1])
+    manifest = Manifest(name=MODEL, version="1", runtime="array", options={"program": "identity"},
+                        inputs=[TensorSpecModel(name="features", datatype="FP32", shape=[-1, WIDTH])],
+                        outputs=[TensorSpecModel(name="probabilities", datatype="FP32", shape=[-1, 2])],
+                        reference="reference.npz")
+    Repository(tmp_path / "repo").write_version(manifest, lambda d: write_reference(d, x, predict(x), NAMES))
+    live = rng.normal(size=(1000, WIDTH))
+    live[:500, 3] = rng.choice([0.0, 1.0, 2.0, 3.0], size=500, p=[0.4, 0.3, 0.2, 0.1])
+    live[500:, 3] = rng.choice([0.0, 1.0, 2.0, 3.0, 7.0], size=500, p=[0.1, 0.2, 0.2, 0.3, 0.2])
+    write_log(tmp_path / "log", records_from(live, predict(live), model=MODEL))
+    settings = drift_settings(tmp_path, categorical_features={MODEL: ["clicks"]},
+                              policy={"min_samples": 400, "min_features": 1, "consecutive_windows": 1,
+                                      "thresholds": {"chi2_pvalue": 0.001}, "prediction_alone": False})
+    run_all(Sidecar(settings, tmp_path / "repo", tmp_path / "log"))
+    got = window_reports(tmp_path / "reports")
+    assert [got[k]["verdict"]["status"] for k in sorted(got)] == ["ok", "alarm"]
+    assert got[1]["verdict"]["breaching"] == ["clicks"]
+    report = orjson.loads(reports.report_path(tmp_path / "reports", MODEL, "1", 1).read_bytes())
+    clicks = next(f for f in report["features"] if f["feature"] == "clicks")
+    assert clicks["kind"] == "categorical" and set(clicks["scores"]) == {"psi", "js_distance", "chi2_stat",
+                                                                       "chi2_pvalue"}
+    assert clicks["edges"] == [0.0, 1.0, 2.0, 3.0] and clicks["live_hist"][-1] > 50  # 7.0 counts as 'other'
+    assert clicks["scores"]["chi2_pvalue"] < 1e-6
