@@ -214,6 +214,7 @@ class Sidecar:
                "report": str(path)}
         if not self._submit(job):
             self.pending.append(job)
+            self._last_retry = self.clock()  # the next try waits submit_retry_s
 
     def _submit(self, job: dict[str, Any]) -> bool:
         """True once the job is known to the cluster (submitted now, or before)."""
