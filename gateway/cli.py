@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_parser(sub)
     from gateway import traffic_cli
+    from gateway.drift import cli as drift_cli
     from gateway.request_log import cli as request_log_cli
     from loadtests import cli as loadtest_cli
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     loadtest_cli.add_arguments(lt)
     request_log_cli.add_parser(sub)
     traffic_cli.add_parser(sub)
+    drift_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return request_log_cli.run(args)
     if args.command == "traffic":
         return traffic_cli.run(args)
+    if args.command == "drift":
+        return drift_cli.run(args)
     return _serve(args)
 
 

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.drift.settings import DriftSettings
 from gateway.request_log.settings import RequestLogSettings
 from gateway.tls import TlsSettings
 from gateway.tracing import TracingSettings
@@ -110,6 +111,8 @@ class GatewaySettings(BaseSettings):
     """Limits of shadow traffic (which versions shadow is the traffic table's business)."""
     tls: TlsSettings = Field(default_factory=TlsSettings)
     """TLS for the prediction doors and TLS + client certificates for the admin API (off by default)."""
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    """The drift sidecar: windows, statistics, alarm policy, reports, retraining jobs (docs/DRIFT.md)."""
 
     @model_validator(mode="after")
     def _admin_apart(self) -> GatewaySettings:

@@ -1,0 +1,63 @@
+"""`gateway drift run|status|report` with the gateway's settings file, over a real log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from gateway.cli import main
+from loadtests.drift_bench import records_from, write_log
+from tests.unit.test_drift_sidecar import MODEL, make_repository, traffic
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    make_repository(tmp_path / "repo")
+    x0, p0 = traffic(1000, seed=1)
+    x1, p1 = traffic(1000, shift=2.0, seed=2)
+    write_log(tmp_path / "log", records_from(np.concatenate([x0, x1]), np.concatenate([p0, p1]), model=MODEL))
+    cfg = tmp_path / "gateway.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "repository": str(tmp_path / "repo"), "request_log": {"dir": str(tmp_path / "log")},
+        "drift": {"state_file": str(tmp_path / "drift" / "state.npz"), "reports_dir": str(tmp_path / "drift"),
+                  "window_rows": 500, "policy": {"min_samples": 400, "consecutive_windows": 2}}}))
+    return cfg
+
+
+def test_run_once_then_status_and_report(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["drift", "run", "--config", str(config), "--once", "--no-metrics", "--no-retrain"]) == 0
+    err = capsys.readouterr().err
+    assert "drift sidecar stopped: 2000 records" in err and "4 windows, 1 alarms, 0 jobs" in err
+
+    assert main(["drift", "status", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith(MODEL))
+    assert row.split()[:6] == [MODEL, "1", "3", "500", "alarm", "2"]  # windows 2 and 3 hold shifted rows
+    assert "age psi=" in row
+    assert "alarms: 1" in out and "retrain-clf-1-w3  no job" in out  # --no-retrain
+
+    assert main(["drift", "report", MODEL, "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("clf version 1  window 3  500 rows (reference 5000)")
+    assert "verdict: alarm: 4 feature(s) and the prediction over threshold in 2 consecutive windows" in out
+    assert "alarm: retraining job retrain-clf-1-w3" in out
+    report = config.parent / "drift" / MODEL / "1" / "window-00000003.json"
+    assert f"report {report}" in out
+    assert f"plot   {report.with_suffix('.png')}" in out
+
+
+def test_report_of_an_unknown_model_says_so(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["drift", "report", "nope", "--config", str(config)]) == 1
+    assert "no report for nope" in capsys.readouterr().err
+
+
+def test_a_bad_setting_is_named(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config.write_text(config.read_text() + "\n")
+    text = yaml.safe_load(config.read_text())
+    text["drift"]["policy"]["thresholds"] = {"psi_typo": 0.2}
+    config.write_text(yaml.safe_dump(text))
+    assert main(["drift", "status", "--config", str(config)]) == 2
+    assert "drift.policy.thresholds.psi_typo" in capsys.readouterr().err
