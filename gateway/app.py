@@ -22,6 +22,7 @@ from gateway import tls
 from gateway.admin import AdminApi, table_from
 from gateway.catalog import Catalog, VersionInfo
 from gateway.core import DataPlane
+from gateway.drift.embedded import SidecarProcess, dashboard_port
 from gateway.errors import GatewayError
 from gateway.feedback import FeedbackLog
 from gateway.grpc_adapter import GrpcDoor, InferenceServicer
@@ -106,7 +107,8 @@ class Gateway:
                              "<model>/<version>/manifest.json folders, or leave example_models on")
         from gateway.dispatch import RayDispatcher  # imports Ray; kept out of the CLI's --help path
 
-        dispatcher = RayDispatcher(s.ray_address, s.ray_num_cpus, s.fpga_resource, s.ray_transport)
+        dispatcher = RayDispatcher(s.ray_address, s.ray_num_cpus, s.fpga_resource, s.ray_transport,
+                                   dashboard_port(s) if not self.worker else None)
         self.dispatcher = dispatcher
         say("starting Ray" + (f" (joining {s.ray_address})" if s.ray_address else " (embedded, local)") + "...")
         await asyncio.to_thread(dispatcher.start)
@@ -338,6 +340,7 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, gateway.stopping.set)
     workers: Workers | None = None
+    sidecar: SidecarProcess | None = None
     try:
         endpoints = await gateway.start()
         ready = await gateway.wait_ready(settings.ready_timeout_s)
@@ -345,6 +348,9 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
         if worker:
             await gateway.stopping.wait()
             return 0
+        if settings.drift.enabled:
+            sidecar = SidecarProcess(settings)
+            sidecar.start()
         if settings.workers > 1:
             from gateway.dispatch import RayDispatcher
 
@@ -378,4 +384,6 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
         if workers is not None:
             await workers.stop(10.0)
         await gateway.stop()
+        if sidecar is not None:
+            await sidecar.stop()  # after the log is flushed: it reads every record up to the end
     return 0

@@ -46,8 +46,9 @@ class Readiness:
 
 class RayDispatcher:
     def __init__(self, address: str | None, num_cpus: int | None, fpga_resource: str,
-                 transport: str = "grpc") -> None:
+                 transport: str = "grpc", dashboard_port: int | None = None) -> None:
         self.address = address
+        self.dashboard_port = dashboard_port  # an embedded cluster serves the Jobs API there (drift sidecar)
         self.num_cpus = num_cpus
         self.fpga_resource = fpga_resource
         # "grpc": Ray Serve's direct gRPC channel from the handle to the replica, pickled arrays (no actor
@@ -67,7 +68,9 @@ class RayDispatcher:
             ray.init(
                 address=self.address,
                 num_cpus=self.num_cpus if self._owns_cluster else None,
-                include_dashboard=False,
+                include_dashboard=self.dashboard_port is not None and self._owns_cluster,
+                dashboard_host="127.0.0.1",
+                dashboard_port=self.dashboard_port or 8265,
                 logging_level=logging.WARNING,
                 log_to_driver=False,
                 configure_logging=False,

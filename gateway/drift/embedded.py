@@ -1,0 +1,60 @@
+"""The drift sidecar as a child process of an embedded gateway (`drift.enabled`).
+
+One sidecar per gateway (not per `workers` process): it reads the settings the gateway runs with (written
+to a private temporary file), runs in its own process group, and is stopped with SIGTERM when the gateway
+drains (it checkpoints on the way out). In Kubernetes the chart runs it as a container of its own instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+from gateway.settings import GatewaySettings
+
+
+def dashboard_port(settings: GatewaySettings) -> int | None:
+    """The port the embedded Ray's dashboard (the Jobs API) listens on, or None when it is not needed:
+    drift off, or a cluster joined by address (that cluster brings its own dashboard)."""
+    if not settings.drift.enabled or settings.ray_address:
+        return None
+    return urlparse(settings.drift.jobs_address).port or 8265
+
+
+class SidecarProcess:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self._dir = tempfile.TemporaryDirectory(prefix="gateway-drift-")  # 0700: the file holds the admin token
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        config = Path(self._dir.name) / "settings.yaml"
+        config.write_text(yaml.safe_dump(self.settings.model_dump(mode="json")))
+        os.chmod(config, 0o600)
+        # Output goes where the gateway's goes; a failing sidecar says why there.
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "drift", "run", "--config", str(config),
+                                      "--quiet"], start_new_session=True)
+
+    async def stop(self, timeout_s: float = 30.0) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await asyncio.to_thread(proc.wait)
+        self._dir.cleanup()
+        return proc.returncode
