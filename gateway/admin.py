@@ -150,7 +150,11 @@ class AdminApi:
         except GatewayError as exc:
             if exc.code != Code.NOT_FOUND or self.discover is None:
                 raise
-            await self.discover(versions_named(entry))
+            try:
+                await self.discover(versions_named(entry))
+            except Exception as exc:  # noqa: BLE001 - the repository or Ray failed: say so, change nothing
+                raise GatewayError(Code.UNAVAILABLE, f"cannot look for new versions in the repository: {exc}") \
+                    from None
             self.plane.router.check(entry)
 
     async def _current(self) -> TrafficTable:
@@ -175,6 +179,11 @@ class AdminApi:
         change = _parse(ShadowChange, raw)
         current = await self._current()
         await self._check(current.model_copy(update={"shadows": {**current.shadows, model: change.shadows}}), model)
+        for version in change.shadows:  # a new shadow must be able to answer now
+            info = self.plane.catalog.get(model, version)
+            if not info.ready:
+                raise GatewayError(Code.INVALID_ARGUMENT, f"model '{model}' version '{version}' is not ready "
+                                   f"({info.reason}); it cannot shadow traffic")
         return self._applied(await self.store.set_shadows(model, change.shadows, _who(scope), change.reason))
 
     async def _ramp(self, model: str, raw: bytes, scope: Scope) -> dict[str, Any]:
@@ -187,8 +196,14 @@ class AdminApi:
         current = await self._current()
         if model in current.models:
             base = current.models[model].weights
-        else:  # no split yet: ramp away from what unpinned requests get now
-            base = {self.plane.catalog.default_version(model).version: 100}
+        else:  # no split yet: ramp away from what unpinned requests get now, or the newest other ready version
+            ready = [v.version for v in self.plane.catalog.model_versions(model).values()
+                     if v.ready and v.version != parsed.version]
+            if not ready:
+                raise GatewayError(Code.INVALID_ARGUMENT, f"model '{model}' has no other ready version to ramp "
+                                   f"version '{parsed.version}' up from")
+            default = self.plane.catalog.default_version(model).version
+            base = {default if default != parsed.version else ready[-1]: 100}
             plan["base"] = base
         try:
             first = ModelSplit(weights=split_with(base, parsed.version, parsed.steps[0]))
@@ -210,11 +225,18 @@ def _who(scope: Scope) -> str:
     return dict(scope["headers"]).get(b"x-operator", b"").decode(errors="replace")[:200] or _peer(scope)
 
 
+MAX_BODY_BYTES = 1 << 20
+
+
 async def _body(receive: Any) -> bytes:
-    chunks = []
+    chunks, size = [], 0
     while True:
         message = await receive()
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise GatewayError(Code.RESOURCE_EXHAUSTED, f"admin request body over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 

@@ -220,14 +220,22 @@ class Gateway:
         except ValidationError as exc:
             log.warning("traffic table revision %s is malformed: %s", stored.get("revision"), exc)
             return
-        await self.discover(named)  # e.g. a version a retraining job registered and deployed
+        try:
+            await self.discover(named)  # e.g. a version a retraining job registered and deployed
+        except Exception as exc:  # noqa: BLE001 - a repository or Ray hiccup: apply what can be, retry later
+            log.warning("looking for new versions named by traffic table revision %s failed: %s",
+                        stored.get("revision"), exc)
         self._apply_now(stored)
 
     def _apply_now(self, stored: dict[str, Any]) -> None:
         assert self.plane is not None
         router = self.plane.router
         try:
-            table, problems = applicable(table_from(stored), self.plane.catalog, router.table)
+            table = table_from(stored)
+            if table.revision < router.table.revision:  # the admin API applied a newer one meanwhile
+                self._pending_table = None
+                return
+            table, problems = applicable(table, self.plane.catalog, router.table)
             router.apply(table)
         except (GatewayError, ValidationError) as exc:
             log.warning("traffic table revision %s not applied here: %s", stored.get("revision"), exc)
@@ -249,6 +257,8 @@ class Gateway:
 
         assert self.plane is not None and isinstance(self.dispatcher, RayDispatcher)
         catalog, dispatcher = self.plane.catalog, self.dispatcher
+        served = set(catalog.model_names())  # other gateways on the cluster may serve other models
+        named = {(m, v) for m, v in named if m in served}
         if not (named - {(v.model, v.version) for v in catalog.all()}):
             return
         async with self._discovering:
@@ -280,6 +290,7 @@ class Gateway:
                 try:
                     await store.report(gateway_id, counts)
                 except Exception as exc:  # noqa: BLE001 - the table restarting must not stop reporting
+                    self.plane.live_counts.merge(counts)  # sent with the next report
                     log.warning("cannot report live counts to the traffic table: %s", exc)
 
     async def _follow_traffic(self, store: Any, revision: int) -> None:
@@ -320,7 +331,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, drain_s)
         if self.plane is not None:
-            await self.plane.close()
+            await self.plane.close(drain_s)
         if self.request_log is not None:
             await self.request_log.close()  # after the doors and batchers: every answered request is written
         if self.feedback is not None:

@@ -7,6 +7,7 @@ onto the gateway's error vocabulary.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,9 @@ from serving.runtimes import RuntimeFault
 log = logging.getLogger(__name__)
 
 # A replica that died or became unreachable before answering: no answer exists, so one retry is safe.
-# AioRpcError: the direct gRPC channel to a replica broke (transport "grpc").
+# Over the "grpc" transport a broken channel is an AioRpcError with status UNAVAILABLE (handled apart).
 _REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError,
-                 ReplicaUnavailableError, grpc.aio.AioRpcError)
+                 ReplicaUnavailableError)
 
 Arrays = dict[str, np.ndarray]
 Key = tuple[str, str]
@@ -148,6 +149,24 @@ class RayDispatcher:
                 return result
             except BackPressureError:
                 raise overloaded(f"model '{model}' version '{version}'") from None
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    # The replica answered with a status of its own (too large, deadline, internal): no retry.
+                    code = exc.code()
+                    mapped = {grpc.StatusCode.RESOURCE_EXHAUSTED: Code.RESOURCE_EXHAUSTED,
+                              grpc.StatusCode.DEADLINE_EXCEEDED: Code.DEADLINE_EXCEEDED,
+                              grpc.StatusCode.INVALID_ARGUMENT: Code.INVALID_ARGUMENT}.get(code, Code.INTERNAL)
+                    log.warning("model %s/%s: replica channel answered %s: %s", model, version, code.name,
+                                exc.details())
+                    raise GatewayError(mapped, f"model '{model}' version '{version}': the replica call failed "
+                                       f"({code.name})") from None
+                if attempt == 1:
+                    self.retries += 1
+                    log.warning("model %s/%s lost a replica mid-call (gRPC UNAVAILABLE); retrying once",
+                                model, version)
+                    continue
+                raise unavailable(f"model '{model}' version '{version}' has no healthy replica "
+                                  "(its channel is unavailable); retry shortly") from None
             except _REPLICA_LOST as exc:
                 # The replica died before answering. Inference is idempotent, so the call goes once more,
                 # to whichever replica Serve's router picks now; a second loss is the client's answer.
@@ -212,7 +231,11 @@ class TrafficTable:
                 if attempt == 2:
                     raise
                 log.warning("traffic table actor is gone; reconnecting (it reloads from %s)", self._path)
-                self._actor = traffic_table.connect(self._path)
+                self._actor = await asyncio.to_thread(traffic_table.connect, self._path)
+            except RayTaskError as exc:
+                cause = exc.cause if exc.cause is not None else exc
+                raise GatewayError(Code.INTERNAL, f"the traffic table failed ({type(cause).__name__}: "
+                                   f"{str(cause)[:300]})") from None
         raise AssertionError("unreachable")
 
     async def get(self) -> dict[str, Any]:

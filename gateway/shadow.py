@@ -13,6 +13,7 @@ difference, as metrics). Shadow work can never delay, fail or overload the prima
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,8 @@ Arrays = dict[str, np.ndarray]
 # Runs one call on a version the way the data plane does (its batcher, or a direct dispatch).
 RunVersion = Callable[[VersionInfo, Arrays, int, float, Timing], Awaitable[Arrays]]
 AppendRecord = Callable[[RequestRecord], Awaitable[None]]
+
+log = logging.getLogger(__name__)
 
 _DIFF_BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0)
 _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -96,6 +99,10 @@ class ShadowRunner:
             if len(self._tasks) >= self.settings.max_inflight:
                 self.metrics.dropped.labels(request.model, version, "full").inc()
                 continue
+            if sum(t.data.nbytes for t in request.inputs) > self.settings.max_request_bytes:
+                # Bounds what shadow calls hold: max_inflight x max_request_bytes at most.
+                self.metrics.dropped.labels(request.model, version, "too_large").inc()
+                continue
             task = asyncio.get_running_loop().create_task(
                 self._shadow(version, request, primary_version, primary_out, request_id, trace_id))
             self._tasks.add(task)
@@ -123,7 +130,17 @@ class ShadowRunner:
             raise
         except Exception as exc:  # noqa: BLE001 - a shadow's failure is recorded, never raised
             error = as_gateway_error(exc, f"shadow model '{model}' version '{version}'")
-        total = time.monotonic() - start
+        try:
+            await self._finish(model, version, request, primary_version, primary_out, request_id, trace_id,
+                               info, out, error, timing, time.monotonic() - start)
+        except Exception:  # the primary is long answered; nothing may escape this task
+            self.metrics.dropped.labels(model, version, "error").inc()
+            log.exception("recording a shadow answer of model %s version %s failed", model, version)
+
+    async def _finish(self, model: str, version: str, request: InferRequest, primary_version: str,
+                      primary_out: dict[str, np.ndarray] | None, request_id: str, trace_id: str,
+                      info: VersionInfo | None, out: Arrays | None, error: GatewayError | None, timing: Timing,
+                      total: float) -> None:
         code = error.code.name if error is not None else "OK"
         self.metrics.calls.labels(model, version, code).inc()
         if error is not None:

@@ -68,7 +68,9 @@ def check_table(table: TrafficTable, catalog: Catalog) -> None:
             _check_version(catalog, model, version, "take traffic" if weight > 0 else None)
     for model, shadows in table.shadows.items():
         for version, sample in shadows.items():
-            _check_version(catalog, model, version, "shadow traffic")
+            # Only existence: a shadow that goes unready must not hold the model's split down (its copies are
+            # counted as dropped meanwhile). The admin API checks readiness when an operator adds one.
+            _check_version(catalog, model, version, None)
             if not 0 < sample <= 1:
                 raise invalid(f"a shadow's sample rate is a fraction in (0, 1], got {sample} for version '{version}'")
 
@@ -143,7 +145,10 @@ class Router:
     def check(self, table: TrafficTable) -> None:
         check_table(table, self.catalog)
 
-    def apply(self, table: TrafficTable) -> None:
+    def apply(self, table: TrafficTable) -> bool:
+        """Swaps in the table; an older revision than the one applied is ignored (returns False)."""
+        if table.revision < self.table.revision:
+            return False
         check_table(table, self.catalog)
         compiled = {}
         for model, split in table.models.items():
@@ -158,6 +163,7 @@ class Router:
         ramped = {m: str(r["version"]) for m, r in table.ramps.items() if "version" in r}
         # One assignment: a request reads either the old snapshot or the new one, never a mix.
         self._compiled, self.shadows, self.ramped, self.table = compiled, shadows, ramped, table
+        return True
 
     def choose(self, model: str, pinned: str | None, routing_key: str | None) -> Route:
         if pinned is not None:
@@ -194,6 +200,15 @@ class LiveCounts:
             c[1] += 1
         elif code == "OK":
             c[2][latency_bucket(total_ms)] += 1
+
+    def merge(self, counts: dict[str, dict[str, list[Any]]]) -> None:
+        """Puts back counts whose report failed, so the next report carries them."""
+        for model, versions in counts.items():
+            for version, (requests, failures, buckets) in versions.items():
+                c = self._counts.setdefault((model, version), [0, 0, [0] * N_BUCKETS])
+                c[0] += requests
+                c[1] += failures
+                c[2] = [a + b for a, b in zip(c[2], buckets, strict=True)]
 
     def take(self) -> dict[str, dict[str, list[Any]]]:
         counts, self._counts = self._counts, {}

@@ -45,26 +45,29 @@ class RampPlan:
             raise PlanError(f"unknown ramp plan field(s): {', '.join(sorted(unknown))}")
         try:
             version = str(raw["version"])
+            if any(isinstance(s, bool) or not float(s).is_integer() for s in raw["steps"]):
+                raise PlanError(f"steps must be whole percents, got {list(raw['steps'])}")
             steps = tuple(int(s) for s in raw["steps"])
             every_s = float(raw["every_s"])
+            max_error_rate = None if raw.get("max_error_rate") is None else float(raw["max_error_rate"])
+            max_p99_ms = None if raw.get("max_p99_ms") is None else float(raw["max_p99_ms"])
+            min_requests = int(raw.get("min_requests", 20))
+        except PlanError:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
-            raise PlanError(f"a ramp plan needs version, steps (percents) and every_s (seconds): {exc}") from None
+            raise PlanError("a ramp plan needs version, steps (whole percents) and every_s (seconds); "
+                            f"max_error_rate, max_p99_ms and min_requests are numbers: {exc}") from None
         if not steps or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
             raise PlanError(f"steps must be rising whole percents in 1..100, got {list(steps)}")
         if not math.isfinite(every_s) or every_s <= 0:
             raise PlanError("every_s must be a positive number of seconds")
-        max_error_rate = raw.get("max_error_rate")
-        if max_error_rate is not None and not 0 <= float(max_error_rate) <= 1:
+        if max_error_rate is not None and not 0 <= max_error_rate <= 1:
             raise PlanError("max_error_rate is a fraction between 0 and 1 (0.01 is 1%)")
-        max_p99_ms = raw.get("max_p99_ms")
-        if max_p99_ms is not None and not float(max_p99_ms) > 0:
+        if max_p99_ms is not None and not max_p99_ms > 0:
             raise PlanError("max_p99_ms must be positive")
-        min_requests = int(raw.get("min_requests", 20))
         if min_requests < 0:
             raise PlanError("min_requests cannot be negative")
-        return cls(version, steps, every_s,
-                   None if max_error_rate is None else float(max_error_rate),
-                   None if max_p99_ms is None else float(max_p99_ms), min_requests)
+        return cls(version, steps, every_s, max_error_rate, max_p99_ms, min_requests)
 
 
 def split_with(base: dict[str, int], version: str, percent: int) -> dict[str, int]:
@@ -103,15 +106,19 @@ class Window:
         return self.failures / self.requests if self.requests else 0.0
 
     def p99_ms(self) -> float:
-        """Upper bound of the bucket holding the 99th percentile (inf when it is the open last bucket)."""
+        """The 99th percentile, interpolated linearly inside its bucket (as Prometheus' histogram_quantile
+        does); inf when it falls in the open last bucket."""
         total = sum(self.buckets)
         if not total:
             return 0.0
-        rank, seen = math.ceil(0.99 * total), 0
+        rank, seen = 0.99 * total, 0
         for i, n in enumerate(self.buckets):
+            if n and seen + n >= rank:
+                if i >= len(LATENCY_BOUNDS_MS):
+                    return math.inf
+                low = LATENCY_BOUNDS_MS[i - 1] if i else 0.0
+                return low + (LATENCY_BOUNDS_MS[i] - low) * (rank - seen) / n
             seen += n
-            if seen >= rank:
-                return LATENCY_BOUNDS_MS[i] if i < len(LATENCY_BOUNDS_MS) else math.inf
         return math.inf
 
 
@@ -141,8 +148,8 @@ class Ramp:
                 return "rollback", (f"canary {p.version} error rate {w.error_rate:.1%} over the plan's "
                                     f"{p.max_error_rate:.1%} at {percent}% ({w.failures}/{w.requests} requests)")
             if p.max_p99_ms is not None and w.p99_ms() > p.max_p99_ms:
-                return "rollback", (f"canary {p.version} p99 latency above {p.max_p99_ms:g} ms at {percent}% "
-                                    f"(p99 bucket <= {w.p99_ms():g} ms over {w.requests} requests)")
+                return "rollback", (f"canary {p.version} p99 latency {w.p99_ms():.1f} ms over the plan's "
+                                    f"{p.max_p99_ms:g} ms at {percent}% ({w.requests} requests)")
         if now - self.step_started < p.every_s:
             return "hold", f"at {percent}% for {p.every_s:g} s"
         if w.requests < p.min_requests:
@@ -175,4 +182,4 @@ class Ramp:
         return {**asdict(self.plan), "percent": self.plan.steps[self.step], "step": self.step,
                 "step_started": self.step_started, "base": dict(self.base),
                 "live": {"requests": w.requests, "failures": w.failures, "error_rate": round(w.error_rate, 6),
-                         "p99_ms_bucket": None if math.isinf(p99) else p99}}
+                         "p99_ms": None if math.isinf(p99) else round(p99, 3)}}

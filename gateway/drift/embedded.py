@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -30,6 +31,14 @@ def dashboard_port(settings: GatewaySettings) -> int | None:
     return urlparse(settings.drift.jobs_address).port or 8265
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the gateway dies, even by SIGKILL (Linux), so no sidecar is
+    left behind (it checkpoints on SIGTERM)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class SidecarProcess:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
@@ -42,7 +51,7 @@ class SidecarProcess:
         os.chmod(config, 0o600)
         # Output goes where the gateway's goes; a failing sidecar says why there.
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "drift", "run", "--config", str(config),
-                                      "--quiet"], start_new_session=True)
+                                      "--quiet"], start_new_session=True, preexec_fn=_die_with_parent)
 
     async def stop(self, timeout_s: float = 30.0) -> int | None:
         proc = self.proc

@@ -138,8 +138,9 @@ def test_drift_raises_one_alarm_one_job_and_a_canary(head: RayHead, tmp_path: Pa
             alarms = {name: until(lambda d=d: [a for a in reports.read_alarms(d) if a["event"] == "job"],
                                   f"sidecar {name} to record the job")
                       for name, (d, _) in sidecars.items()}
-        outcomes = sorted(a["outcome"] for events in alarms.values() for a in events)
-        assert outcomes[0] in ("active", "exists") and outcomes[1] == "submitted", alarms
+        outcomes = [a["outcome"] for events in alarms.values() for a in events]
+        assert outcomes.count("submitted") == 1, alarms
+        assert {o for o in outcomes if o != "submitted"} <= {"active", "exists"}, alarms
         assert len(jobs()) == 1  # the second sidecar started none
 
         # 3. Version 3 registered with lineage, started as a canary at the plan's first step.

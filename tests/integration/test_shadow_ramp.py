@@ -108,7 +108,8 @@ def test_a_ramp_whose_canary_fails_rolls_back_by_itself(gateway: RunningGateway,
     assert t["weights"] == {"1": 100}
     last = admin.get("/admin/traffic/canary/history").json()[-1]
     assert last["rollback"] is True and last["who"] == "ramp" and "error rate" in last["reason"]
-    assert metric(gateway, "gateway_traffic_weight", model="canary", version="2") == 0
+    until(lambda: metric(gateway, "gateway_traffic_weight", model="canary", version="2") == 0 and
+          metric(gateway, "gateway_traffic_weight", model="canary", version="1") == 100, "the weight gauge to follow")
     answers = until(lambda: (a := predict(gateway, 40, f"{tag}-after")) and all(s == 200 for _, s, _ in a) and a,
                     "every request answered by version 1 after the rollback")
     assert {v for _, _, v in answers} == {"1"}

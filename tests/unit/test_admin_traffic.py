@@ -181,3 +181,29 @@ def test_applicable_keeps_current_routes_for_an_entry_it_cannot_apply_yet() -> N
     cat.set_state("m", "3", "READY")
     table, problems = applicable(wanted, cat, current)
     assert table.models == {"m": ModelSplit(weights={"1": 50, "3": 50})} and problems == []
+
+
+async def test_ramping_the_newest_version_with_no_split_starts_from_the_next_newest(setup: Setup) -> None:
+    client, plane, _, _ = setup
+    r = await client.post("/admin/traffic/m/ramp", json={"version": "2", "steps": [5, 100], "every_s": 60})
+    assert r.status_code == 200, r.json()
+    assert plane.router.table.models["m"].weights == {"1": 95, "2": 5}
+
+
+async def test_an_older_revision_never_replaces_a_newer_one(setup: Setup) -> None:
+    client, plane, state, _ = setup
+    old = dict(state.get())
+    await client.put("/admin/traffic/m", json={"weights": {"1": 10, "2": 90}})
+    from gateway.admin import table_from
+
+    assert plane.router.apply(table_from({**old, "models": {"m": {"1": 100}}})) is False
+    assert plane.router.table.models["m"].weights == {"1": 10, "2": 90}
+
+
+async def test_a_shadow_must_be_ready_when_added_but_may_go_unready_later(setup: Setup) -> None:
+    client, plane, _, _ = setup
+    assert (await client.put("/admin/traffic/m/shadows", json={"shadows": {"2": 1.0}})).status_code == 200
+    plane.catalog.set_state("m", "2", "LOADING")
+    r = await client.put("/admin/traffic/m", json={"weights": {"1": 100}})
+    assert r.status_code == 200, r.json()  # the unready shadow does not hold the split down
+    assert plane.router.shadows == {"m": (("2", 1.0),)}

@@ -82,3 +82,32 @@ async def test_a_runtime_fault_keeps_its_code_and_is_not_retried(code: str, expe
     with pytest.raises(GatewayError) as e:
         await dispatcher(handle).infer("m", "1", X)
     assert e.value.code == expected and "refused it" in e.value.message and handle.calls == 1
+
+
+def rpc_error(code: Any) -> Exception:
+    import grpc
+
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="replica said no")
+
+
+async def test_a_broken_replica_channel_is_retried_once_then_unavailable() -> None:
+    import grpc
+
+    handle = FakeHandle(rpc_error(grpc.StatusCode.UNAVAILABLE), {"y": X["x"]})
+    assert (await dispatcher(handle).infer("m", "1", X))["y"].shape == (1, 2) and handle.calls == 2
+    handle = FakeHandle(rpc_error(grpc.StatusCode.UNAVAILABLE), rpc_error(grpc.StatusCode.UNAVAILABLE))
+    with pytest.raises(GatewayError) as e:
+        await dispatcher(handle).infer("m", "1", X)
+    assert e.value.code == Code.UNAVAILABLE and handle.calls == 2
+
+
+@pytest.mark.parametrize(("status", "code"), [("RESOURCE_EXHAUSTED", Code.RESOURCE_EXHAUSTED),
+                                              ("DEADLINE_EXCEEDED", Code.DEADLINE_EXCEEDED),
+                                              ("INTERNAL", Code.INTERNAL), ("UNKNOWN", Code.INTERNAL)])
+async def test_a_replica_channel_status_is_not_retried(status: str, code: Code) -> None:
+    import grpc
+
+    handle = FakeHandle(rpc_error(getattr(grpc.StatusCode, status)), {"y": X["x"]})
+    with pytest.raises(GatewayError) as e:
+        await dispatcher(handle).infer("m", "1", X)
+    assert e.value.code == code and handle.calls == 1

@@ -48,7 +48,8 @@ def test_zero_and_hundred_are_exact() -> None:
 @pytest.mark.parametrize("bad", [
     {**PLAN, "steps": []}, {**PLAN, "steps": [50, 10]}, {**PLAN, "steps": [0, 50]}, {**PLAN, "steps": [50, 101]},
     {**PLAN, "every_s": 0}, {**PLAN, "max_error_rate": 2}, {**PLAN, "min_requests": -1}, {**PLAN, "surprise": 1},
-    {"steps": [5], "every_s": 1}])
+    {"steps": [5], "every_s": 1}, {**PLAN, "steps": [12.5, 50]}, {**PLAN, "steps": [True]},
+    {**PLAN, "max_p99_ms": "fast"}, {**PLAN, "min_requests": "many"}])
 def test_bad_plans_are_refused_with_a_reason(bad: dict[str, object]) -> None:
     with pytest.raises(PlanError):
         RampPlan.parse(bad)
@@ -91,14 +92,17 @@ def test_p99_guard() -> None:
     assert r.verdict(1)[0] == "rollback"
 
 
-def test_window_p99_is_the_bucket_bound() -> None:
+def test_window_p99_is_interpolated_inside_its_bucket() -> None:
     w = Window()
     assert w.p99_ms() == 0.0
     w.add(*counts(99, ms=1.5))  # type: ignore[arg-type]
     w.add(*counts(1, ms=30))  # type: ignore[arg-type]
-    assert w.p99_ms() == 2.0
+    assert w.p99_ms() == pytest.approx(2.0)  # rank 99 of 100: the top of the (1, 2] ms bucket
     w.add(*counts(1, ms=30))  # type: ignore[arg-type]
-    assert w.p99_ms() == 50.0
+    assert w.p99_ms() == pytest.approx(20 + 30 * 0.99 / 2)  # rank 99.99: inside (20, 50] ms, which holds 2
+    w.add(*counts(1, ms=20_000))  # type: ignore[arg-type]
+    w.add(*counts(5, ms=20_000))  # type: ignore[arg-type]
+    assert w.p99_ms() == float("inf")
 
 
 def test_ramp_state_round_trips() -> None:

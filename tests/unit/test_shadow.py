@@ -4,12 +4,14 @@ or fails the primary; its answers are logged under the primary's request id and 
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import numpy as np
 import pytest
 
 from gateway.core import DataPlane
+from gateway.errors import Code, GatewayError
 from gateway.settings import ShadowSettings
 from gateway.shadow import compare
 from gateway.traffic import ModelSplit, TrafficTable
@@ -50,6 +52,7 @@ def plane(shadows: dict[str, float], max_inflight: int = 64) -> tuple[DataPlane,
     versions, log = Versions(), Log()
     p = DataPlane(catalog(*[("m", v, "READY") for v in "1234"]), versions, request_log=log,
                   shadow=ShadowSettings(max_inflight=max_inflight, timeout_ms=GUARD_S * 1000))
+    p.shadow._rng = random.Random(5)  # the sampling test's count is then fixed
     p.router.apply(TrafficTable(models={"m": ModelSplit(weights={"1": 100})}, shadows={"m": shadows}))
     return p, versions, log
 
@@ -119,8 +122,9 @@ async def test_an_invalid_request_is_not_mirrored() -> None:
     p, versions, _ = plane({"2": 1.0})
     bad = request()
     bad = type(bad)(model="m", version=None, inputs=(type(bad.inputs[0])("x", "INT32", bad.inputs[0].data),))
-    with pytest.raises(Exception):  # noqa: B017 - the error itself is tested elsewhere
+    with pytest.raises(GatewayError) as refused:
         await infer(p, bad)
+    assert refused.value.code == Code.INVALID_ARGUMENT
     await settle(p)
     assert versions.calls == []
 
@@ -141,3 +145,26 @@ def test_compare() -> None:
     assert not compare(a, {"y": a["y"]}, 1e-3)[0]  # an output is missing
     assert not compare(a, {"y": a["y"], "s": np.array([b"b"], dtype=object)}, 1e-3)[0]
     assert compare({"y": np.array([np.nan])}, {"y": np.array([np.nan])}, 1e-3) == (False, None)
+
+
+async def test_a_request_too_big_to_mirror_is_dropped_and_counted() -> None:
+    p, versions, log = plane({"4": 1.0})
+    p.shadow.settings = p.shadow.settings.model_copy(update={"max_request_bytes": 8})
+    await infer(p, request(rows=2))  # 2 x 2 float32 = 16 bytes of input
+    await settle(p)
+    assert versions.calls == ["1"] and [r.role for r in log.records] == ["primary"]
+    assert sample(p, "gateway_shadow_dropped_total", {"model": "m", "version": "4", "reason": "too_large"}) == 1
+
+
+async def test_a_failing_request_log_never_escapes_a_shadow_task() -> None:
+    p, _, log = plane({"4": 1.0})
+
+    async def broken(record: RequestRecord) -> None:
+        if record.role == "shadow":
+            raise OSError("disk gone")
+        log.records.append(record)
+
+    p.shadow._append = broken
+    await infer(p, request())
+    await settle(p)
+    assert sample(p, "gateway_shadow_dropped_total", {"model": "m", "version": "4", "reason": "error"}) == 1
