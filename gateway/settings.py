@@ -34,14 +34,14 @@ class BatchingOverride(BaseModel):
 class ShadowSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_inflight: int = Field(64, ge=1, le=100_000)
+    max_inflight: int = Field(256, ge=1, le=100_000)
     """Shadow calls running at once per gateway process; a copy beyond this is dropped (and counted)."""
     timeout_ms: float = Field(10_000, gt=0)
     """Deadline of one shadow call; a shadow slower than this is abandoned (and counted)."""
     max_request_bytes: int = Field(1 << 20, ge=1)
     """A request whose inputs are bigger than this is not mirrored (counted as dropped, reason too_large): with
     max_inflight, it bounds the memory shadow calls hold."""
-    batch_wait_ms: float = Field(20, ge=0, le=10_000)
+    batch_wait_ms: float = Field(100, ge=0, le=10_000)
     """How long a shadow copy waits for others to share its call: mirroring then costs few Ray calls."""
     agreement_atol: float = Field(1e-3, ge=0)
     """Outputs agree when every numeric element is within this of the primary's (other types: equal)."""
