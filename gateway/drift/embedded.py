@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -47,7 +48,13 @@ class SidecarProcess:
 
     def start(self) -> None:
         config = Path(self._dir.name) / "settings.yaml"
-        config.write_text(yaml.safe_dump(self.settings.model_dump(mode="json")))
+        data = self.settings.model_dump(mode="json")
+        entry = data["drift"]["retrain_entrypoint"]
+        if entry.startswith("python "):
+            # The embedded cluster runs jobs on this host: the job uses this Python (this environment),
+            # whatever `python` on the PATH is.
+            data["drift"]["retrain_entrypoint"] = shlex.quote(sys.executable) + entry[len("python"):]
+        config.write_text(yaml.safe_dump(data))
         os.chmod(config, 0o600)
         # Output goes where the gateway's goes; a failing sidecar says why there.
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "drift", "run", "--config", str(config),

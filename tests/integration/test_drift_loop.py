@@ -10,6 +10,7 @@ with lineage and starts it as a canary at the plan's first step.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from gateway.drift import reports
+from gateway.drift.settings import DEFAULT_ENTRYPOINT
 from loadtests.bench import process
 from serving.repository import Repository
 from tests.integration.conftest import ADMIN_TOKEN
@@ -56,6 +58,8 @@ def sidecar_config(root: Path, repository: Path, log_dir: Path, jobs: str) -> Pa
         "drift": {"state_file": str(root / "state.npz"), "reports_dir": str(root / "reports"), "metrics_port": 0,
                   "window_rows": WINDOW_ROWS, "max_age_s": 3600, "plot_interval_s": 3600, "poll_interval_s": 0.2,
                   "commit_interval_s": 0.5, "jobs_address": jobs,
+                  # The job runs on this host's cluster, with this environment's Python.
+                  "retrain_entrypoint": DEFAULT_ENTRYPOINT.replace("python", shlex.quote(sys.executable), 1),
                   "policy": {"min_samples": WINDOW_ROWS, "consecutive_windows": 2, "min_features": 3,
                              "cooldown_s": 86400}}}))
     return config
