@@ -357,6 +357,8 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
         ready = await gateway.wait_ready(settings.ready_timeout_s)
         admin_port = await gateway.start_traffic()
         if worker:
+            if ready_file is not None:  # the first process waits for this before it says it is ready
+                ready_file.write_text(json.dumps({"ready": ready}))
             await gateway.stopping.wait()
             return 0
         if settings.drift.enabled:
@@ -367,6 +369,9 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
 
             assert isinstance(gateway.dispatcher, RayDispatcher)
             workers = Workers(settings, endpoints, gateway.dispatcher.cluster_address)
+            listening = await workers.wait_ready(settings.ready_timeout_s)
+            if listening < settings.workers - 1:
+                log.warning("only %d of %d extra gateway processes started", listening, settings.workers - 1)
             watcher = asyncio.create_task(workers.watch(gateway.stopping))
         print(("gateway ready" if ready else "gateway started; some model versions are not ready:")
               + (f" ({settings.workers} processes)\n" if settings.workers > 1 else "\n")

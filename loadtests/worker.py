@@ -224,7 +224,9 @@ async def run_worker(plan: WorkerPlan, progress: ProgressFn | None = None,
     # on demand, but opening them mid-run would add connect time to early latencies.
     expected = (plan.concurrency if plan.mode == "closed"
                 else math.ceil(plan.rate / plan.shares / 100))
-    await sender.start(expected if plan.protocol == "http" else math.ceil(expected / 64))
+    # --connections opens that many at once: a server of several processes sharing a port (SO_REUSEPORT)
+    # spreads connections, not requests, so they must exist before the load starts.
+    await sender.start(plan.connections or (expected if plan.protocol == "http" else math.ceil(expected / 64)))
     # Setup objects (imports, the payload pool) move out of the collector's reach, so a full
     # collection during the run costs microseconds instead of a scheduling hiccup.
     gc.collect()
