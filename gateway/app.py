@@ -165,7 +165,7 @@ class Gateway:
                 self.plane.catalog.set_state(model, version, r.state, r.reason)
                 self.metrics.set_ready(model, version, r.state == "READY")
             if self._pending_table is not None:
-                self._apply_now(self._pending_table)
+                await self._apply_stored(self._pending_table)  # looks for missing versions again, too
             now_serving = self.plane.server_ready()
             if now_serving != serving:
                 await self._grpc.set_serving(now_serving)
