@@ -378,7 +378,11 @@ def test_sweep_stops_after_two_misses(fake: FakeServer) -> None:
     assert sweep.best_rate is None and len(sweep.steps) == 2
 
 
-def test_sweep_finds_the_highest_rate_meeting_the_objective(fake: FakeServer, tmp_path: Path) -> None:
+def test_sweep_finds_the_highest_rate_meeting_the_objective(fake: FakeServer, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # What is tested is the sweep's choice; a generator hiccup on a busy machine (send lag over 10 ms)
+    # would disqualify a step for a reason this test is not about.
+    monkeypatch.setattr("loadtests.report.MAX_LAG_P99_MS", 1000.0)
     plot_path = tmp_path / "sweep.png"
     config = LoadConfig(target=_target(fake, "http"), model="m", sweep="100:200:100",
                         slo_p99_ms=200.0, duration_s=0.5, progress=False,
