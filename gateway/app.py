@@ -352,6 +352,7 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
         loop.add_signal_handler(sig, gateway.stopping.set)
     workers: Workers | None = None
     sidecar: SidecarProcess | None = None
+    sidecar_watch: asyncio.Task[None] | None = None
     try:
         endpoints = await gateway.start()
         ready = await gateway.wait_ready(settings.ready_timeout_s)
@@ -364,6 +365,7 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
         if settings.drift.enabled:
             sidecar = SidecarProcess(settings)
             sidecar.start()
+            sidecar_watch = asyncio.create_task(sidecar.watch(gateway.stopping))
         if settings.workers > 1:
             from gateway.dispatch import RayDispatcher
 
@@ -400,6 +402,8 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
         if workers is not None:
             await workers.stop(10.0)
         await gateway.stop()
+        if sidecar_watch is not None:
+            sidecar_watch.cancel()
         if sidecar is not None:
             await sidecar.stop()  # after the log is flushed: it reads every record up to the end
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import os
 import shlex
 import signal
@@ -22,6 +23,8 @@ from urllib.parse import urlparse
 import yaml
 
 from gateway.settings import GatewaySettings
+
+log = logging.getLogger("gateway")
 
 
 def dashboard_port(settings: GatewaySettings) -> int | None:
@@ -45,6 +48,7 @@ class SidecarProcess:
         self.settings = settings
         self._dir = tempfile.TemporaryDirectory(prefix="gateway-drift-")  # 0700: the file holds the admin token
         self.proc: subprocess.Popen[bytes] | None = None
+        self._config = Path(self._dir.name) / "settings.yaml"
 
     def start(self) -> None:
         config = Path(self._dir.name) / "settings.yaml"
@@ -56,9 +60,24 @@ class SidecarProcess:
             data["drift"]["retrain_entrypoint"] = shlex.quote(sys.executable) + entry[len("python"):]
         config.write_text(yaml.safe_dump(data))
         os.chmod(config, 0o600)
+        self._config = config
+        self._launch()
+
+    def _launch(self) -> None:
         # Output goes where the gateway's goes; a failing sidecar says why there.
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "drift", "run", "--config", str(config),
-                                      "--quiet"], start_new_session=True, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "drift", "run", "--config",
+                                      str(self._config), "--quiet"], start_new_session=True,
+                                     preexec_fn=_die_with_parent)
+
+    async def watch(self, stopping: asyncio.Event, backoff_s: float = 5.0) -> None:
+        """Starts the sidecar again if it exits while the gateway runs (it resumes from its checkpoint)."""
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), backoff_s)
+            proc = self.proc
+            if not stopping.is_set() and proc is not None and proc.poll() is not None:
+                log.warning("drift sidecar exited with %s; starting it again", proc.returncode)
+                self._launch()
 
     async def stop(self, timeout_s: float = 30.0) -> int | None:
         proc = self.proc

@@ -213,6 +213,9 @@ class Sidecar:
         job = {"submission_id": sid, "model": w.model, "version": w.version, "window": w.index, "entrypoint": entry,
                "report": str(path)}
         if not self._submit(job):
+            # At most one waiting job per (model, version): a newer alarm's job replaces an older one, so the
+            # list stays bounded however long the Jobs API is away.
+            self.pending = [p for p in self.pending if (p["model"], p["version"]) != (w.model, w.version)]
             self.pending.append(job)
             self._last_retry = self.clock()  # the next try waits submit_retry_s
 
@@ -225,8 +228,10 @@ class Sidecar:
         try:
             result = self.submitter.submit(request)
         except SubmitError as exc:
-            log.warning("drift: retraining job %s not submitted yet: %s", job["submission_id"], exc)
-            self._job_event(job["submission_id"], job["model"], job["version"], "failed", str(exc))
+            if not job.get("failed"):  # the first failure is recorded; retries of the same job are not
+                log.warning("drift: retraining job %s not submitted yet: %s", job["submission_id"], exc)
+                self._job_event(job["submission_id"], job["model"], job["version"], "failed", str(exc))
+                job["failed"] = True
             return False
         self.progress.jobs += result.outcome == "submitted"
         self._job_event(job["submission_id"], job["model"], job["version"], result.outcome, result.job)

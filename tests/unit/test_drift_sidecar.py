@@ -229,6 +229,9 @@ def test_an_unreachable_cluster_is_tried_again_after_a_restart(tmp_path: Path, r
     clock.advance(31)
     again.poll_once()
     assert list(server.jobs) == ["retrain-clf-1-w5"] and again.pending == []
+    # Two failed tries, one "failed" line: retries of a waiting job do not grow the alarms file.
+    outcomes = [a["outcome"] for a in reports.read_alarms(tmp_path / "reports") if a["event"] == "job"]
+    assert outcomes == ["failed", "submitted"]
 
 
 def test_reports_keep_a_bounded_history(tmp_path: Path, repo: Path) -> None:
