@@ -31,6 +31,13 @@ def sidecar_pids(parent: int) -> list[int]:
     return pids
 
 
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:  # not listening yet
+        return False
+
+
 def until(check, what: str, timeout_s: float = 120):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -61,8 +68,7 @@ def test_the_embedded_gateway_runs_the_sidecar_and_the_jobs_api(tmp_path: Path) 
         jobs = jobs_client(f"http://127.0.0.1:{dashboard}").list_jobs()
         assert [j for j in jobs if j.submission_id] == []  # only the gateway itself, as a driver
         first = until(lambda: sidecar_pids(gw.pid), "the sidecar to start")
-        until(lambda: httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5).status_code == 200,
-              "the sidecar's metrics endpoint")
+        until(lambda: answers(f"http://127.0.0.1:{metrics}/metrics"), "the sidecar's metrics endpoint")
         os.kill(first[0], signal.SIGKILL)
         second = until(lambda: [p for p in sidecar_pids(gw.pid) if p not in first], "the sidecar to be restarted")
         assert httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=5).status_code == 200
