@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.core import DataPlane
 from gateway.errors import Code, GatewayError
+from gateway.http_adapter import read_body
 from gateway.traffic import ModelSplit, TrafficTable, applicable, only, versions_named
 from serving.ramp import PlanError, RampPlan, split_with
 
@@ -120,20 +121,20 @@ class AdminApi:
                              "shadows": table.get("shadows", {}).get(model, {}),
                              "ramp": table.get("ramps", {}).get(model), "revision": table["revision"]}
             if model is not None and action is None and method == "PUT":
-                return 200, await self._set(model, await _body(receive), scope)
+                return 200, await self._set(model, await read_body(scope, receive, MAX_BODY_BYTES), scope)
             if action == "history" and method == "GET":
                 return 200, await self.store.history(model)
             if action == "shadows" and method == "PUT":
-                return 200, await self._shadows(model, await _body(receive), scope)
+                return 200, await self._shadows(model, await read_body(scope, receive, MAX_BODY_BYTES), scope)
             if action == "ramp" and method == "POST":
-                return 200, await self._ramp(model, await _body(receive), scope)
+                return 200, await self._ramp(model, await read_body(scope, receive, MAX_BODY_BYTES), scope)
             if action == "promote" and method == "POST":
-                promote = _parse(PromoteChange, await _body(receive))
+                promote = _parse(PromoteChange, await read_body(scope, receive, MAX_BODY_BYTES))
                 raw = orjson.dumps({"weights": {promote.version: 100}, "reason": promote.reason
                                     or f"promote version {promote.version}"})
                 return 200, await self._set(model, raw, scope)
             if action == "rollback" and method == "POST":
-                body = await _body(receive)
+                body = await read_body(scope, receive, MAX_BODY_BYTES)
                 change = _parse(_Change, body or b"{}")
                 self.plane.catalog.model_versions(model)  # NOT_FOUND for an unknown model
                 return 200, self._applied(await self.store.rollback(model, _who(scope), change.reason))
@@ -226,19 +227,6 @@ def _who(scope: Scope) -> str:
 
 
 MAX_BODY_BYTES = 1 << 20
-
-
-async def _body(receive: Any) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise GatewayError(Code.RESOURCE_EXHAUSTED, f"admin request body over {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _peer(scope: Scope) -> str:

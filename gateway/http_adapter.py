@@ -132,24 +132,7 @@ class HttpDoor:
                 "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.outputs]}
 
     async def _body(self, scope: Scope, receive: Any, limit: int | None = None) -> bytes:
-        max_bytes = self.max_body_bytes if limit is None else limit
-        for key, value in scope["headers"]:
-            if key == b"content-length" and value.isdigit() and int(value) > max_bytes:
-                raise GatewayError(Code.RESOURCE_EXHAUSTED,
-                                   f"request body of {int(value)} bytes is over the limit of {max_bytes}")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise GatewayError(Code.CANCELLED, "client disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > max_bytes:
-                raise GatewayError(Code.RESOURCE_EXHAUSTED, f"request body is over the limit of {max_bytes} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return await read_body(scope, receive, self.max_body_bytes if limit is None else limit)
 
     async def _feedback(self, scope: Scope, receive: Any, model: str, version: str | None
                         ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -318,3 +301,24 @@ def limited_http_protocol(max_header_bytes: int) -> type[HttpToolsProtocol]:
             self.transport.close()
 
     return LimitedHttpToolsProtocol
+
+
+async def read_body(scope: Scope, receive: Any, max_bytes: int) -> bytes:
+    """An ASGI request body, refused with RESOURCE_EXHAUSTED past max_bytes before it is all read."""
+    for key, value in scope["headers"]:
+        if key == b"content-length" and value.isdigit() and int(value) > max_bytes:
+            raise GatewayError(Code.RESOURCE_EXHAUSTED,
+                               f"request body of {int(value)} bytes is over the limit of {max_bytes}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(Code.CANCELLED, "client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise GatewayError(Code.RESOURCE_EXHAUSTED, f"request body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -13,10 +13,11 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -65,6 +66,7 @@ def predict(inputs):
 '''
 FLOOD_QUEUE_ROWS = 8
 MAX_REQUEST_BYTES = 1 << 20
+T = TypeVar("T")
 ADMIN_TOKEN = "integration-admin-token"
 
 
@@ -165,3 +167,15 @@ def second_gateway(gw: RunningGateway, tmp_path: Path) -> Iterator[tuple[subproc
             time.sleep(0.2)
         info = json.loads(ready.read_text())
         yield proc, f"127.0.0.1:{info['grpc_port']}", log_dir, f"http://127.0.0.1:{info['http_port']}"
+
+
+def until(check: Callable[[], T], what: str, timeout_s: float = 240.0, every_s: float = 0.2) -> T:
+    """check()'s first truthy value; an AssertionError naming `what` if none comes within timeout_s (only a
+    broken gateway makes a test wait that long)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import httpx
 from loadtests.bench import process
 from serving.examples import write_echo
 from serving.repository import Repository
+from tests.integration.conftest import until
 from tests.integration.ray_head import free_ports, jobs_client
 
 
@@ -37,15 +37,6 @@ def answers(url: str) -> bool:
     except httpx.HTTPError:  # not listening yet
         return False
 
-
-def until(check, what: str, timeout_s: float = 120):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_the_embedded_gateway_runs_the_sidecar_and_the_jobs_api(tmp_path: Path) -> None:

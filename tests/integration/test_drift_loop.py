@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,12 @@ from gateway.drift import reports
 from gateway.drift.settings import DEFAULT_ENTRYPOINT
 from loadtests.bench import process
 from serving.repository import Repository
-from tests.integration.conftest import ADMIN_TOKEN
+from tests.integration.conftest import ADMIN_TOKEN, until
 from tests.integration.ray_head import RayHead, jobs_client, ray_head, wait_job
 
 MODEL = "breast_cancer"
 WINDOW_ROWS = 200
 ROWS_PER_REQUEST = 4
-WAIT_S = 240.0  # only a broken loop makes the test wait this long
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +38,6 @@ def head() -> Iterator[RayHead]:
     with ray_head(num_cpus=2) as h:
         yield h
 
-
-def until(check: Any, what: str, timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def sidecar_config(root: Path, repository: Path, log_dir: Path, jobs: str) -> Path:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,9 @@ import httpx
 import pytest
 
 from gateway.request_log import RequestLogReader
-from tests.integration.conftest import ADMIN_TOKEN, RunningGateway
+from tests.integration.conftest import ADMIN_TOKEN, RunningGateway, until
 
 X = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]}
-WAIT_S = 60.0  # only a broken gateway makes a test wait this long
 
 
 @pytest.fixture
@@ -44,15 +42,6 @@ def predict(gateway: RunningGateway, n: int, tag: str) -> list[tuple[str, int, s
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, range(n)))
 
-
-def until(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def metric(gateway: RunningGateway, name: str, **labels: str) -> float:
