@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -345,6 +346,15 @@ class Gateway:
             await asyncio.to_thread(self.dispatcher.shutdown)
 
 
+def settle_heap() -> None:
+    """Takes what start-up allocated (Ray's client, protobuf descriptors, the catalog) out of the cyclic
+    garbage collector's reach, so its collections scan only what requests allocate. Without this the
+    collector's sweeps over Ray's heap were the largest single cost on the event loop: freezing it gave
+    about +17% requests/s and a third of the p99 at saturation (see docs/PERFORMANCE.md)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(settings: GatewaySettings, ready_file: Path | None = None, worker: bool = False) -> int:
     gateway = Gateway(settings, worker)
     loop = asyncio.get_running_loop()
@@ -357,6 +367,7 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
         endpoints = await gateway.start()
         ready = await gateway.wait_ready(settings.ready_timeout_s)
         admin_port = await gateway.start_traffic()
+        settle_heap()
         if worker:
             if ready_file is not None:  # the first process waits for this before it says it is ready
                 ready_file.write_text(json.dumps({"ready": ready}))
