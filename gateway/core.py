@@ -65,9 +65,7 @@ class DataPlane:
             if info.batching.enabled:
                 self._batchers[(info.model, info.version)] = self._make_batcher(info)
         self.live_counts = LiveCounts()  # what ramped versions did, for the cluster's table to judge
-        self._shadow_batchers: dict[tuple[str, str], Batcher] = {}
-        self._shadow_wait_s = (shadow or ShadowSettings()).batch_wait_ms / 1000.0
-        self.shadow = ShadowRunner(catalog, self._run_shadow, request_log.append if request_log else None,
+        self.shadow = ShadowRunner(catalog, self._call_shadow, request_log.append if request_log else None,
                                    self.metrics.registry, shadow)
 
     def add_version(self, info: VersionInfo) -> None:
@@ -76,9 +74,7 @@ class DataPlane:
             self._batchers[(info.model, info.version)] = self._make_batcher(info)
         self.catalog.add(info)
 
-    def _make_batcher(self, info: VersionInfo, shadow_wait_s: float | None = None) -> Batcher:
-        """The version's batcher; with shadow_wait_s, the one its shadow copies share (they wait that long
-        for company, so mirroring costs few Ray calls, and take one call slot: a shadow never needs speed)."""
+    def _make_batcher(self, info: VersionInfo) -> Batcher:
         b = info.batching
         model, version = info.model, info.version
 
@@ -88,10 +84,6 @@ class DataPlane:
         def on_batch(stats: BatchStats) -> None:
             self.metrics.batch(model, version, stats.rows, stats.requests)
 
-        if shadow_wait_s is not None:
-            return Batcher(call, f"shadow copies for model '{model}' version '{version}'",
-                           max_batch_size=b.max_batch_size, max_wait_s=shadow_wait_s,
-                           max_queue_rows=b.max_queue_rows, max_inflight=1)
         return Batcher(call, f"model '{model}' version '{version}'", max_batch_size=b.max_batch_size,
                        max_wait_s=b.max_wait_ms / 1000.0, max_queue_rows=b.max_queue_rows,
                        preferred_sizes=tuple(sorted(b.preferred_batch_sizes)),
@@ -209,20 +201,11 @@ class DataPlane:
         except Exception as exc:  # noqa: BLE001 - the same answer as the batched path
             raise as_gateway_error(exc, f"model '{info.model}' version '{info.version}'") from None
 
-    async def _run_shadow(self, info: VersionInfo, arrays: Arrays, rows: int, deadline: float | None,
-                          timing: Timing) -> Arrays:
-        if not info.batching.enabled:
-            return await self._run_version(info, arrays, rows, deadline, timing)
-        key = (info.model, info.version)
-        batcher = self._shadow_batchers.get(key)
-        if batcher is None:
-            batcher = self._shadow_batchers[key] = self._make_batcher(info, self._shadow_wait_s)
-        return await batcher.submit(arrays, rows, deadline, timing)
+    async def _call_shadow(self, info: VersionInfo, inputs: Arrays) -> Arrays:
+        return await self.dispatcher.infer(info.model, info.version, inputs)
 
     async def close(self, drain_s: float = 5.0) -> None:
         self.live = False
         await self.shadow.close(drain_s)
-        for b in self._shadow_batchers.values():
-            await b.close()
         for b in self._batchers.values():
             await b.close()

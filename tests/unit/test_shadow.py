@@ -168,3 +168,47 @@ async def test_a_failing_request_log_never_escapes_a_shadow_task() -> None:
     await infer(p, request())
     await settle(p)
     assert sample(p, "gateway_shadow_dropped_total", {"model": "m", "version": "4", "reason": "error"}) == 1
+
+
+async def test_copies_share_calls_and_each_record_holds_its_own_rows() -> None:
+    p, versions, log = plane({"4": 1.0})
+    # Twelve 2-row requests at once; the shadow version takes 8 rows per call: three calls, not twelve.
+    await asyncio.gather(*(infer(p, request(start=10 * i, id=f"r{i}")) for i in range(12)))
+    await settle(p)
+    assert versions.calls.count("4") == 3
+    shadow = {r.request_id: r for r in log.records if r.role == "shadow"}
+    assert sorted(shadow) == sorted(f"r{i}" for i in range(12))
+    for i in range(12):
+        y = dict((t.name, t.data) for t in shadow[f"r{i}"].outputs)["y"]
+        assert np.array_equal(y, request(start=10 * i).inputs[0].data * 2 + 1)
+        assert shadow[f"r{i}"].batch_rows == 8 and shadow[f"r{i}"].code == "OK"
+    assert sample(p, "gateway_shadow_comparisons_total", {"model": "m", "version": "4", "result": "disagree"}) == 12
+    assert p.shadow.inflight == 0
+
+
+async def test_copies_for_a_version_that_went_unready_are_recorded_unavailable() -> None:
+    p, versions, log = plane({"4": 1.0})
+    p.catalog.set_state("m", "4", "LOADING", "replicas are restarting")
+    await infer(p, request(id="r1"))
+    await settle(p)
+    assert "4" not in versions.calls
+    (shadow,) = [r for r in log.records if r.role == "shadow"]
+    assert shadow.request_id == "r1" and shadow.code == "UNAVAILABLE" and "not ready" in shadow.error
+    assert sample(p, "gateway_shadow_dropped_total", {"model": "m", "version": "4", "reason": "unavailable"}) == 1
+    assert p.shadow.inflight == 0
+
+
+async def test_a_version_that_does_not_batch_gets_one_copy_per_call() -> None:
+    versions, log = Versions(), Log()
+    infos = catalog(("m", "1", "READY"))
+    infos.add(catalog(("m", "4", "READY"), batching=False).get("m", "4"))
+    p = DataPlane(infos, versions, request_log=log, shadow=ShadowSettings(timeout_ms=GUARD_S * 1000))
+    p.router.apply(TrafficTable(models={"m": ModelSplit(weights={"1": 100})}, shadows={"m": {"4": 1.0}}))
+    await asyncio.gather(*(infer(p, request(start=10 * i, id=f"r{i}")) for i in range(20)))
+    await settle(p)
+    assert versions.calls.count("4") == 20
+    shadow = {r.request_id: r for r in log.records if r.role == "shadow"}
+    assert len(shadow) == 20 and all(r.code == "OK" for r in shadow.values())
+    for i in range(20):
+        y = dict((t.name, t.data) for t in shadow[f"r{i}"].outputs)["y"]
+        assert np.array_equal(y, request(start=10 * i).inputs[0].data * 2 + 1)
