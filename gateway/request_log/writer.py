@@ -185,10 +185,14 @@ class RequestLogWriter:
     def _process(self, batch: list[_Item]) -> None:
         now = self._clock()
         closed = self._sink.due(now) and self._close_segment()
-        records = [item for item in batch if item[0] is not None]
-        if records:
-            closed = self._write(records) or closed
-        elif not self.healthy and now >= self._next_retry:
+        # Callers wait for their own records: answered requests' are written (and their callers woken)
+        # first, shadow copies' after, so a burst of shadow records never delays a primary's answer.
+        first = [item for item in batch if item[0] is not None and item[0].role != "shadow"]
+        later = [item for item in batch if item[0] is not None and item[0].role == "shadow"]
+        for part in (first, later):
+            if part:
+                closed = self._write(part) or closed
+        if not (first or later) and not self.healthy and now >= self._next_retry:
             self._probe()
         if closed:
             self._retention()  # after the appends are woken: they need not wait for it
