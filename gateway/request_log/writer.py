@@ -187,8 +187,13 @@ class RequestLogWriter:
         closed = self._sink.due(now) and self._close_segment()
         # Callers wait for their own records: answered requests' are written (and their callers woken)
         # first, shadow copies' after, so a burst of shadow records never delays a primary's answer.
-        first = [item for item in batch if item[0] is not None and item[0].role != "shadow"]
-        later = [item for item in batch if item[0] is not None and item[0].role == "shadow"]
+        # (The feedback stream's records have no role: they all go first.)
+        first: list[_Item] = []
+        later: list[_Item] = []
+        for item in batch:
+            if item[0] is not None:
+                shadow = isinstance(item[0], RequestRecord) and item[0].role == "shadow"
+                (later if shadow else first).append(item)
         for part in (first, later):
             if part:
                 closed = self._write(part) or closed
