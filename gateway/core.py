@@ -7,6 +7,7 @@ ASGI or Ray objects. The dispatcher is a seam (a Protocol), so tests can run it 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 import uuid
@@ -41,8 +42,9 @@ class RequestLog(Protocol):
     def healthy(self) -> bool:
         """False while records cannot be written (full or unwritable directory)."""
 
-    async def append(self, record: RequestRecord) -> None:
-        """Returns once the record is as durable as the log's configured mode promises."""
+    async def append(self, record: RequestRecord, *, background: bool = False) -> None:
+        """Returns once the record is as durable as the log's configured mode promises. A background
+        record (a shadow copy's: no client waits on it) is written after the foreground ones it is queued with."""
 
 
 class DataPlane:
@@ -65,7 +67,8 @@ class DataPlane:
             if info.batching.enabled:
                 self._batchers[(info.model, info.version)] = self._make_batcher(info)
         self.live_counts = LiveCounts()  # what ramped versions did, for the cluster's table to judge
-        self.shadow = ShadowRunner(catalog, self._call_shadow, request_log.append if request_log else None,
+        self.shadow = ShadowRunner(catalog, self._call_shadow,
+                                   functools.partial(request_log.append, background=True) if request_log else None,
                                    self.metrics.registry, shadow)
 
     def add_version(self, info: VersionInfo) -> None:

@@ -59,6 +59,7 @@ class RequestLogWriter:
         self._max = s.max_queue_records
         self._cond = threading.Condition(threading.Lock())
         self._pending: list[_Item] = []
+        self._background: list[_Item] = []  # written after the pending items taken with them
         self._depth = 0  # accepted and not yet written: the pending items plus the batch being written
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -85,7 +86,7 @@ class RequestLogWriter:
     def gateway_id(self) -> str:
         return self._sink.gateway_id
 
-    async def append(self, record: RequestRecord) -> None:
+    async def append(self, record: RequestRecord, *, background: bool = False) -> None:
         """Returns once the record is as durable as `durability` promises; raises UNAVAILABLE (policy
         reject) when it cannot be logged: queue full, directory unwritable, or the log closed."""
         if self._thread is None:
@@ -102,7 +103,7 @@ class RequestLogWriter:
             elif self._depth >= self._max:
                 reason = "queue_full"
             else:
-                self._pending.append((record, fut))
+                (self._background if background else self._pending).append((record, fut))
                 self._depth += 1
                 self._stats.queue_gauge.set(self._depth)  # ~0.3 us; set here too: a writer stuck on disk cannot
                 self._cond.notify()
@@ -154,14 +155,15 @@ class RequestLogWriter:
         self._retention()  # what earlier runs left behind; on this thread, it may delete many files
         while True:
             with self._cond:
-                while not self._pending and not self._closing:
+                while not self._pending and not self._background and not self._closing:
                     if not self._cond.wait(self._idle_timeout()):
                         break  # timed out: rotate by age, or retry an unhealthy folder
                 batch, self._pending = self._pending, []
+                later, self._background = self._background, []
                 closing = self._closing
                 self._stats.queue_gauge.set(self._depth)
             try:
-                self._process(batch)
+                self._process(batch, later)
             except Exception as exc:  # a bug here must fail its batch, not hang every append
                 log.exception("request log writer failed")
                 self._set_unhealthy(exc)
@@ -182,22 +184,21 @@ class RequestLogWriter:
             return min(1.0, max(0.01, self._sink.opened_at + self._sink.rotate_s - self._clock()))
         return None
 
-    def _process(self, batch: list[_Item]) -> None:
+    def _process(self, batch: list[_Item], later: list[_Item]) -> None:
+        """Writes `batch` (records and flush markers), then the background records `later`: callers wait for
+        their own records, so foreground ones are written and their callers woken first."""
         now = self._clock()
         closed = self._sink.due(now) and self._close_segment()
-        # Callers wait for their own records: answered requests' are written (and their callers woken)
-        # first, shadow copies' after, so a burst of shadow records never delays a primary's answer.
-        # (The feedback stream's records have no role: they all go first.)
-        first: list[_Item] = []
-        later: list[_Item] = []
-        for item in batch:
-            if item[0] is not None:
-                shadow = isinstance(item[0], RequestRecord) and item[0].role == "shadow"
-                (later if shadow else first).append(item)
-        for part in (first, later):
-            if part:
-                closed = self._write(part) or closed
-        if not (first or later) and not self.healthy and now >= self._next_retry:
+        records = [item for item in batch if item[0] is not None]
+        if records:
+            try:
+                closed = self._write(records) or closed
+            except Exception:
+                self._fail(later, "request log failed before writing this record")
+                raise
+        if later:
+            closed = self._write(later) or closed
+        if not records and not later and not self.healthy and now >= self._next_retry:
             self._probe()
         if closed:
             self._retention()  # after the appends are woken: they need not wait for it

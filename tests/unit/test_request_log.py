@@ -183,13 +183,14 @@ async def test_async_mode_returns_before_the_write_and_close_drains(tmp_path: Pa
     assert ids(tmp_path / "log") == [f"req-{i}" for i in range(5)]
 
 
-async def test_answered_requests_records_are_written_ahead_of_shadow_records_in_one_batch(tmp_path: Path) -> None:
+async def test_foreground_records_are_written_ahead_of_background_ones_in_one_batch(tmp_path: Path) -> None:
     s = settings(tmp_path)
     sink = BlockingSink(s)
     w = RequestLogWriter(s, sink=sink).start()
     first = asyncio.create_task(w.append(record(0)))
     assert await asyncio.to_thread(sink.entered.wait, 10)  # the writer is busy: the next appends form one batch
-    shadows = [asyncio.create_task(w.append(dataclasses.replace(record(i), role="shadow"))) for i in (1, 2, 3)]
+    shadows = [asyncio.create_task(w.append(dataclasses.replace(record(i), role="shadow"), background=True))
+               for i in (1, 2, 3)]
     primary = asyncio.create_task(w.append(record(4)))
     await asyncio.sleep(0)
     sink.release.set()

@@ -44,7 +44,7 @@ class Log:
         self.records: list[RequestRecord] = []
         self.healthy = True
 
-    async def append(self, record: RequestRecord) -> None:
+    async def append(self, record: RequestRecord, *, background: bool = False) -> None:
         self.records.append(record)
 
 
