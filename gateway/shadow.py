@@ -207,16 +207,13 @@ class ShadowRunner:
                 info = self.catalog.get(model, version)
                 if not info.ready:
                     raise GatewayError(Code.UNAVAILABLE, f"shadow version '{version}' is not ready: {info.reason}")
-            except GatewayError as exc:
+                batches, more = self._take(info, lane, records)  # no await in between: mirror() cannot interleave
+            except GatewayError as exc:  # every queued copy is answered with the reason
+                batches, more = [], False
                 while lane.copies:
                     copy = lane.copies.popleft()
                     records.append(self._record(model, version, copy, None, None, exc, Timing(),
                                                 time.monotonic() - copy.queued_at))
-                taken = queued
-                await self._log(model, version, records)
-                self._held -= taken
-                return False
-            batches, more = self._take(info, lane, records)  # no await in between: mirror() cannot interleave
             taken = queued - len(lane.copies)
             answers = await asyncio.gather(*(self._call_batch(info, b) for b in batches))
             first = True

@@ -68,6 +68,7 @@ class RequestLogWriter:
         self.last_error = ""
         self._next_retry = 0.0
         self._unsettled: list[_Item] = []  # the batch being written, until its appends are answered
+        self._waiting: list[_Item] = []  # background records of the batch being written, not yet taken
 
     # --- the event loop's side ------------------------------------------------------------
     def start(self) -> RequestLogWriter:
@@ -167,7 +168,8 @@ class RequestLogWriter:
             except Exception as exc:  # a bug here must fail its batch, not hang every append
                 log.exception("request log writer failed")
                 self._set_unhealthy(exc)
-                self._fail(self._unsettled, f"request log failed: {exc!r}")
+                self._fail(self._unsettled + self._waiting, f"request log failed: {exc!r}")
+                self._waiting = []
                 _wake([f for r, f in batch if r is None and f is not None], None)
             if closing:  # no append is accepted once closing is set, so this batch was the last
                 break
@@ -190,12 +192,10 @@ class RequestLogWriter:
         now = self._clock()
         closed = self._sink.due(now) and self._close_segment()
         records = [item for item in batch if item[0] is not None]
+        self._waiting = later  # until _write takes them: a bug while writing `records` must fail these too
         if records:
-            try:
-                closed = self._write(records) or closed
-            except Exception:
-                self._fail(later, "request log failed before writing this record")
-                raise
+            closed = self._write(records) or closed
+        self._waiting = []
         if later:
             closed = self._write(later) or closed
         if not records and not later and not self.healthy and now >= self._next_retry:
