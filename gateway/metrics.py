@@ -6,6 +6,7 @@ Labels are model, version and status code only; never request ids or client addr
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
@@ -39,6 +40,8 @@ class Metrics:
 
         # labels() costs a lock and a lookup; the hot path reuses children (label sets are bounded).
         self._children: dict[tuple[str, ...], Any] = {}
+        # Per (model, version, code): the value cells one request updates (see _Cells).
+        self._cells: dict[tuple[str, str, str], _RequestCells] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)
@@ -49,12 +52,25 @@ class Metrics:
 
     def request(self, model: str, version: str, code: str, seconds: float, queue_s: float = 0.0,
                 compute_s: float = 0.0) -> None:
-        self._child(self.requests, model, version, code).inc()
-        if code == "OK":
-            self._child(self.latency, model, version).observe(seconds)
+        cells = self._cells.get((model, version, code))
+        if cells is None:
+            cells = self._cells[(model, version, code)] = self._request_cells(model, version, code)
+        count, timed = cells
+        count.inc(1)
+        if timed is not None:  # answered requests only: failures have no latency worth charting
+            latency, queue, compute = timed
+            latency.observe(seconds)
             if compute_s > 0:
-                self._child(self.queue, model, version).observe(queue_s)
-                self._child(self.compute, model, version).observe(compute_s)
+                queue.observe(queue_s)
+                compute.observe(compute_s)
+
+    def _request_cells(self, model: str, version: str, code: str) -> _RequestCells:
+        count = self._child(self.requests, model, version, code)._value
+        if code != "OK":
+            return count, None
+        latency, queue, compute = (_Cells(self._child(h, model, version))
+                                   for h in (self.latency, self.queue, self.compute))
+        return count, (latency, queue, compute)
 
     def batch(self, model: str, version: str, rows: int, requests: int) -> None:
         self._child(self.batch_rows, model, version).observe(rows)
@@ -87,3 +103,26 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
         server, _thread = start_http_server(port, addr=host, registry=registry)
         return int(server.server_port)
+
+
+class _Cells:
+    """One labelled histogram's value cells, updated as Histogram.observe() does (same buckets, same sum)
+    without its per-call checks and linear bucket search: a few microseconds less on every request.
+    Relies on prometheus_client's Histogram layout (`_upper_bounds`, `_buckets`, `_sum`), pinned in
+    pyproject.toml; tests/unit/test_metrics.py compares the two."""
+
+    __slots__ = ("bounds", "buckets", "sum")
+
+    def __init__(self, child: Any) -> None:
+        self.bounds: tuple[float, ...] = tuple(child._upper_bounds)  # ends with +Inf
+        self.buckets: list[Any] = child._buckets
+        self.sum: Any = child._sum
+
+    def observe(self, value: float) -> None:
+        self.sum.inc(value)
+        i = bisect_left(self.bounds, value)  # the first bucket whose upper bound is >= value
+        if i < len(self.buckets):  # NaN: no bucket, as in observe()
+            self.buckets[i].inc(1)
+
+
+_RequestCells = tuple[Any, "tuple[_Cells, _Cells, _Cells] | None"]

@@ -69,6 +69,11 @@ class RequestLogWriter:
         self._next_retry = 0.0
         self._unsettled: list[_Item] = []  # the batch being written, until its appends are answered
         self._waiting: list[_Item] = []  # background records of the batch being written, not yet taken
+        # Appends queued between two takes by the writer are written together and share one future per
+        # list (and loop): one future to make, settle and wake instead of one per record.
+        self._pending_future: asyncio.Future[None] | None = None
+        self._background_future: asyncio.Future[None] | None = None
+        self._idle = False  # the writer waits on _cond: only then does an append need to notify it
 
     # --- the event loop's side ------------------------------------------------------------
     def start(self) -> RequestLogWriter:
@@ -95,7 +100,7 @@ class RequestLogWriter:
         if not self._sampler.keep(record.model, record.code):
             self._stats.sampled_out += 1  # only ever counted here, on the loop
             return
-        fut = asyncio.get_running_loop().create_future() if self._wait else None
+        fut: asyncio.Future[None] | None = None
         with self._cond:
             if self._closing:
                 reason = "closed"
@@ -104,10 +109,21 @@ class RequestLogWriter:
             elif self._depth >= self._max:
                 reason = "queue_full"
             else:
+                if self._wait:
+                    fut = self._background_future if background else self._pending_future
+                    loop = asyncio.get_running_loop()
+                    if fut is None or fut.get_loop() is not loop:
+                        fut = loop.create_future()
+                        if background:
+                            self._background_future = fut
+                        else:
+                            self._pending_future = fut
                 (self._background if background else self._pending).append((record, fut))
                 self._depth += 1
                 self._stats.queue_gauge.set(self._depth)  # ~0.3 us; set here too: a writer stuck on disk cannot
-                self._cond.notify()
+                if self._idle:
+                    self._idle = False
+                    self._cond.notify()
                 reason = ""
         if reason:
             self._refuse(reason)
@@ -131,6 +147,7 @@ class RequestLogWriter:
             if self._closing:
                 return
             self._pending.append((None, fut))
+            self._idle = False
             self._cond.notify()
         await fut
 
@@ -138,6 +155,7 @@ class RequestLogWriter:
         """Stops accepting records, writes every accepted one, closes the segment and releases the folder."""
         with self._cond:
             self._closing = True
+            self._idle = False
             self._cond.notify()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -157,10 +175,15 @@ class RequestLogWriter:
         while True:
             with self._cond:
                 while not self._pending and not self._background and not self._closing:
-                    if not self._cond.wait(self._idle_timeout()):
+                    self._idle = True
+                    woken = self._cond.wait(self._idle_timeout())
+                    self._idle = False
+                    if not woken:
                         break  # timed out: rotate by age, or retry an unhealthy folder
                 batch, self._pending = self._pending, []
                 later, self._background = self._background, []
+                # Appends from now on are in the next take: they get new futures.
+                self._pending_future = self._background_future = None
                 closing = self._closing
                 self._stats.queue_gauge.set(self._depth)
             try:
@@ -299,7 +322,7 @@ class RequestLogWriter:
 def _wake(futures: list[asyncio.Future[None]], error: str | None) -> None:
     """Settles futures on their own loops: one call into each loop for a whole batch."""
     by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-    for f in futures:
+    for f in dict.fromkeys(futures):  # records appended together share a future: settle it once
         by_loop.setdefault(f.get_loop(), []).append(f)
     for loop, fs in by_loop.items():
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more

@@ -199,6 +199,39 @@ async def test_foreground_records_are_written_ahead_of_background_ones_in_one_ba
     assert ids(tmp_path / "log") == ["req-0", "req-4", "req-1", "req-2", "req-3"]
 
 
+class SteppedSink(SegmentSink):
+    """A sink that counts its writes and holds each one until the test lets it through."""
+
+    def __init__(self, s: RequestLogSettings) -> None:
+        super().__init__(s.dir, s.gateway_id, rotate_bytes=s.rotate_bytes, rotate_s=s.rotate_s)
+        self.writes = 0
+        self.steps = threading.Semaphore(0)
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        assert self.steps.acquire(timeout=30), "test never let the write through"
+        super().write(data)
+
+
+async def test_an_append_waits_for_its_own_write_not_an_earlier_batch(tmp_path: Path) -> None:
+    # Appends between two takes share one future: one made after a take must not be woken by that take's write.
+    s = settings(tmp_path)
+    sink = SteppedSink(s)
+    w = RequestLogWriter(s, sink=sink).start()
+    first = [asyncio.create_task(w.append(record(i))) for i in (0, 1)]
+    await _wait_for(lambda: sink.writes == 1, "the writer took the first batch")
+    second = [asyncio.create_task(w.append(record(i))) for i in (2, 3)]
+    await asyncio.sleep(0)  # the second appends are queued while the first batch is being written
+    sink.steps.release()
+    await asyncio.gather(*first)
+    await _wait_for(lambda: sink.writes == 2, "the writer took the second batch")
+    assert not any(t.done() for t in second)  # their records are not written yet
+    sink.steps.release()
+    await asyncio.gather(*second)
+    await w.close()
+    assert ids(tmp_path / "log") == ["req-0", "req-1", "req-2", "req-3"]
+
+
 @pytest.mark.parametrize("durability", ["buffered", "async"])
 async def test_queue_full_reject_raises_unavailable(tmp_path: Path, durability: str) -> None:
     s = settings(tmp_path, durability=durability, max_queue_records=3, on_full="reject")
