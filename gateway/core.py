@@ -19,6 +19,7 @@ from opentelemetry.trace import Tracer
 from gateway import __version__
 from gateway.batching import Batcher, BatchStats
 from gateway.catalog import Catalog, VersionInfo
+from gateway.deadlines import DeadlineWheel
 from gateway.errors import Code, GatewayError, as_gateway_error, unavailable
 from gateway.metrics import Metrics
 from gateway.settings import ShadowSettings
@@ -66,6 +67,7 @@ class DataPlane:
         for info in catalog.all():
             if info.batching.enabled:
                 self._batchers[(info.model, info.version)] = self._make_batcher(info)
+        self.deadlines = DeadlineWheel()  # one timer per 5 ms of deadlines, not one per request
         self.live_counts = LiveCounts()  # what ramped versions did, for the cluster's table to judge
         self.shadow = ShadowRunner(catalog, self._call_shadow,
                                    functools.partial(request_log.append, background=True) if request_log else None,
@@ -132,12 +134,16 @@ class DataPlane:
             if request.deadline is None:
                 response = await self._infer(info, request, request_id, timing, traceparent)
             else:
+                expiry = self.deadlines.arm(request.deadline)
                 try:
-                    async with asyncio.timeout(request.deadline - time.monotonic()):
-                        response = await self._infer(info, request, request_id, timing, traceparent)
-                except TimeoutError:
+                    response = await self._infer(info, request, request_id, timing, traceparent)
+                except asyncio.CancelledError:
+                    if not expiry.expired():
+                        raise
                     raise GatewayError(Code.DEADLINE_EXCEEDED, f"no answer from model '{model}' version "
                                        f"'{version}' within the request's deadline") from None
+                finally:
+                    expiry.disarm()
         except GatewayError as exc:
             error = exc
         total = time.monotonic() - start
