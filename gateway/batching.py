@@ -87,7 +87,7 @@ class Batcher:
             self._slots = asyncio.Semaphore(self.max_inflight)
             self._loop_task = asyncio.get_running_loop().create_task(self._run_loop())
         fut: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        key = tuple((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items())
+        key = tuple([(n, a.dtype, a.shape[1:]) for n, a in inputs.items()])
         self._queue.append(_Item(inputs, rows, key, fut, deadline, self.clock(), timing))
         self._queued_rows += rows
         self._wakeup.set()

@@ -79,8 +79,11 @@ def decode_request(req: pb.ModelInferRequest, max_elements: int, *, received_at:
     if raw and len(raw) != len(req.inputs):
         raise invalid(f"raw_input_contents holds {len(raw)} entries for {len(req.inputs)} inputs; "
                       "send one entry per input, in order, or none")
-    inputs = tuple(decode_tensor(t, raw[i] if raw else None, max_elements) for i, t in enumerate(req.inputs))
-    outputs = tuple(RequestedOutput(o.name) for o in req.outputs)
+    if raw:
+        inputs = tuple([decode_tensor(t, raw[i], max_elements) for i, t in enumerate(req.inputs)])
+    else:
+        inputs = tuple([decode_tensor(t, None, max_elements) for t in req.inputs])
+    outputs = tuple([RequestedOutput(o.name) for o in req.outputs]) if req.outputs else ()
     return InferRequest(model=req.model_name, version=req.model_version or None, id=req.id, inputs=inputs,
                         outputs=outputs, parameters=decode_parameters(req.parameters) if req.parameters else {},
                         routing_key=routing_key, deadline=deadline, received_at=received_at, client=client,
