@@ -392,3 +392,14 @@ def test_sweep_finds_the_highest_rate_meeting_the_objective(fake: FakeServer, tm
     assert [s.requested_rate for s in sweep.steps] == [100.0, 200.0]
     assert sweep.best_rate == 200.0
     assert plot_path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_hotpath_bench_runs_the_real_handler_and_reports(tmp_path: Path) -> None:
+    from loadtests import hotpath_bench
+
+    out = tmp_path / "hotpath.json"
+    assert hotpath_bench.main(["--requests", "300", "--concurrency", "8", "--rounds", "2", "--model-ms", "0",
+                               "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["rounds"]) == 2
+    assert result["medians"]["req_per_s"] > 0 and result["medians"]["process_us"] >= result["medians"]["loop_us"] > 0
