@@ -33,6 +33,15 @@ log = logging.getLogger("gateway.request_log")
 _Item = tuple[RequestRecord | None, "asyncio.Future[None] | None"]
 
 
+class _SharedFuture(asyncio.Future[None]):
+    """The future that every append of one take awaits. A task awaiting a future cancels it when the task is
+    cancelled; this one refuses, so that one caller going away cannot fail the others waiting on it (the
+    cancelled caller still gets its CancelledError, once the write it waits for is done)."""
+
+    def cancel(self, msg: object = None) -> bool:
+        return False
+
+
 def _settle(futures: list[asyncio.Future[None]], error: str | None) -> None:
     for f in futures:
         if not f.done():
@@ -113,7 +122,7 @@ class RequestLogWriter:
                     fut = self._background_future if background else self._pending_future
                     loop = asyncio.get_running_loop()
                     if fut is None or fut.get_loop() is not loop:
-                        fut = loop.create_future()
+                        fut = _SharedFuture(loop=loop)
                         if background:
                             self._background_future = fut
                         else:

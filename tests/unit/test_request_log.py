@@ -442,3 +442,19 @@ def test_package_exports_resolve() -> None:
         assert getattr(package, name) is not None
     with pytest.raises(AttributeError):
         _ = package.nothing_like_this
+
+
+async def test_a_cancelled_append_does_not_fail_the_others_written_with_it(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    sink = SteppedSink(s)
+    w = RequestLogWriter(s, sink=sink).start()
+    tasks = [asyncio.create_task(w.append(record(i))) for i in range(3)]
+    await _wait_for(lambda: sink.writes == 1, "the writer took the batch")
+    tasks[1].cancel()  # one client goes away while its record is being written
+    await asyncio.sleep(0)
+    sink.steps.release()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], asyncio.CancelledError)
+    await w.close()
+    assert ids(tmp_path / "log") == ["req-0", "req-1", "req-2"]  # accepted, so written
