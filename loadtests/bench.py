@@ -63,12 +63,15 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None,
                 proc.wait()
 
 
-def wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 300) -> dict[str, Any]:
+def wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 300,
+                  poll_s: float = 0.5) -> dict[str, Any]:
+    """The JSON a starting process writes to `path` once it serves (its --ready-file); exits with the process's
+    log when it dies or takes longer than timeout_s."""
     until = time.monotonic() + timeout_s
     while not path.exists():
         if proc.poll() is not None or time.monotonic() > until:
             raise SystemExit(f"{proc.args!r} did not start; its log:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
+        time.sleep(poll_s)
     info: dict[str, Any] = json.loads(path.read_text())
     return info
 

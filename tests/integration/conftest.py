@@ -9,7 +9,6 @@ two rows per batch) and `echo` version 2, which asks for a GPU that no node here
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -17,12 +16,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 
-from loadtests.bench import process
+from loadtests.bench import process, wait_for_file
 from serving.examples import ensure_examples
 from serving.manifest import Accelerator, Batching, Manifest, TensorSpecModel
 from serving.repository import Repository
@@ -130,12 +129,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository), "--http-port", "0",
            "--grpc-port", "0", "--metrics-port", "0", "--ray-num-cpus", "2", "--ready-file", str(ready_file)]
     with process(cmd, log_file, env, stop_timeout_s=60) as proc:
-        deadline = time.monotonic() + 240
-        while not ready_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gateway did not start (exit {proc.returncode}):\n{log_file.read_text()[-4000:]}")
-            time.sleep(0.5)
-        info = json.loads(ready_file.read_text())
+        info = wait_ready(ready_file, proc, log_file, 240)
         yield RunningGateway(f"127.0.0.1:{info['http_port']}", f"127.0.0.1:{info['grpc_port']}", info["metrics"],
                              repository, log_file, root / "request_log", info["ray_address"],
                              f"http://127.0.0.1:{info['admin_port']}")
@@ -161,12 +155,17 @@ def second_gateway(gw: RunningGateway, tmp_path: Path) -> Iterator[tuple[subproc
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(gw.repository), "--ray-address",
            gw.ray_address, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(ready)]
     with process(cmd, out, env) as proc:
-        until = time.monotonic() + 120
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < until, out.read_text()[-3000:]
-            time.sleep(0.2)
-        info = json.loads(ready.read_text())
+        info = wait_ready(ready, proc, out, 120)
         yield proc, f"127.0.0.1:{info['grpc_port']}", log_dir, f"http://127.0.0.1:{info['http_port']}"
+
+
+def wait_ready(ready: Path, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> dict[str, Any]:
+    """What a process started with --ready-file wrote there once it serves; fails the test with the process's log
+    when it exits first or takes longer than timeout_s."""
+    try:
+        return wait_for_file(ready, proc, log, timeout_s, poll_s=0.2)
+    except SystemExit as exc:
+        pytest.fail(str(exc))
 
 
 def until(check: Callable[[], T], what: str, timeout_s: float = 240.0, every_s: float = 0.2) -> T:

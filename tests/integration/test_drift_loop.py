@@ -25,7 +25,7 @@ from gateway.drift import reports
 from gateway.drift.settings import DEFAULT_ENTRYPOINT
 from loadtests.bench import process
 from serving.repository import Repository
-from tests.integration.conftest import ADMIN_TOKEN, until
+from tests.integration.conftest import ADMIN_TOKEN, until, wait_ready
 from tests.integration.ray_head import RayHead, jobs_client, ray_head, wait_job
 
 MODEL = "breast_cancer"
@@ -84,9 +84,7 @@ def test_drift_raises_one_alarm_one_job_and_a_canary(head: RayHead, tmp_path: Pa
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository), "--ray-address", head.gcs,
            "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(ready)]
     with process(cmd, out, env, stop_timeout_s=60) as gw:
-        until(lambda: ready.exists() or gw.poll() is not None, "the gateway to start")
-        assert gw.poll() is None, out.read_text()[-3000:]
-        info = json.loads(ready.read_text())
+        info = wait_ready(ready, gw, out, 240)
         admin = httpx.Client(base_url=f"http://127.0.0.1:{info['admin_port']}", timeout=30,
                              headers={"authorization": f"Bearer {ADMIN_TOKEN}"})
         http = httpx.Client(base_url=f"http://127.0.0.1:{info['http_port']}", timeout=30)

@@ -31,6 +31,7 @@ import tritonclient.grpc as grpcclient
 from loadtests.bench import free_port
 from serving.manifest import Accelerator, Manifest, TensorSpecModel
 from serving.repository import Repository
+from tests.integration.conftest import wait_ready
 
 ADMIN_TOKEN = "multinode-admin-token"
 FPGA = "fpga_model"
@@ -157,11 +158,7 @@ def gateway_on(cluster: Cluster, repository: Path, work: Path) -> Iterator[Gatew
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository), "--ray-address",
            cluster.address, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(ready)]
     with own_group(cmd, log, env) as proc:
-        until = time.monotonic() + 180
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < until, log.read_text()[-3000:]
-            time.sleep(0.2)
-        info = json.loads(ready.read_text())
+        info = wait_ready(ready, proc, log, 180)
         yield Gateway(f"127.0.0.1:{info['http_port']}", f"127.0.0.1:{info['grpc_port']}",
                       f"http://127.0.0.1:{info['admin_port']}", info)
 

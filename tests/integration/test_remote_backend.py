@@ -10,7 +10,6 @@ UNAVAILABLE while everything else serves, until it is back.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -32,7 +31,7 @@ from gateway.request_log import RequestLogReader
 from loadtests.bench import process
 from serving.manifest import Batching, Manifest, RemoteBackend, TensorSpecModel
 from serving.repository import Repository
-from tests.integration.conftest import RunningGateway, run_onnx
+from tests.integration.conftest import RunningGateway, run_onnx, wait_ready
 
 MODEL = "remote_cancer"
 VERSIONS = {"1": "local", "2": "grpc", "3": "http"}
@@ -74,11 +73,7 @@ class OipProcess:
                 [sys.executable, "-m", "tests.oip_server", "--model", f"breast_cancer={self.onnx_file}",
                  "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port), "--ready-file", str(ready)],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        until = time.monotonic() + 60
-        while not ready.exists():
-            assert self.proc.poll() is None and time.monotonic() < until, log.read_text()[-3000:]
-            time.sleep(0.1)
-        ports = json.loads(ready.read_text())
+        ports = wait_ready(ready, self.proc, log, 60)
         self.grpc_port, self.http_port = ports["grpc_port"], ports["http_port"]
 
     def kill(self) -> None:
@@ -132,11 +127,7 @@ def setup(gateway: RunningGateway, tmp_path_factory: pytest.TempPathFactory) -> 
                "--ray-address", gateway.ray_address, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
                "--ready-file", str(ready)]
         with process(cmd, log, env) as proc:
-            until = time.monotonic() + 240
-            while not ready.exists():
-                assert proc.poll() is None and time.monotonic() < until, log.read_text()[-3000:]
-                time.sleep(0.2)
-            info = json.loads(ready.read_text())
+            info = wait_ready(ready, proc, log, 240)
             assert info["ready"], info["models"]
             yield Setup(f"127.0.0.1:{info['http_port']}", f"127.0.0.1:{info['grpc_port']}", work / "request_log",
                         remote)

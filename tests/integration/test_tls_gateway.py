@@ -3,10 +3,8 @@ the admin API behind mutual TLS (refused in the handshake without a client certi
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +13,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from loadtests.bench import process
-from tests.integration.conftest import RunningGateway
+from tests.integration.conftest import RunningGateway, wait_ready
 from tests.unit.test_tls import Pki
 
 TOKEN = "tls-admin-token"
@@ -32,11 +30,7 @@ def test_a_gateway_with_tls_on_every_door(gateway: RunningGateway, tmp_path: Pat
            gateway.ray_address, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
            "--ready-file", str(ready)]
     with process(cmd, out, env) as proc:
-        until = time.monotonic() + 120
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < until, out.read_text()[-3000:]
-            time.sleep(0.2)
-        info = json.loads(ready.read_text())
+        info = wait_ready(ready, proc, out, 120)
         assert info["http"].startswith("https://")
         https, admin = f"https://localhost:{info['http_port']}", f"https://localhost:{info['admin_port']}"
 

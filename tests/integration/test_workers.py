@@ -3,9 +3,7 @@ says it is ready are spread over both, and each process logs what it answered.""
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import tritonclient.grpc as grpcclient
 
 from gateway.request_log import RequestLogReader
 from loadtests.bench import process
-from tests.integration.conftest import RunningGateway
+from tests.integration.conftest import RunningGateway, wait_ready
 
 
 def test_two_worker_processes_share_the_ports(gateway: RunningGateway, tmp_path: Path) -> None:
@@ -24,11 +22,7 @@ def test_two_worker_processes_share_the_ports(gateway: RunningGateway, tmp_path:
            gateway.ray_address, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--workers", "2",
            "--ready-file", str(ready)]
     with process(cmd, out, env) as proc:
-        until = time.monotonic() + 180
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < until, out.read_text()[-3000:]
-            time.sleep(0.2)
-        address = f"127.0.0.1:{json.loads(ready.read_text())['grpc_port']}"
+        address = f"127.0.0.1:{wait_ready(ready, proc, out, 180)['grpc_port']}"
         x = np.ones((1, 4), np.float32)
         answered = 0
         for i in range(16):  # 16 separate connections: each lands on one of the two processes
