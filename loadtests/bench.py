@@ -6,11 +6,17 @@ in front of the same deployment, plus gateways with batching off and with the re
 then measures them in alternating rounds with the load tool and prints medians and ratios.
 
     python -m loadtests.bench --rounds 3 --duration 10s --out bench.json
+
+With --pin, the server being measured (the bare server, Ray Serve's proxy actor or a gateway) runs on
+a CPU of its own, and the load tool, Ray, the model replicas and the idle servers on the others, as in
+a deployment where the front door has its own cores: each server's own ceiling, with less scheduling
+noise (Linux only).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +42,7 @@ MODEL = "echo"
 class Target:
     name: str
     url: str
+    pids: tuple[int, ...] = ()  # the server's processes (--pin moves them onto the server CPU while measured)
 
 
 def free_port() -> int:
@@ -61,6 +68,27 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None,
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Moves every thread of process `pid` onto `cpus`; threads it starts later inherit the mask."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cpus)
+
+
+def pids_running(fragment: str) -> list[int]:
+    """Processes whose command line contains `fragment` (Ray names its actors' processes `ray::Class`)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if fragment in cmdline:
+                found.append(int(entry))
+    return found
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 300,
@@ -132,7 +160,9 @@ def start_ray(work: Path) -> tuple[str, int, Path]:
 
 def measure(targets: list[Target], rounds: int, duration: str, concurrency: int, open_rate: float,
             work: Path, batching: list[Target], logging_pair: list[Target],
-            log_rate: float, transport_pair: list[Target]) -> dict[str, dict[str, list[float]]]:
+            log_rate: float, transport_pair: list[Target],
+            focus: Callable[[Target], None] | None = None) -> dict[str, dict[str, list[float]]]:
+    """focus(t), when given, runs before each target is measured (--pin: t gets the server CPU to itself)."""
     results: dict[str, dict[str, list[float]]] = {t.name: {}
                                                   for t in targets + batching + logging_pair + transport_pair}
 
@@ -143,6 +173,8 @@ def measure(targets: list[Target], rounds: int, duration: str, concurrency: int,
     for r in range(rounds):
         order = targets[r % len(targets):] + targets[:r % len(targets)]  # alternate who goes first
         for t in order:
+            if focus is not None:
+                focus(t)
             tag = f"{t.name.replace(' ', '_')}-{r}"
             sat = load(t.url, work / f"{tag}-sat.json", "--concurrency", str(concurrency), "--duration", duration,
                        "--warmup", "1s")
@@ -165,6 +197,8 @@ def measure(targets: list[Target], rounds: int, duration: str, concurrency: int,
             print(f"round {r + 1}/{rounds} {t.name:<22} {sat['ok_qps']:8.0f} req/s  c1 p50 "
                   f"{c1['latency_ms']['p50']:6.2f} ms  open p99 {op['latency_ms']['p99']:7.2f} ms", flush=True)
         for t in batching:
+            if focus is not None:
+                focus(t)
             rep = load(t.url, work / f"{t.name.replace(' ', '_')}-{r}-c256.json", "--concurrency", "256",
                        "--duration", duration, "--warmup", "1s", "--connections", "8")
             add(t.name, "qps", rep["ok_qps"])
@@ -172,6 +206,8 @@ def measure(targets: list[Target], rounds: int, duration: str, concurrency: int,
             add(t.name, "errors", sum(rep["errors_by_code"].values()))
             print(f"round {r + 1}/{rounds} {t.name:<22} {rep['ok_qps']:8.0f} req/s at concurrency 256", flush=True)
         for t in logging_pair if r % 2 == 0 else logging_pair[::-1]:
+            if focus is not None:
+                focus(t)
             tag = f"{t.name.replace(' ', '_')}-{r}"
             sat = load(t.url, work / f"{tag}-sat.json", "--concurrency", str(concurrency), "--duration", duration,
                        "--warmup", "1s")
@@ -184,6 +220,8 @@ def measure(targets: list[Target], rounds: int, duration: str, concurrency: int,
             print(f"round {r + 1}/{rounds} {t.name:<22} {sat['ok_qps']:8.0f} req/s  p99 {op['latency_ms']['p99']:7.2f} "
                   f"ms at {log_rate:g}/s", flush=True)
         for t in transport_pair if r % 2 == 0 else transport_pair[::-1]:
+            if focus is not None:
+                focus(t)
             tag = f"{t.name.replace(' ', '_')}-{r}"
             sat = load(t.url, work / f"{tag}-sat.json", "--concurrency", str(concurrency), "--duration", duration,
                        "--warmup", "1s")
@@ -243,15 +281,30 @@ def main(argv: list[str] | None = None) -> int:
                         help="fixed open-loop rate every target is measured at (keep it below the slowest one)")
     parser.add_argument("--log-rate", type=float, default=500.0,
                         help="open-loop rate at which request log on and off are compared")
+    parser.add_argument("--pin", action="store_true",
+                        help="run the server being measured on a CPU of its own (the last one), and the load "
+                             "tool, Ray, the replicas and the idle servers on the others (Linux, 2 or more CPUs)")
     parser.add_argument("--out", type=Path, help="write medians and every run's numbers as JSON here")
     args = parser.parse_args(argv)
+    servers: set[int] = set()
+    others: set[int] = set()
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if len(cpus) < 2:
+            parser.error("--pin needs Linux and at least 2 CPUs")
+        servers, others = {cpus[-1]}, set(cpus[:-1])
+        os.sched_setaffinity(0, others)  # inherited by everything this process starts
+        print(f"pinned: the server being measured on CPU {cpus[-1]}; the load tool, Ray, the replicas and the "
+              f"idle servers on CPU {', '.join(map(str, cpus[:-1]))}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         print("starting Ray, Ray Serve's HTTP proxy and the echo deployment...", flush=True)
         address, ray_port, repo = start_ray(work)
         echo_grpc, echo_http = free_port(), free_port()
-        stack.enter_context(process([sys.executable, "-m", "loadtests.fake_server", "--grpc-port", str(echo_grpc),
-                                     "--http-port", str(echo_http), "--model", MODEL], work / "echo.log"))
+        bare = stack.enter_context(process([sys.executable, "-m", "loadtests.fake_server", "--grpc-port",
+                                            str(echo_grpc), "--http-port", str(echo_http), "--model", MODEL],
+                                           work / "echo.log"))
+        proxy_pids = tuple(pids_running("ray::ProxyActor"))
         gateways = {}
         variants = {"on": {}, "off": {"GATEWAY_BATCHING": '{"*": {"enabled": false}}'},
                     "nolog": {"GATEWAY_REQUEST_LOG__ENABLED": "false"},
@@ -264,26 +317,35 @@ def main(argv: list[str] | None = None) -> int:
                 [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repo), "--ray-address", address,
                  "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(ready)],
                 log, env))
-            gateways[name] = wait_for_file(ready, proc, log)
+            gateways[name] = {**wait_for_file(ready, proc, log), "pid": proc.pid}
         time.sleep(1.0)
-        on, off, nolog, actor = gateways["on"], gateways["off"], gateways["nolog"], gateways["actor"]
-        targets = [Target("bare grpc.aio", f"grpc://127.0.0.1:{echo_grpc}"),
-                   Target("ray serve http proxy", f"http://127.0.0.1:{ray_port}"),
-                   Target("gateway grpc", f"grpc://127.0.0.1:{on['grpc_port']}"),
-                   Target("gateway http", f"http://127.0.0.1:{on['http_port']}")]
-        batching = [Target("gateway grpc batching", f"grpc://127.0.0.1:{on['grpc_port']}"),
-                    Target("gateway grpc no batching", f"grpc://127.0.0.1:{off['grpc_port']}")]
-        logging_pair = [Target("gateway grpc log on", f"grpc://127.0.0.1:{on['grpc_port']}"),
-                        Target("gateway grpc log off", f"grpc://127.0.0.1:{nolog['grpc_port']}")]
-        transport_pair = [Target("gateway grpc transport grpc", f"grpc://127.0.0.1:{on['grpc_port']}"),
-                          Target("gateway grpc transport actor", f"grpc://127.0.0.1:{actor['grpc_port']}")]
+
+        def gateway(name: str, variant: str, scheme: str = "grpc") -> Target:
+            info = gateways[variant]
+            return Target(name, f"{scheme}://127.0.0.1:{info[f'{scheme}_port']}", (info["pid"],))
+
+        targets = [Target("bare grpc.aio", f"grpc://127.0.0.1:{echo_grpc}", (bare.pid,)),
+                   Target("ray serve http proxy", f"http://127.0.0.1:{ray_port}", proxy_pids),
+                   gateway("gateway grpc", "on"), gateway("gateway http", "on", "http")]
+        batching = [gateway("gateway grpc batching", "on"), gateway("gateway grpc no batching", "off")]
+        logging_pair = [gateway("gateway grpc log on", "on"), gateway("gateway grpc log off", "nolog")]
+        transport_pair = [gateway("gateway grpc transport grpc", "on"),
+                          gateway("gateway grpc transport actor", "actor")]
+        every = {pid for t in targets + batching + logging_pair + transport_pair for pid in t.pids}
+
+        def focus_on(t: Target) -> None:
+            for pid in every - set(t.pids):
+                pin(pid, others)  # the idle servers' own background work stays off the measured one's CPU
+            for pid in t.pids:
+                pin(pid, servers)
         ray_ms = ray_call_p50_ms()
         results = measure(targets, args.rounds, args.duration, args.concurrency, args.open_rate, work, batching,
-                          logging_pair, args.log_rate, transport_pair)
+                          logging_pair, args.log_rate, transport_pair, focus_on if servers else None)
         text = table(results, ray_ms, args.open_rate, args.log_rate)
         print("\n" + text)
         if args.out:
-            args.out.write_text(json.dumps({"runs": results, "ray_call_p50_ms": ray_ms, "table": text}, indent=2))
+            args.out.write_text(json.dumps({"runs": results, "ray_call_p50_ms": ray_ms, "table": text,
+                                            "pinned": args.pin}, indent=2))
     return 0
 
 

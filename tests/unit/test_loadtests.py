@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from itertools import islice
@@ -403,3 +406,23 @@ def test_hotpath_bench_runs_the_real_handler_and_reports(tmp_path: Path) -> None
     result = json.loads(out.read_text())
     assert len(result["rounds"]) == 2
     assert result["medians"]["req_per_s"] > 0 and result["medians"]["process_us"] >= result["medians"]["loop_us"] > 0
+
+
+def test_bench_pin_moves_every_thread_of_a_process() -> None:
+    from loadtests.bench import pids_running, pin
+
+    code = "import threading, time; [threading.Thread(target=time.sleep, args=(30,)).start() for _ in range(3)]; " \
+           "print('up', flush=True); time.sleep(30)"
+    marker = f"# pin-test-{os.getpid()}"
+    proc = subprocess.Popen([sys.executable, "-c", code + " " + marker], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"up"
+        assert pids_running(marker) == [proc.pid]
+        target = {max(os.sched_getaffinity(0))}  # one CPU: on this 2-core machine, not where it started
+        pin(proc.pid, target)
+        threads = os.listdir(f"/proc/{proc.pid}/task")
+        assert len(threads) == 4
+        assert all(os.sched_getaffinity(int(t)) == target for t in threads)
+    finally:
+        proc.kill()
+        proc.wait()
