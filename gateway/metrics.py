@@ -120,9 +120,8 @@ class _Cells:
 
     def observe(self, value: float) -> None:
         self.sum.inc(value)
-        i = bisect_left(self.bounds, value)  # the first bucket whose upper bound is >= value
-        if i < len(self.buckets):  # NaN: no bucket, as in observe()
-            self.buckets[i].inc(1)
+        if value == value:  # NaN counts in no bucket, as in observe()
+            self.buckets[bisect_left(self.bounds, value)].inc(1)  # the first bucket whose bound is >= value
 
 
 _RequestCells = tuple[Any, "tuple[_Cells, _Cells, _Cells] | None"]

@@ -8,8 +8,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.metrics import Metrics
 
-# On bucket bounds, between them, below the first, past the last finite one, zero and +Inf.
-VALUES = [0.0, 0.0005, 0.0007, 0.001, 0.0031, 0.02, 0.049, 0.5, 9.99, 10.0, 10.5, 123.0, math.inf]
+# On bucket bounds, between them, below the first, past the last finite one, zero, +Inf and NaN (no bucket).
+VALUES = [0.0, 0.0005, 0.0007, 0.001, 0.0031, 0.02, 0.049, 0.5, 9.99, 10.0, 10.5, 123.0, math.inf, math.nan]
 
 
 def exposition(m: Metrics) -> list[str]:
@@ -20,12 +20,13 @@ def exposition(m: Metrics) -> list[str]:
 def test_request_cells_match_prometheus_observe() -> None:
     fast, slow = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
     for i, v in enumerate(VALUES):
-        fast.request("m", "1", "OK", v, queue_s=v / 2, compute_s=v / 3 if i % 3 else 0.0)
+        compute = v / 3 if i % 3 else 0.0
+        fast.request("m", "1", "OK", v, queue_s=v / 2, compute_s=compute)
         slow.requests.labels("m", "1", "OK").inc()
         slow.latency.labels("m", "1").observe(v)
-        if i % 3:
+        if compute > 0:  # the batched path's split of the time (the unbatched path has none)
             slow.queue.labels("m", "1").observe(v / 2)
-            slow.compute.labels("m", "1").observe(v / 3)
+            slow.compute.labels("m", "1").observe(compute)
     for code in ("UNAVAILABLE", "UNAVAILABLE", "INVALID_ARGUMENT"):
         fast.request("m", "1", code, 0.2)
         slow.requests.labels("m", "1", code).inc()
