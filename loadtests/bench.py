@@ -161,8 +161,8 @@ def start_ray(work: Path) -> tuple[str, int, Path]:
 def measure(targets: list[Target], rounds: int, duration: str, concurrency: int, open_rate: float,
             work: Path, batching: list[Target], logging_pair: list[Target],
             log_rate: float, transport_pair: list[Target],
-            focus: Callable[[Target], None] | None = None) -> dict[str, dict[str, list[float]]]:
-    """focus(t), when given, runs before each target is measured (--pin: t gets the server CPU to itself)."""
+            focus: Callable[[Target], None] = lambda t: None) -> dict[str, dict[str, list[float]]]:
+    """focus(t) runs before each target is measured (--pin: t gets the server CPU to itself)."""
     results: dict[str, dict[str, list[float]]] = {t.name: {}
                                                   for t in targets + batching + logging_pair + transport_pair}
 
@@ -173,8 +173,7 @@ def measure(targets: list[Target], rounds: int, duration: str, concurrency: int,
     for r in range(rounds):
         order = targets[r % len(targets):] + targets[:r % len(targets)]  # alternate who goes first
         for t in order:
-            if focus is not None:
-                focus(t)
+            focus(t)
             tag = f"{t.name.replace(' ', '_')}-{r}"
             sat = load(t.url, work / f"{tag}-sat.json", "--concurrency", str(concurrency), "--duration", duration,
                        "--warmup", "1s")
@@ -197,8 +196,7 @@ def measure(targets: list[Target], rounds: int, duration: str, concurrency: int,
             print(f"round {r + 1}/{rounds} {t.name:<22} {sat['ok_qps']:8.0f} req/s  c1 p50 "
                   f"{c1['latency_ms']['p50']:6.2f} ms  open p99 {op['latency_ms']['p99']:7.2f} ms", flush=True)
         for t in batching:
-            if focus is not None:
-                focus(t)
+            focus(t)
             rep = load(t.url, work / f"{t.name.replace(' ', '_')}-{r}-c256.json", "--concurrency", "256",
                        "--duration", duration, "--warmup", "1s", "--connections", "8")
             add(t.name, "qps", rep["ok_qps"])
@@ -206,8 +204,7 @@ def measure(targets: list[Target], rounds: int, duration: str, concurrency: int,
             add(t.name, "errors", sum(rep["errors_by_code"].values()))
             print(f"round {r + 1}/{rounds} {t.name:<22} {rep['ok_qps']:8.0f} req/s at concurrency 256", flush=True)
         for t in logging_pair if r % 2 == 0 else logging_pair[::-1]:
-            if focus is not None:
-                focus(t)
+            focus(t)
             tag = f"{t.name.replace(' ', '_')}-{r}"
             sat = load(t.url, work / f"{tag}-sat.json", "--concurrency", str(concurrency), "--duration", duration,
                        "--warmup", "1s")
@@ -220,8 +217,7 @@ def measure(targets: list[Target], rounds: int, duration: str, concurrency: int,
             print(f"round {r + 1}/{rounds} {t.name:<22} {sat['ok_qps']:8.0f} req/s  p99 {op['latency_ms']['p99']:7.2f} "
                   f"ms at {log_rate:g}/s", flush=True)
         for t in transport_pair if r % 2 == 0 else transport_pair[::-1]:
-            if focus is not None:
-                focus(t)
+            focus(t)
             tag = f"{t.name.replace(' ', '_')}-{r}"
             sat = load(t.url, work / f"{tag}-sat.json", "--concurrency", str(concurrency), "--duration", duration,
                        "--warmup", "1s")
@@ -340,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                 pin(pid, servers)
         ray_ms = ray_call_p50_ms()
         results = measure(targets, args.rounds, args.duration, args.concurrency, args.open_rate, work, batching,
-                          logging_pair, args.log_rate, transport_pair, focus_on if servers else None)
+                          logging_pair, args.log_rate, transport_pair, focus_on if servers else lambda t: None)
         text = table(results, ray_ms, args.open_rate, args.log_rate)
         print("\n" + text)
         if args.out:
