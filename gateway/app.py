@@ -12,41 +12,32 @@ import signal
 import socket
 import sys
 from collections.abc import Generator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 
+from contract import entrypoints
+from contract.repository import Repository
 from gateway import tls
-from gateway.admin import AdminApi, table_from
-from gateway.catalog import Catalog, VersionInfo
 from gateway.core import DataPlane
-from gateway.drift.embedded import SidecarProcess, dashboard_port
+from gateway.doors.admin import AdminApi, table_from
+from gateway.doors.grpc import GrpcDoor, InferenceServicer
+from gateway.doors.http import HttpDoor, limited_http_protocol
 from gateway.errors import GatewayError
 from gateway.feedback import FeedbackLog
-from gateway.grpc_adapter import GrpcDoor, InferenceServicer
-from gateway.http_adapter import HttpDoor, limited_http_protocol
-from gateway.metrics import Metrics
+from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.request_log import RequestLogWriter
 from gateway.settings import GatewaySettings
-from gateway.tracing import Tracing, TracingError, build_tracing
-from gateway.traffic import ModelSplit, TrafficTable, applicable, versions_named
-from gateway.workers import Workers
-from serving.repository import Repository
+from gateway.sidecar import SidecarProcess, dashboard_port
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.tracing import Tracing, TracingError, build_tracing
+from gateway.traffic.routing import ModelSplit, TrafficTable, applicable, versions_named
+from gateway.workers import Endpoints, Workers
 
 log = logging.getLogger("gateway")
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    http: str
-    grpc: str
-    metrics: str
-    http_port: int
-    grpc_port: int
-    metrics_port: int
 
 
 class _Uvicorn(uvicorn.Server):
@@ -99,9 +90,7 @@ class Gateway:
         repo = Repository(s.repository)
         if s.example_models and not self.worker and not repo.scan():
             say(f"writing example models into {s.repository} (first start)...")
-            from serving.examples import ensure_examples
-
-            await asyncio.to_thread(ensure_examples, s.repository)
+            await write_examples(s.repository)
         entries = repo.scan()
         if not entries:
             raise SystemExit(f"the model repository {s.repository} holds no models: add "
@@ -344,6 +333,16 @@ class Gateway:
 
             assert isinstance(self.dispatcher, RayDispatcher)
             await asyncio.to_thread(self.dispatcher.shutdown)
+
+
+async def write_examples(repository: Path) -> None:
+    """Runs the serving side's example writer as a program of its own (the gateway never imports `serving`)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", entrypoints.EXAMPLES_MODULE, str(repository),
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace")[-2000:]
+        raise SystemExit(f"writing the example models into {repository} failed:\n{tail}")
 
 
 def settle_heap() -> None:

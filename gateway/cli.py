@@ -8,8 +8,12 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import __version__
+
+if TYPE_CHECKING:
+    from gateway.drift.settings import DriftSettings
 
 SERVE_EPILOG = """\
 examples:
@@ -53,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _serve_parser(sub)
-    from gateway import traffic_cli
     from gateway.drift import cli as drift_cli
     from gateway.request_log import cli as request_log_cli
+    from gateway.traffic import cli as traffic_cli
     from loadtests import cli as loadtest_cli
 
     lt = sub.add_parser("loadtest", help="drive QPS load at any Open Inference Protocol endpoint",
@@ -77,8 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "traffic":
         return traffic_cli.run(args)
     if args.command == "drift":
-        return drift_cli.run(args)
+        return drift_cli.run(args, _drift_configured)
     return _serve(args)
+
+
+def _drift_configured(config: Path | None) -> tuple[DriftSettings, Path, Path]:
+    """What `gateway drift` takes from the gateway's settings: drift settings, repository, request log root."""
+    from gateway.settings import SettingsError, load_settings
+
+    try:
+        gw = load_settings(config)
+    except SettingsError as exc:
+        raise ValueError(str(exc)) from None
+    return gw.drift, Path(gw.repository), Path(gw.request_log.dir)
 
 
 def _serve(args: argparse.Namespace) -> int:

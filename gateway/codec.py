@@ -12,33 +12,20 @@ from typing import Any
 
 import numpy as np
 
+from contract import datatypes
+from contract.datatypes import DATATYPES, NUMPY_DTYPES
 from gateway.errors import Code, GatewayError, invalid
 
-NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(np.object_),
-}
-DATATYPES: dict[np.dtype[Any], str] = {v: k for k, v in NUMPY_DTYPES.items()}
+__all__ = ["DATATYPES", "NUMPY_DTYPES", "datatype_of", "element_count", "from_list", "from_raw", "numpy_dtype",
+           "to_list", "to_raw"]
+
 _LEN = struct.Struct("<I")
 
 
 def datatype_of(arr: np.ndarray) -> str:
-    if arr.dtype.kind in "USO":
-        return "BYTES"
     try:
-        return DATATYPES[arr.dtype]
-    except KeyError:
+        return datatypes.datatype_of(arr)
+    except datatypes.UnsupportedDtype:
         raise GatewayError(Code.INTERNAL, f"model produced an unsupported dtype {arr.dtype}") from None
 
 

@@ -13,23 +13,21 @@ import time
 import uuid
 from typing import Protocol
 
-import numpy as np
 from opentelemetry.trace import Tracer
 
+from contract.tensors import Arrays
 from gateway import __version__
-from gateway.batching import Batcher, BatchStats
-from gateway.catalog import Catalog, VersionInfo
-from gateway.deadlines import DeadlineWheel
 from gateway.errors import Code, GatewayError, as_gateway_error, unavailable
-from gateway.metrics import Metrics
+from gateway.plane.batching import Batcher, BatchStats
+from gateway.plane.catalog import Catalog, VersionInfo
+from gateway.plane.deadlines import DeadlineWheel
+from gateway.plane.validation import validate_inputs, validate_outputs
 from gateway.settings import ShadowSettings
-from gateway.shadow import ShadowRunner
-from gateway.tracing import RequestSpan, with_traceparent
-from gateway.traffic import FAILURE_CODES, LiveCounts, Route, Router
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.tracing import RequestSpan, with_traceparent
+from gateway.traffic.routing import FAILURE_CODES, LiveCounts, Route, Router
+from gateway.traffic.shadow import ShadowRunner
 from gateway.types import InferRequest, InferResponse, ModelMetadata, RequestRecord, Tensor, Timing, VersionStatus
-from gateway.validation import validate_inputs, validate_outputs
-
-Arrays = dict[str, np.ndarray]
 
 EXTENSIONS = ("model_repository", "binary_tensor_data")
 

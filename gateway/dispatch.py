@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
 import ray
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
@@ -21,12 +20,12 @@ from ray.serve.config import ProxyLocation
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from contract import entrypoints
+from contract.placement import app_name, required_resource
+from contract.ramp import PlanError
+from contract.repository import VersionEntry
+from contract.tensors import Arrays, RuntimeFault
 from gateway.errors import Code, GatewayError, overloaded, unavailable
-from serving import traffic_table
-from serving.deployment import app_name, build_app, required_resource
-from serving.ramp import PlanError
-from serving.repository import VersionEntry
-from serving.runtimes import RuntimeFault
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,6 @@ log = logging.getLogger(__name__)
 _REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError,
                  ReplicaUnavailableError)
 
-Arrays = dict[str, np.ndarray]
 Key = tuple[str, str]
 
 
@@ -108,7 +106,8 @@ class RayDispatcher:
                     f"{resources.get(need, 0):g}; add a node with that resource"
                 )
                 continue
-            targets.append(serve.RunTarget(build_app(e, self.fpga_resource), name=app_name(*key), route_prefix=None))
+            app = entrypoints.load(entrypoints.APP_BUILDER)(e, self.fpga_resource)
+            targets.append(serve.RunTarget(app, name=app_name(*key), route_prefix=None))
         if targets:
             serve.run_many(targets, wait_for_ingress_deployment_creation=True, wait_for_applications_running=False)
         for e in entries:
@@ -218,7 +217,7 @@ class TrafficTable:
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._actor = traffic_table.connect(path)
+        self._actor = entrypoints.load(entrypoints.TRAFFIC_TABLE)(path)
 
     async def _call(self, method: str, *args: Any) -> Any:
         for attempt in (1, 2):
@@ -231,7 +230,7 @@ class TrafficTable:
                 if attempt == 2:
                     raise
                 log.warning("traffic table actor is gone; reconnecting (it reloads from %s)", self._path)
-                self._actor = await asyncio.to_thread(traffic_table.connect, self._path)
+                self._actor = await asyncio.to_thread(entrypoints.load(entrypoints.TRAFFIC_TABLE), self._path)
             except RayTaskError as exc:
                 cause = exc.cause if exc.cause is not None else exc
                 raise GatewayError(Code.INTERNAL, f"the traffic table failed ({type(cause).__name__}: "

@@ -9,24 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictStr, ValidationError, model_validator
 
+from contract.request_log.feedback import FEEDBACK_DIR, KIND, feedback_root, latest_labels, read_feedback
 from gateway.errors import GatewayError, invalid
-from gateway.request_log.reader import RequestLogReader
 from gateway.request_log.record import FORMAT_VERSION, RecordEncoder
 from gateway.request_log.settings import RequestLogSettings
 from gateway.request_log.writer import RequestLogWriter
 
-FEEDBACK_DIR = "feedback"
-"""Feedback records live in <request_log.dir>/feedback/<gateway_id>/, apart from request records."""
-KIND = "feedback"
+__all__ = ["FEEDBACK_DIR", "KIND", "MAX_BODY_BYTES", "FeedbackItem", "FeedbackLog", "feedback_root", "latest_labels",
+           "parse_body", "read_feedback"]
+
 MAX_BODY_BYTES = 1 << 20
 MAX_ITEMS = 1000
 MAX_LABEL_VALUES = 4096
@@ -177,25 +175,3 @@ class FeedbackLog:
 
     async def close(self) -> None:
         await self.writer.close()
-
-
-def feedback_root(request_log_dir: Path | str) -> Path:
-    return Path(request_log_dir) / FEEDBACK_DIR
-
-
-def read_feedback(request_log_dir: Path | str, model: str | None = None) -> Iterator[dict[str, Any]]:
-    """Every feedback record under a request log root (optionally of one model), in each gateway's write order."""
-    for record in RequestLogReader(feedback_root(request_log_dir)):
-        if record.get("kind") == KIND and (model is None or record.get("model") == model):
-            yield record
-
-
-def latest_labels(records: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """request_id -> its newest feedback record (by time; a later write wins a tie)."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in records:
-        rid = str(r["request_id"])
-        if rid not in out or float(r["time"]) >= float(out[rid]["time"]):
-            out[rid] = r
-    return out
-

@@ -14,8 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.drift.settings import DriftSettings
 from gateway.request_log.settings import RequestLogSettings
+from gateway.telemetry.tracing import TracingSettings
 from gateway.tls import TlsSettings
-from gateway.tracing import TracingSettings
 
 
 class BatchingOverride(BaseModel):

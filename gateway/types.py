@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from contract.tensors import Arrays, Tensor
+
+__all__ = ["Arrays", "InferRequest", "InferResponse", "ModelMetadata", "RequestRecord", "RequestedOutput", "Tensor",
+           "TensorSpec", "Timing", "VersionStatus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,17 +18,6 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Tensor:
-    name: str
-    datatype: str
-    data: np.ndarray  # BYTES tensors are object arrays of `bytes`
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape)
 
 
 @dataclass(frozen=True, slots=True)

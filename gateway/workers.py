@@ -11,17 +11,26 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
 from gateway.settings import GatewaySettings
 
-if TYPE_CHECKING:
-    from gateway.app import Endpoints
-
 log = logging.getLogger("gateway")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the first gateway process listens; the extra ones share these ports."""
+
+    http: str
+    grpc: str
+    metrics: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
 
 
 class Workers:

@@ -15,16 +15,12 @@ from ray.serve.schema import LoggingConfig
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.codec import NUMPY_DTYPES, datatype_of
-from serving.manifest import Manifest
-from serving.repository import VersionEntry
-from serving.runtimes import Arrays, load_runtime, run_model
-
-APP_PREFIX = "model"
-
-
-def app_name(model: str, version: str) -> str:
-    return f"{APP_PREFIX}:{model}:{version}"
+from contract.datatypes import NUMPY_DTYPES, datatype_of
+from contract.manifest import Manifest
+from contract.placement import placement
+from contract.repository import VersionEntry
+from contract.tensors import Arrays
+from serving.runtimes import load_runtime, run_model
 
 
 def _rows(item: Arrays) -> int:
@@ -86,22 +82,6 @@ class ModelVersionServer:
         return JSONResponse({"model_name": m.name, "model_version": m.version, "outputs": [
             {"name": k, "datatype": datatype_of(v), "shape": list(v.shape), "data": v.ravel().tolist()}
             for k, v in out.items()]})
-
-
-def placement(manifest: Manifest, fpga_resource: str) -> dict[str, Any]:
-    """ray_actor_options for a replica: GPUs via num_gpus, FPGAs via a custom resource, CPUs as a share."""
-    acc = manifest.accelerator
-    opts: dict[str, Any] = {"num_cpus": manifest.cpus_per_replica}
-    if acc.kind == "gpu":
-        opts["num_gpus"] = acc.count
-    elif acc.kind == "fpga":
-        opts["resources"] = {fpga_resource: acc.count}
-    return opts
-
-
-def required_resource(manifest: Manifest, fpga_resource: str) -> str | None:
-    """The cluster resource a version cannot run without (None for CPU-only versions)."""
-    return {"gpu": "GPU", "fpga": fpga_resource}.get(manifest.accelerator.kind)
 
 
 def build_app(entry: VersionEntry, fpga_resource: str) -> serve.Application:

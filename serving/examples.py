@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from serving.manifest import Batching, Lineage, Manifest, TensorSpecModel
-from serving.repository import Repository, VersionEntry
+from contract.manifest import Batching, Lineage, Manifest, TensorSpecModel
+from contract.repository import Repository, VersionEntry
 
 CLASSIFIER = "breast_cancer"
 ECHO = "echo"
@@ -157,3 +157,19 @@ def ensure_examples(root: Path) -> list[VersionEntry]:
     if repo.scan():
         return []
     return [write_classifier(repo, "1", "logistic"), write_classifier(repo, "2", "mlp", parent="1"), write_echo(repo)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m serving.examples",
+                                     description="Write the example models into a model repository that holds none.")
+    parser.add_argument("repository", type=Path, help="the model repository's root folder")
+    args = parser.parse_args(argv)
+    for entry in ensure_examples(args.repository):
+        print(f"wrote {entry.manifest.name} version {entry.manifest.version} into {entry.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

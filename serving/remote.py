@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.manifest import Manifest, RemoteBackend
-from serving.runtimes import Arrays, RuntimeFault
+from contract.manifest import Manifest, RemoteBackend
+from contract.tensors import Arrays, RuntimeFault
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from contract.manifest import Lineage
+from contract.repository import Repository, RepositoryError, VersionEntry
 from serving.examples import KINDS, fit_classifier, predict_proba, write_reference
-from serving.manifest import Lineage
-from serving.repository import Repository, RepositoryError, VersionEntry
 from serving.retrain_data import Labelled, load_labelled, split_held_out
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_DEPLOYED = 0, 1, 2, 3
@@ -112,7 +112,7 @@ def register(repo: Repository, parent: VersionEntry, model: onnx.ModelProto, lin
 
 def ramp_plan(version: str, steps: Sequence[int], every_s: float, max_error_rate: float | None,
               max_p99_ms: float | None, min_requests: int, parent: str) -> dict[str, Any]:
-    """The plan for the table's start_ramp (serving/ramp.py). `base` only counts when the model has no split
+    """The plan for the table's start_ramp (contract/ramp.py). `base` only counts when the model has no split
     yet: then the ramp starts from the parent taking all traffic, as it did when the drift was seen."""
     return {"version": version, "steps": list(steps), "every_s": every_s, "max_error_rate": max_error_rate,
             "max_p99_ms": max_p99_ms, "min_requests": min_requests, "base": {parent: 100}}
@@ -144,7 +144,8 @@ def deploy(entry: VersionEntry, ray_address: str | None, fpga_resource: str, tim
     from ray import serve
     from ray.serve.config import ProxyLocation
 
-    from serving.deployment import app_name, build_app
+    from contract.placement import app_name
+    from serving.deployment import build_app
 
     if not ray.is_initialized():
         ray.init(address=ray_address, namespace="gateway", logging_level=logging.WARNING, log_to_driver=False,

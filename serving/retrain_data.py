@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from gateway.feedback import latest_labels, read_feedback
-from gateway.request_log.reader import RequestLogReader
-from gateway.request_log.record import tensor_from_json
+from contract.request_log.feedback import latest_labels, read_feedback
+from contract.request_log.format import tensor_from_json
+from contract.request_log.reader import RequestLogReader
 
 
 @dataclass

@@ -15,11 +15,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from serving.manifest import Manifest
+from contract.manifest import Manifest
+from contract.tensors import Arrays, RuntimeFault
+
+__all__ = ["Arrays", "AsyncRuntime", "Runtime", "RuntimeFault", "load_runtime", "run_model"]
 
 log = logging.getLogger(__name__)
 
-Arrays = dict[str, np.ndarray]
 
 
 class Runtime(Protocol):
@@ -35,28 +37,6 @@ class AsyncRuntime(Protocol):
     device: str
 
     async def run_async(self, inputs: Arrays) -> Arrays: ...
-
-
-class RuntimeFault(Exception):
-    """A failure the runtime has already classified with a google.rpc code name ('UNAVAILABLE', ...).
-
-    The gateway answers it with that code instead of INTERNAL. It crosses Ray as a pickled exception,
-    so its state lives in `args` only.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(code, message)
-
-    @property
-    def code(self) -> str:
-        return str(self.args[0])
-
-    @property
-    def message(self) -> str:
-        return str(self.args[1])
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
 
 
 def array_module() -> tuple[ModuleType, str]:

@@ -7,7 +7,7 @@ and lets gateways long-poll for a newer revision.
 
 Ramp plans run here, so they keep going while gateways come and go: gateways report their live
 counts of ramped versions (`report`), and a ticker steps the canary's weight up, promotes it, or
-rolls back to the split before the ramp when a guard is breached (serving/ramp.py).
+rolls back to the split before the ramp when a guard is breached (contract/ramp.py).
 
 Validation against the model repository happens in the gateway that accepts an operator's change;
 the table checks only what it can know itself (weights sum to 100, a plan is well formed).
@@ -26,7 +26,7 @@ from typing import Any
 
 import ray
 
-from serving.ramp import PlanError, Ramp, RampPlan
+from contract.ramp import PlanError, Ramp, RampPlan
 
 ACTOR_NAME = "traffic-table"
 NAMESPACE = "gateway"

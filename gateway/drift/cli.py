@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,12 +77,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+# Reads the gateway's settings file: (drift settings, repository, request log root); ValueError when it cannot.
+Configured = Callable[[Path | None], "tuple[DriftSettings, Path, Path]"]
+
+
+def run(args: argparse.Namespace, configured: Configured) -> int:
     if args.drift_command is None:
         args.drift_parser.print_help()
         return 2
     try:
-        settings = _settings(args)
+        settings = _settings(args, configured)
     except ValueError as exc:
         print(f"gateway drift: {exc}", file=sys.stderr)
         return 2
@@ -98,30 +103,26 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
 
-def _settings(args: argparse.Namespace) -> tuple[DriftSettings, Path, Path]:
+def _settings(args: argparse.Namespace, configured: Configured) -> tuple[DriftSettings, Path, Path]:
     """(drift settings with the command line applied, repository, log root)."""
     from pydantic import ValidationError
 
     from gateway.drift.settings import DriftSettings
-    from gateway.settings import SettingsError, load_settings
 
-    try:
-        gw = load_settings(args.config)
-    except SettingsError as exc:
-        raise ValueError(str(exc)) from None
+    base, base_repository, base_log = configured(args.config)
     flags = {"reports_dir": getattr(args, "reports_dir", None), "state_file": getattr(args, "state_file", None),
              "metrics_port": getattr(args, "metrics_port", None), "jobs_address": getattr(args, "jobs_address", None),
              "log_dir": getattr(args, "log_dir", None)}
     if getattr(args, "no_retrain", False):
         flags["retrain"] = False
     try:
-        drift = DriftSettings.model_validate({**gw.drift.model_dump(), **{k: v for k, v in flags.items()
+        drift = DriftSettings.model_validate({**base.model_dump(), **{k: v for k, v in flags.items()
                                                                           if v is not None}})
     except ValidationError as exc:
         raise ValueError("invalid drift settings: " + "; ".join(
             f"drift.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())) from None
-    repository = getattr(args, "repository", None) or gw.repository
-    return drift, Path(repository), Path(drift.log_dir or gw.request_log.dir)
+    repository = getattr(args, "repository", None) or base_repository
+    return drift, Path(repository), Path(drift.log_dir or base_log)
 
 
 def _run(args: argparse.Namespace, settings: DriftSettings, repository: Path, log_dir: Path) -> int:

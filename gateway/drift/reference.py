@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.manifest import Manifest
+from contract.repository import Repository, RepositoryError
 from gateway.drift import stats
 from gateway.drift.stats import F64, I64
-from serving.manifest import Manifest
-from serving.repository import Repository, RepositoryError
 
 
 class ReferenceError(Exception):

@@ -10,8 +10,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from contract.request_log.reader import RequestLogReader, read_segment
     from gateway.request_log.compaction import Compacted, compact_closed, compact_segment
-    from gateway.request_log.reader import RequestLogReader, read_segment
     from gateway.request_log.record import (
         FORMAT_VERSION,
         FormatVersionError,
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "Compacted": "compaction", "compact_closed": "compaction", "compact_segment": "compaction",
-    "RequestLogReader": "reader", "read_segment": "reader",
+    "RequestLogReader": "contract.request_log.reader", "read_segment": "contract.request_log.reader",
     "FORMAT_VERSION": "record", "FormatVersionError": "record", "RecordEncoder": "record", "decode_line": "record",
     "to_request_record": "record",
     "RequestLogSettings": "settings",
@@ -41,4 +41,4 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'gateway.request_log' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"gateway.request_log.{module}"), name)
+    return getattr(importlib.import_module(module if "." in module else f"gateway.request_log.{module}"), name)

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.request_log.reader import iter_lines
-from gateway.request_log.segments import Segment, closed_segments, gateway_dirs, segment_path
+from contract.request_log.reader import iter_lines
+from contract.request_log.segments import Segment, closed_segments, gateway_dirs, segment_path
+from contract.request_log.table import records_to_table
 from gateway.request_log.sink import fsync_dir
-from gateway.request_log.table import records_to_table
 
 _STALE_TMP_S = 3600.0  # a temp file this old belongs to a compactor that died
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.request_log.reader import read_segment
-from gateway.request_log.segments import list_segments
-from gateway.request_log.table import records_to_table
+from contract.request_log.reader import read_segment
+from contract.request_log.segments import list_segments
+from contract.request_log.table import records_to_table
 
 if TYPE_CHECKING:
     import duckdb

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.request_log.segments import acquire_gateway_dir, list_gateway, segment_path
+from contract.request_log.segments import acquire_gateway_dir, list_gateway, segment_path
 
 
 class SegmentSink:

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from gateway.request_log.reader import iter_lines, read_parquet
-from gateway.request_log.segments import Segment, list_segments, resolve
+from contract.request_log.reader import iter_lines, read_parquet
+from contract.request_log.segments import Segment, list_segments, resolve
 
 CHECKPOINT_VERSION = 1
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from contract.request_log.segments import apply_retention
 from gateway.errors import Code, GatewayError
 from gateway.request_log.record import RecordEncoder
 from gateway.request_log.sampling import Sampler
-from gateway.request_log.segments import apply_retention
 from gateway.request_log.settings import RequestLogSettings
 from gateway.request_log.sink import SegmentSink
 from gateway.request_log.stats import LogStats

@@ -21,10 +21,10 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from loadtests.bench import process, wait_for_file
+from contract.manifest import Accelerator, Batching, Manifest, TensorSpecModel
+from contract.repository import Repository
+from loadtests.harness import process, wait_for_file
 from serving.examples import ensure_examples
-from serving.manifest import Accelerator, Batching, Manifest, TensorSpecModel
-from serving.repository import Repository
 
 FAULTY_MODEL = '''
 import numpy as np

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.drift.jobs import cluster_token
-from loadtests.bench import process
+from loadtests.harness import process
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.bench import process
+from contract.repository import Repository
+from loadtests.harness import process
 from serving.examples import write_echo
-from serving.repository import Repository
 from tests.integration.conftest import until, wait_ready
 from tests.integration.ray_head import free_ports, jobs_client
 

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import yaml
 
+from contract.repository import Repository
 from gateway.drift import reports
 from gateway.drift.settings import DEFAULT_ENTRYPOINT
-from loadtests.bench import process
-from serving.repository import Repository
+from loadtests.harness import process
 from tests.integration.conftest import ADMIN_TOKEN, until, wait_ready
 from tests.integration.ray_head import RayHead, jobs_client, ray_head, wait_job
 

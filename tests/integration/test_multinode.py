@@ -28,9 +28,9 @@ import httpx
 import pytest
 import tritonclient.grpc as grpcclient
 
-from loadtests.bench import free_port
-from serving.manifest import Accelerator, Manifest, TensorSpecModel
-from serving.repository import Repository
+from contract.manifest import Accelerator, Manifest, TensorSpecModel
+from contract.repository import Repository
+from loadtests.harness import free_port
 from tests.integration.conftest import wait_ready
 
 ADMIN_TOKEN = "multinode-admin-token"

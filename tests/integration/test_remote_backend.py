@@ -27,10 +27,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from contract.manifest import Batching, Manifest, RemoteBackend, TensorSpecModel
+from contract.repository import Repository
 from gateway.request_log import RequestLogReader
-from loadtests.bench import process
-from serving.manifest import Batching, Manifest, RemoteBackend, TensorSpecModel
-from serving.repository import Repository
+from loadtests.harness import process
 from tests.integration.conftest import RunningGateway, run_onnx, wait_ready
 
 MODEL = "remote_cancer"
@@ -42,7 +42,7 @@ UNDEPLOY = """
 import sys
 import ray
 from ray import serve
-from serving.deployment import app_name
+from contract.placement import app_name
 ray.init(address=sys.argv[1], namespace="gateway", log_to_driver=False, logging_level="ERROR")
 for item in sys.argv[2:]:
     serve.delete(app_name(*item.split("/")))

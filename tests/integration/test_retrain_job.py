@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from contract.repository import Repository
 from gateway.feedback import FeedbackItem, FeedbackLog
 from gateway.request_log import RequestLogSettings, RequestLogWriter
 from gateway.types import RequestRecord, Tensor
 from serving.examples import CLASSIFIER, ensure_examples
-from serving.repository import Repository
 
 ROWS = 300
 

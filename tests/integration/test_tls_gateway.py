@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from loadtests.bench import process
+from loadtests.harness import process
 from tests.integration.conftest import RunningGateway, wait_ready
 from tests.unit.test_tls import Pki
 

@@ -11,7 +11,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from gateway.request_log import RequestLogReader
-from loadtests.bench import process
+from loadtests.harness import process
 from tests.integration.conftest import RunningGateway, wait_ready
 
 

@@ -7,8 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.admin import AdminApi
 from gateway.core import DataPlane
+from gateway.doors.admin import AdminApi
 from tests.unit.test_traffic import catalog
 
 

@@ -9,13 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.admin import AdminApi
-from gateway.catalog import VersionInfo
+from contract.manifest import Manifest, TensorSpecModel
+from contract.ramp import PlanError
 from gateway.core import DataPlane
+from gateway.doors.admin import AdminApi
 from gateway.errors import Code, GatewayError
+from gateway.plane.catalog import VersionInfo
 from gateway.settings import BatchingOverride
-from serving.manifest import Manifest, TensorSpecModel
-from serving.ramp import PlanError
 from serving.traffic_table import TrafficTableState
 from tests.unit.test_traffic import catalog
 
@@ -170,7 +170,7 @@ async def test_models_this_gateway_does_not_serve_are_left_to_others(setup: Setu
 
 
 def test_applicable_keeps_current_routes_for_an_entry_it_cannot_apply_yet() -> None:
-    from gateway.traffic import ModelSplit, TrafficTable, applicable
+    from gateway.traffic.routing import ModelSplit, TrafficTable, applicable
 
     cat = catalog(("1", "READY"), ("2", "READY"), ("3", "LOADING"))
     current = TrafficTable(models={"m": ModelSplit(weights={"1": 100})})
@@ -194,7 +194,7 @@ async def test_an_older_revision_never_replaces_a_newer_one(setup: Setup) -> Non
     client, plane, state, _ = setup
     old = dict(state.get())
     await client.put("/admin/traffic/m", json={"weights": {"1": 10, "2": 90}})
-    from gateway.admin import table_from
+    from gateway.doors.admin import table_from
 
     assert plane.router.apply(table_from({**old, "models": {"m": {"1": 100}}})) is False
     assert plane.router.table.models["m"].weights == {"1": 10, "2": 90}

@@ -1,4 +1,4 @@
-"""gateway.batching.Batcher: correctness of the micro-batcher under concurrency, with fakes only.
+"""gateway.plane.batching.Batcher: correctness of the micro-batcher under concurrency, with fakes only.
 
 Ordering is controlled with events and a bounded number of event-loop turns, never with sleeps;
 time that the batcher reads comes from a fake clock.
@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.batching import Batcher, BatchStats
 from gateway.errors import Code, GatewayError
+from gateway.plane.batching import Batcher, BatchStats
 
 pytestmark = pytest.mark.asyncio
 

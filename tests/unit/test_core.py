@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.catalog import Catalog, VersionInfo
+from contract.manifest import Batching, Manifest, TensorSpecModel
 from gateway.core import DataPlane
 from gateway.errors import Code, GatewayError
+from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.settings import BatchingOverride
 from gateway.types import InferRequest, RequestedOutput, Tensor, VersionStatus
-from serving.manifest import Batching, Manifest, TensorSpecModel
 
 Arrays = dict[str, np.ndarray]
 

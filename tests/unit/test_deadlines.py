@@ -1,4 +1,4 @@
-"""gateway.deadlines: shared-slot deadlines cancel exactly the requests that ran out of time."""
+"""gateway.plane.deadlines: shared-slot deadlines cancel exactly the requests that ran out of time."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from gateway.deadlines import DeadlineWheel
+from gateway.plane.deadlines import DeadlineWheel
 
 
 async def guarded(wheel: DeadlineWheel, deadline: float, work: asyncio.Future[str]) -> str:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from loadtests.drift_bench import records_from, write_log
+from loadtests.bench.drift import records_from, write_log
 from tests.unit.test_drift_sidecar import MODEL, make_repository, traffic
 
 

@@ -14,15 +14,15 @@ import numpy as np
 import orjson
 import pytest
 
+from contract.manifest import Manifest, TensorSpecModel
+from contract.repository import Repository
 from gateway.drift import reports
 from gateway.drift.jobs import RetrainRequest, SubmitError, SubmitResult
 from gateway.drift.settings import DriftSettings
 from gateway.drift.sidecar import Sidecar
 from gateway.request_log.compaction import compact_closed
-from loadtests.drift_bench import records_from, write_log
+from loadtests.bench.drift import records_from, write_log
 from serving.examples import write_reference
-from serving.manifest import Manifest, TensorSpecModel
-from serving.repository import Repository
 
 MODEL, WIDTH = "clf", 4
 NAMES = ["age", "income", "score", "clicks"]
@@ -244,8 +244,8 @@ def test_reports_keep_a_bounded_history(tmp_path: Path, repo: Path) -> None:
 
 def test_the_sidecar_does_not_import_the_data_plane() -> None:
     code = ("import sys, gateway.drift.sidecar, gateway.drift.cli; "
-            "bad = [m for m in ('gateway.core', 'gateway.app', 'gateway.dispatch', 'gateway.batching', "
-            "'gateway.grpc_adapter', 'gateway.http_adapter', 'ray') if m in sys.modules]; print(bad)")
+            "bad = [m for m in ('gateway.core', 'gateway.app', 'gateway.dispatch', 'gateway.plane.batching', "
+            "'gateway.doors.grpc', 'gateway.doors.http', 'ray') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
 

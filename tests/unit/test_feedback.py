@@ -11,15 +11,15 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.catalog import Catalog, VersionInfo
+from contract.manifest import Manifest, TensorSpecModel
 from gateway.core import DataPlane
+from gateway.doors.http import HttpDoor
 from gateway.errors import Code, GatewayError
 from gateway.feedback import FeedbackItem, FeedbackLog, latest_labels, parse_body, read_feedback
-from gateway.http_adapter import HttpDoor
+from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.request_log import RequestLogReader, RequestLogSettings, RequestLogWriter
 from gateway.settings import BatchingOverride
 from gateway.types import RequestRecord
-from serving.manifest import Manifest, TensorSpecModel
 
 pytestmark = pytest.mark.asyncio
 Arrays = dict[str, np.ndarray]

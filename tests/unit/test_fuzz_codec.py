@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from gateway import codec
 from gateway._proto import inference_pb2 as pb
+from gateway.doors.grpc import decode_request
 from gateway.errors import Code, GatewayError
-from gateway.grpc_adapter import decode_request
 
 CAP = 4096
 # What malformed input may be answered with: its fault, its size, or an unknown model. Never INTERNAL.

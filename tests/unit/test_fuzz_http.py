@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.catalog import Catalog, VersionInfo
+from contract.manifest import Batching, Manifest, TensorSpecModel
 from gateway.core import DataPlane
-from gateway.http_adapter import HttpDoor, limited_http_protocol
+from gateway.doors.http import HttpDoor, limited_http_protocol
+from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.settings import BatchingOverride
-from serving.manifest import Batching, Manifest, TensorSpecModel
 from tests.unit.test_http_door import FakeDispatcher, versions
 from tests.unit.test_tls import asgi_server
 

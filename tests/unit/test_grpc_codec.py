@@ -1,4 +1,4 @@
-"""gateway.grpc_adapter: protobuf <-> gateway types (decode_request / encode_response), no server needed."""
+"""gateway.doors.grpc: protobuf <-> gateway types (decode_request / encode_response), no server needed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from gateway import codec
 from gateway._proto import inference_pb2 as pb
+from gateway.doors.grpc import decode_parameters, decode_request, encode_response
 from gateway.errors import Code, GatewayError
-from gateway.grpc_adapter import decode_parameters, decode_request, encode_response
 from gateway.types import InferResponse, Tensor
 
 CAP = 1 << 16

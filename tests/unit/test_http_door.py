@@ -1,4 +1,4 @@
-"""gateway.http_adapter.HttpDoor as a plain ASGI app, driven by httpx over ASGITransport (no sockets, no Ray)."""
+"""gateway.doors.http.HttpDoor as a plain ASGI app, driven by httpx over ASGITransport (no sockets, no Ray)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import numpy as np
 import orjson
 import pytest
 
+from contract.manifest import Batching, Manifest, TensorSpecModel
 from gateway import codec
-from gateway.catalog import Catalog, VersionInfo
 from gateway.core import DataPlane
-from gateway.http_adapter import HttpDoor
+from gateway.doors.http import HttpDoor
+from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.settings import BatchingOverride
 from gateway.types import InferRequest, InferResponse
-from serving.manifest import Batching, Manifest, TensorSpecModel
 
 pytestmark = pytest.mark.asyncio
 

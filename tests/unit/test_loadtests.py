@@ -409,7 +409,7 @@ def test_hotpath_bench_runs_the_real_handler_and_reports(tmp_path: Path) -> None
 
 
 def test_bench_pin_moves_every_thread_of_a_process() -> None:
-    from loadtests.bench import pids_running, pin
+    from loadtests.harness import pids_running, pin
 
     code = "import threading, time; [threading.Thread(target=time.sleep, args=(30,)).start() for _ in range(3)]; " \
            "print('up', flush=True); time.sleep(30)"

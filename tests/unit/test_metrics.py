@@ -1,4 +1,4 @@
-"""gateway.metrics: the request path's direct cell updates expose what prometheus_client's own calls would."""
+"""gateway.telemetry.metrics: the request path's direct cell updates expose what prometheus_client's own calls would."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.metrics import Metrics
+from gateway.telemetry.metrics import Metrics
 
 # On bucket bounds, between them, below the first, past the last finite one, zero, +Inf and NaN (no bucket).
 VALUES = [0.0, 0.0005, 0.0007, 0.001, 0.0031, 0.02, 0.049, 0.5, 9.99, 10.0, 10.5, 123.0, math.inf, math.nan]

@@ -1,4 +1,4 @@
-"""Ramp plans (serving/ramp.py) and the cluster's table state (serving/traffic_table.py) with a fake clock."""
+"""Ramp plans (contract/ramp.py) and the cluster's table state (serving/traffic_table.py) with a fake clock."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serving.ramp import N_BUCKETS, PlanError, Ramp, RampPlan, Window, latency_bucket, split_with
+from contract.ramp import N_BUCKETS, PlanError, Ramp, RampPlan, Window, latency_bucket, split_with
 from serving.traffic_table import TrafficTableState
 
 PLAN = {"version": "2", "steps": [10, 50, 100], "every_s": 60, "max_error_rate": 0.05, "max_p99_ms": 100,

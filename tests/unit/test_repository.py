@@ -1,4 +1,4 @@
-"""serving.repository: immutable, atomically written versions; numeric version order; strict manifests."""
+"""contract.repository: immutable, atomically written versions; numeric version order; strict manifests."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.manifest import Manifest, TensorSpecModel
-from serving.repository import MANIFEST, Repository, RepositoryError, version_sort_key
+from contract.manifest import Manifest, TensorSpecModel
+from contract.repository import MANIFEST, Repository, RepositoryError, version_sort_key
 
 
 def manifest(name: str = "m", version: str = "1") -> Manifest:

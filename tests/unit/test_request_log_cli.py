@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.request_log.segments import list_segments
 from gateway.request_log import RequestLogWriter, Tailer
 from gateway.request_log import cli as logs_cli
-from gateway.request_log.segments import list_segments
 from tests.unit.test_request_log import record, settings
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.catalog import Catalog, VersionInfo
+from contract.manifest import Manifest, TensorSpecModel
 from gateway.core import DataPlane
 from gateway.errors import Code, GatewayError
+from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.request_log import RequestLogReader, RequestLogWriter
 from gateway.settings import BatchingOverride
 from gateway.types import InferRequest, Tensor
-from serving.manifest import Manifest, TensorSpecModel
 from tests.unit.test_request_log import BlockingSink, settings
 
 

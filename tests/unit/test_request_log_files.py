@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.request_log.segments import apply_retention, closed_segments, list_gateway, list_segments, segment_path
 from gateway.request_log import (
     FormatVersionError,
     RequestLogReader,
@@ -21,7 +22,6 @@ from gateway.request_log import (
 )
 from gateway.request_log import tailer as tailer_module
 from gateway.request_log.query import query
-from gateway.request_log.segments import apply_retention, closed_segments, list_gateway, list_segments, segment_path
 from tests.unit.conftest import FakeClock
 from tests.unit.test_request_log import ids, record, settings
 

@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from contract.ramp import RampPlan
+from contract.repository import Repository
 from gateway.feedback import FeedbackItem, FeedbackLog
 from gateway.request_log import RequestLogSettings, RequestLogWriter
 from gateway.types import RequestRecord, Tensor
 from serving import retrain
 from serving.examples import fit_classifier, write_classifier
-from serving.ramp import RampPlan
-from serving.repository import Repository
 from serving.retrain_data import load_labelled, row_labels, split_held_out
 
 MODEL = "breast_cancer"

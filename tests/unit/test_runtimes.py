@@ -18,10 +18,10 @@ import pytest
 from onnx import numpy_helper
 from pydantic import ValidationError
 
+from contract.manifest import Accelerator, Manifest, RemoteBackend, TensorSpecModel
+from contract.repository import Repository, VersionEntry
 from serving import examples, runtimes
-from serving.manifest import Accelerator, Manifest, RemoteBackend, TensorSpecModel
 from serving.remote import RemoteRuntime, fault_for, remote_status
-from serving.repository import Repository, VersionEntry
 from serving.runtimes import (
     ArrayRuntime,
     AsyncRuntime,

@@ -13,8 +13,8 @@ import pytest
 from gateway.core import DataPlane
 from gateway.errors import Code, GatewayError
 from gateway.settings import ShadowSettings
-from gateway.shadow import compare
-from gateway.traffic import ModelSplit, TrafficTable
+from gateway.traffic.routing import ModelSplit, TrafficTable
+from gateway.traffic.shadow import compare
 from gateway.types import RequestRecord
 from tests.unit.test_core import GUARD_S, catalog, infer, request
 

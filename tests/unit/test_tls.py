@@ -27,12 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway import tls, traffic_cli
-from gateway.admin import AdminApi
 from gateway.app import bind_tcp
-from gateway.catalog import Catalog
 from gateway.core import DataPlane
-from gateway.grpc_adapter import GrpcDoor, InferenceServicer
-from gateway.http_adapter import HttpDoor, limited_http_protocol
+from gateway.doors.admin import AdminApi
+from gateway.doors.grpc import GrpcDoor, InferenceServicer
+from gateway.doors.http import HttpDoor, limited_http_protocol
+from gateway.plane.catalog import Catalog
 from gateway.settings import SettingsError, load_settings
 from gateway.tls import TlsSettings
 from tests.unit.test_admin import FakeStore

@@ -1,4 +1,4 @@
-"""gateway.tracing: server spans of inference requests, W3C trace context in and out, and the request log's trace id."""
+"""gateway.telemetry.tracing: server spans of inference requests, W3C trace context in and out, the log's trace id."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from gateway.core import DataPlane
+from gateway.doors.grpc import InferenceServicer
+from gateway.doors.http import HttpDoor
 from gateway.errors import GatewayError
-from gateway.grpc_adapter import InferenceServicer
-from gateway.http_adapter import HttpDoor
 from gateway.settings import load_settings
-from gateway.tracing import TracingError, TracingSettings, build_tracing, parse_traceparent
+from gateway.telemetry.tracing import TracingError, TracingSettings, build_tracing, parse_traceparent
 from gateway.types import RequestRecord
 from tests.unit.test_core import catalog
 from tests.unit.test_core import request as make_request

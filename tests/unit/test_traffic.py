@@ -8,11 +8,11 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from gateway.catalog import Catalog, VersionInfo
+from contract.manifest import Manifest, TensorSpecModel
 from gateway.errors import Code, GatewayError
+from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.settings import BatchingOverride
-from gateway.traffic import ModelSplit, Router, TrafficTable
-from serving.manifest import Manifest, TensorSpecModel
+from gateway.traffic.routing import ModelSplit, Router, TrafficTable
 
 
 def catalog(*versions: tuple[str, str]) -> Catalog:

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from gateway.traffic_cli import _duration, _fraction, _print
+from gateway.traffic.cli import _duration, _fraction, _print
 
 
 @pytest.mark.parametrize(("text", "value"), [("0.2", 0.2), ("20%", 0.2), ("1", 1.0), ("0", 0.0), ("1%", 0.01)])

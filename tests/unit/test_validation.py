@@ -1,16 +1,16 @@
-"""gateway.validation: a request is checked against the version's signature before anything is queued."""
+"""gateway.plane.validation: a request is checked against the version's signature before anything is queued."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gateway.catalog import VersionInfo
+from contract.manifest import Batching, Manifest, TensorSpecModel
 from gateway.errors import Code, GatewayError
+from gateway.plane.catalog import VersionInfo
+from gateway.plane.validation import validate_inputs, validate_outputs
 from gateway.settings import BatchingOverride
 from gateway.types import RequestedOutput, Tensor
-from gateway.validation import validate_inputs, validate_outputs
-from serving.manifest import Batching, Manifest, TensorSpecModel
 
 
 def info(*, enabled: bool = True, max_batch_size: int = 4, inputs: list[tuple[str, str, list[int]]] | None = None,

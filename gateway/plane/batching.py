@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from contract.tensors import Arrays
 from gateway.errors import Code, GatewayError, as_gateway_error, overloaded
 from gateway.types import Timing
 
-Arrays = dict[str, np.ndarray]
 BatchCall = Callable[[Arrays], Awaitable[Arrays]]
 
 

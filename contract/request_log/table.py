@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway.request_log.record import FIELDS, SCALAR_FIELDS, TENSOR_FIELDS
+from contract.request_log.format import FIELDS, SCALAR_FIELDS, TENSOR_FIELDS
 
 if TYPE_CHECKING:
     import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information

@@ -17,13 +17,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import codec
 from gateway.core import DataPlane
+from gateway.doors.http_schema import IndexBody, InferBody, binary_size, parse_json
 from gateway.errors import Code, GatewayError, invalid, not_found
 from gateway.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BYTES
 from gateway.feedback import FeedbackLog, parse_body
-from gateway.http_schema import IndexBody, InferBody, binary_size, parse_json
-from gateway.tracing import parse_traceparent
+from gateway.plane.validation import check_declared_rows
+from gateway.telemetry.tracing import parse_traceparent
 from gateway.types import InferRequest, InferResponse, RequestedOutput, Tensor
-from gateway.validation import check_declared_rows
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from contract.manifest import Batching, Manifest
+from contract.repository import version_sort_key
 from gateway.errors import not_found, unavailable
 from gateway.settings import BatchingOverride
 from gateway.types import ModelMetadata, TensorSpec, VersionStatus
-from serving.manifest import Batching, Manifest
-from serving.repository import version_sort_key
 
 
 @dataclass

@@ -16,24 +16,22 @@ noise (Linux only).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loadtests.config import parse_duration
+from loadtests.harness import free_port, pids_running, pin, process, wait_for_file
 
 MODEL = "echo"
 
@@ -43,65 +41,6 @@ class Target:
     name: str
     url: str
     pids: tuple[int, ...] = ()  # the server's processes (--pin moves them onto the server CPU while measured)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def process(cmd: list[str], log: Path, env: dict[str, str] | None = None,
-            stop_timeout_s: float = 30) -> Iterator[subprocess.Popen[bytes]]:
-    """Runs cmd with its output in `log`; on exit, SIGTERM (a graceful drain), then SIGKILL of its group."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                start_new_session=True)
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def pin(pid: int, cpus: set[int]) -> None:
-    """Moves every thread of process `pid` onto `cpus`; threads it starts later inherit the mask."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(ProcessLookupError, FileNotFoundError):  # a thread that ended meanwhile
-            os.sched_setaffinity(int(tid), cpus)
-
-
-def pids_running(fragment: str) -> list[int]:
-    """Processes whose command line contains `fragment` (Ray names its actors' processes `ray::Class`)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if fragment in cmdline:
-                found.append(int(entry))
-    return found
-
-
-def wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 300,
-                  poll_s: float = 0.5) -> dict[str, Any]:
-    """The JSON a starting process writes to `path` once it serves (its --ready-file); exits with the process's
-    log when it dies or takes longer than timeout_s."""
-    until = time.monotonic() + timeout_s
-    while not path.exists():
-        if proc.poll() is not None or time.monotonic() > until:
-            raise SystemExit(f"{proc.args!r} did not start; its log:\n{log.read_text()[-3000:]}")
-        time.sleep(poll_s)
-    info: dict[str, Any] = json.loads(path.read_text())
-    return info
 
 
 def load(target: str, out: Path, *extra: str, model: str = MODEL) -> dict[str, Any]:
@@ -143,9 +82,9 @@ def start_ray(work: Path) -> tuple[str, int, Path]:
     from ray import serve
     from ray.serve.config import ProxyLocation
 
+    from contract.repository import Repository
     from serving.deployment import build_app
     from serving.examples import write_echo
-    from serving.repository import Repository
 
     repo = work / "repository"
     entry = write_echo(Repository(repo))

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from gateway.catalog import Catalog, VersionInfo
+from contract.tensors import Arrays
 from gateway.errors import Code, GatewayError, as_gateway_error
+from gateway.plane.catalog import Catalog, VersionInfo
+from gateway.plane.validation import validate_inputs
 from gateway.settings import ShadowSettings
 from gateway.types import InferRequest, RequestRecord, Tensor, Timing
-from gateway.validation import validate_inputs
 
-Arrays = dict[str, np.ndarray]
 # One call to a version's replicas (the dispatcher's), carrying a whole batch of copies.
 CallVersion = Callable[[VersionInfo, Arrays], Awaitable[Arrays]]
 AppendRecord = Callable[[RequestRecord], Awaitable[None]]

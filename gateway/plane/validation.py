@@ -6,8 +6,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from gateway.catalog import Catalog, VersionInfo
 from gateway.errors import Code, GatewayError, invalid
+from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.types import RequestedOutput, Tensor
 
 

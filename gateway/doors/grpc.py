@@ -23,9 +23,9 @@ from gateway._proto import inference_pb2 as pb
 from gateway._proto import inference_pb2_grpc as pb_grpc
 from gateway.core import DataPlane
 from gateway.errors import GatewayError, invalid
-from gateway.tracing import parse_traceparent
+from gateway.plane.validation import check_declared_rows
+from gateway.telemetry.tracing import parse_traceparent
 from gateway.types import InferRequest, InferResponse, RequestedOutput, Tensor
-from gateway.validation import check_declared_rows
 
 SERVICE = "inference.GRPCInferenceService"
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from serving.manifest import Manifest
+from contract.manifest import Manifest
 
 MANIFEST = "manifest.json"
 

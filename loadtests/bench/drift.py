@@ -5,7 +5,7 @@ probabilities and an INT64 label out) with the gateway's own writer, then runs t
 a fresh process (one thread) and reports its throughput against the target, 10x the gateway's peak
 rate (about 3,000 req/s, so 30,000 records/s).
 
-    .venv/bin/python -m loadtests.drift_bench --records 200000 --out drift_bench.json
+    .venv/bin/python -m loadtests.bench.drift --records 200000 --out drift_bench.json
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _measure(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.drift_bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench.drift", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", type=int, default=200_000, help="records in the generated log (default 200000)")
     p.add_argument("--window-rows", type=int, default=1000, help="drift.window_rows (default 1000)")
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running the sidecar over it (round {i + 1} of {args.rounds}) ...", file=sys.stderr)
             shutil.rmtree(work / "reports", ignore_errors=True)
             (work / "state.npz").unlink(missing_ok=True)
-            cmd = [sys.executable, "-m", "loadtests.drift_bench", "--measure", "--work", str(work), "--repository",
+            cmd = [sys.executable, "-m", "loadtests.bench.drift", "--measure", "--work", str(work), "--repository",
                    str(repo), "--window-rows", str(args.window_rows), "--plot-interval-s", str(args.plot_interval_s)]
             out = subprocess.run(cmd, check=False, capture_output=True, text=True, env={
                 **os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})

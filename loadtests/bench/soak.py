@@ -4,8 +4,8 @@ Valid requests and a share of malformed ones (random bytes over gRPC, broken JSO
 concurrency; the gateway's RSS (from /proc) is sampled throughout. After the warm-up the growth must stay
 under --max-growth-mb, or the run fails with exit status 1 and says by how much it grew.
 
-    python -m loadtests.soak --start --duration 5m                       # starts its own gateway
-    python -m loadtests.soak --pid 1234 --grpc 127.0.0.1:8001 --http http://127.0.0.1:8000 --duration 30m
+    python -m loadtests.bench.soak --start --duration 5m                       # starts its own gateway
+    python -m loadtests.bench.soak --pid 1234 --grpc 127.0.0.1:8001 --http http://127.0.0.1:8000 --duration 30m
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import numpy as np
 
 from gateway import codec
 from gateway._proto import inference_pb2 as pb
-from loadtests.bench import process, wait_for_file
 from loadtests.config import parse_duration
+from loadtests.harness import process, wait_for_file
 
 EPILOG = """\
 The gate compares the median of the last three samples with the median of the first three samples
@@ -172,7 +172,7 @@ def start_gateway(stack: ExitStack, workdir: Path) -> tuple[int, str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.soak", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench.soak", description=__doc__.split("\n\n")[0],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--start", action="store_true", help="start a gateway of its own (embedded Ray, example models)")
     p.add_argument("--pid", type=int, help="process id of the gateway to watch (without --start)")

@@ -1,7 +1,7 @@
 """Traffic splitting: which version answers an unpinned request (weighted canary, sticky A/B, shadows).
 
 A `TrafficTable` holds, per model, integer percentages per version, the shadow versions that get a
-copy of each request, and the running ramp plan (stepped by the cluster's table, serving/ramp.py);
+copy of each request, and the running ramp plan (stepped by the cluster's table, contract/ramp.py);
 `Router` answers from an immutable snapshot that `apply()` swaps atomically, so no request sees a
 half-applied table. Sticky requests use weighted rendezvous hashing: the same key keeps its version
 while the weights stand, and when they change only the keys that must move, move.
@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway.catalog import Catalog
+from contract.ramp import FAILURE_CODES, N_BUCKETS, latency_bucket
 from gateway.errors import GatewayError, invalid, not_found
-from serving.ramp import FAILURE_CODES, N_BUCKETS, latency_bucket
+from gateway.plane.catalog import Catalog
 
 __all__ = ["FAILURE_CODES", "LiveCounts", "ModelSplit", "Route", "Router", "TrafficTable", "check_table"]
 
@@ -186,7 +186,7 @@ class Router:
 class LiveCounts:
     """What ramped versions did since the last report: requests, failures, latency buckets (OK only).
 
-    The gateway sends these to the cluster's table, which judges the ramp's guards (serving/ramp.py)."""
+    The gateway sends these to the cluster's table, which judges the ramp's guards (contract/ramp.py)."""
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], list[Any]] = {}

@@ -22,11 +22,11 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contract.ramp import PlanError, RampPlan, split_with
 from gateway.core import DataPlane
+from gateway.doors.http import read_body
 from gateway.errors import Code, GatewayError
-from gateway.http_adapter import read_body
-from gateway.traffic import ModelSplit, TrafficTable, applicable, only, versions_named
-from serving.ramp import PlanError, RampPlan, split_with
+from gateway.traffic.routing import ModelSplit, TrafficTable, applicable, only, versions_named
 
 Scope = dict[str, Any]
 JSON = [(b"content-type", b"application/json")]

@@ -5,7 +5,7 @@ call), version 2 a shadow that sleeps 10x as long, version 3 a shadow that raise
 alternating rounds, measures the primary at a fixed open-loop rate with no shadow and with both shadows
 on, and prints medians, the p99 ratio, and what the shadows did (answered, failed, dropped).
 
-    python -m loadtests.shadow_bench --rate 200 --duration 20s --rounds 3
+    python -m loadtests.bench.shadow --rate 200 --duration 20s --rounds 3
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.bench import load, process, wait_for_file
-from serving.manifest import Manifest, TensorSpecModel
-from serving.repository import Repository
+from contract.manifest import Manifest, TensorSpecModel
+from contract.repository import Repository
+from loadtests.bench.sidebyside import load
+from loadtests.harness import process, wait_for_file
 
 MODEL = "shadowed"
 SLEEPER = '''
@@ -67,7 +68,7 @@ def shadow_counts(metrics_url: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.shadow_bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench.shadow", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=200.0, help="open-loop rate of primary requests per second")
     parser.add_argument("--duration", default="20s", help="measured window of each run")

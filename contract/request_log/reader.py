@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from gateway.request_log.record import decode_line
-from gateway.request_log.segments import Segment, list_segments, resolve
-from gateway.request_log.table import table_to_records
+from contract.request_log.format import decode_line
+from contract.request_log.segments import Segment, list_segments, resolve
+from contract.request_log.table import table_to_records
 
 log = logging.getLogger("gateway.request_log")
 _CHUNK = 1 << 20

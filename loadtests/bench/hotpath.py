@@ -7,7 +7,7 @@ thread's CPU time per request (and the whole process's, which adds the request l
 the part of a request's cost this project's code decides, apart from grpc.aio's own per-call cost
 and Ray's. Use it to compare changes to the hot path; end-to-end figures come from loadtests.bench.
 
-    python -m loadtests.hotpath_bench --requests 60000 --rounds 5
+    python -m loadtests.bench.hotpath --requests 60000 --rounds 5
 """
 
 from __future__ import annotations
@@ -28,17 +28,16 @@ import numpy as np
 import uvloop
 from prometheus_client import CollectorRegistry
 
+from contract.manifest import Batching, Manifest, TensorSpecModel
+from contract.tensors import Arrays
 from gateway._proto import inference_pb2 as pb
-from gateway.catalog import Catalog, VersionInfo
 from gateway.core import DataPlane
-from gateway.grpc_adapter import InferenceServicer
-from gateway.metrics import Metrics
+from gateway.doors.grpc import InferenceServicer
+from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.request_log import RequestLogSettings, RequestLogWriter
 from gateway.settings import BatchingOverride
+from gateway.telemetry.metrics import Metrics
 from serving.examples import ECHO, ECHO_WIDTH
-from serving.manifest import Batching, Manifest, TensorSpecModel
-
-Arrays = dict[str, np.ndarray]
 
 
 class _Dispatcher:
@@ -113,7 +112,7 @@ async def _round(args: argparse.Namespace, log_dir: Path, profile: cProfile.Prof
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.hotpath_bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m loadtests.bench.hotpath", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=60_000, help="requests per round (default 60000)")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")

@@ -1,0 +1,3 @@
+from loadtests.bench.sidebyside import main
+
+raise SystemExit(main())
