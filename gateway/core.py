@@ -22,6 +22,7 @@ from gateway.errors import Code, GatewayError, as_gateway_error, unavailable
 from gateway.plane.batching import Batcher, BatchStats
 from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.plane.deadlines import DeadlineWheel
+from gateway.plane.records import request_record
 from gateway.plane.validation import check_declared_rows, validate_inputs, validate_outputs
 from gateway.settings import ShadowSettings
 from gateway.telemetry.metrics import Metrics
@@ -204,13 +205,10 @@ class DataPlane:
         if model in self.router.ramped and self.router.ramped[model] == version:
             self.live_counts.add(model, version, code, total * 1000.0)
         if self.request_log is not None:
-            await self.request_log.append(RequestRecord(
-                request_id=request_id, time=time.time() - (time.monotonic() - start), model=model or request.model,
-                version=version, role=route.role, routing_reason=route.reason,
-                inputs=request.inputs, outputs=response.outputs if response is not None else (), code=code,
-                error=error.message if error is not None else "", queue_ms=timing.queue_s * 1000.0,
-                model_ms=timing.model_s * 1000.0, total_ms=total * 1000.0, batch_rows=timing.batch_rows,
-                client=request.client, protocol=request.protocol, trace_id=trace_id))
+            await self.request_log.append(request_record(
+                request, request_id, model=model or request.model, version=version, role=route.role,
+                reason=route.reason, outputs=response.outputs if response is not None else (), error=error,
+                timing=timing, total_s=total, trace_id=trace_id))
         shadows = self.router.shadows.get(model) if version else None
         if shadows and (error is None or code in FAILURE_CODES):
             # After the primary's answer is final (and logged): a shadow can never change or delay it.
