@@ -9,8 +9,7 @@ from typing import Any
 class Progress:
     """Combines per-process snapshots into one bar; a no-op when disabled."""
 
-    def __init__(self, total_s: float, desc: str, enabled: bool = True,
-                 warmup_s: float = 0.0) -> None:
+    def __init__(self, total_s: float, desc: str, enabled: bool = True, warmup_s: float = 0.0) -> None:
         self._warmup_s = warmup_s
         self._latest: dict[int, dict[str, float]] = {}
         self._bar: Any = None
@@ -19,9 +18,14 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(
-                total=round(total_s, 1), desc=desc, unit="s", file=sys.stderr, leave=True,
+                total=round(total_s, 1),
+                desc=desc,
+                unit="s",
+                file=sys.stderr,
+                leave=True,
                 bar_format="{desc} |{bar:20}| {n:.1f}/{total:.0f}s{postfix}",
-                dynamic_ncols=True)
+                dynamic_ncols=True,
+            )
 
     def update(self, snapshot: dict[str, float], process: int = 0) -> None:
         if self._bar is None:
@@ -39,7 +43,9 @@ class Progress:
         self._bar.set_postfix_str(
             f"qps={total['qps']:.0f} p99={p99:.1f}ms sent={total['sent']:.0f} "
             f"err={total['errors']:.0f} late={total['late']:.0f} "
-            f"inflight={total['inflight']:.0f}", refresh=True)
+            f"inflight={total['inflight']:.0f}",
+            refresh=True,
+        )
 
     def close(self) -> None:
         if self._bar is not None:
