@@ -7,14 +7,12 @@ import contextlib
 import gc
 import json
 import logging
-import os
 import signal
 import socket
 import sys
 from collections.abc import Generator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -23,9 +21,10 @@ from contract import entrypoints
 from contract.repository import Repository
 from gateway import tls
 from gateway.core import DataPlane
-from gateway.doors.admin import AdminApi, table_from
+from gateway.doors.admin import AdminApi
+from gateway.doors.asgi import limited_http_protocol
 from gateway.doors.grpc import GrpcDoor, InferenceServicer
-from gateway.doors.http import HttpDoor, limited_http_protocol
+from gateway.doors.http import HttpDoor
 from gateway.errors import GatewayError
 from gateway.feedback import FeedbackLog
 from gateway.plane.catalog import Catalog, VersionInfo
@@ -34,7 +33,7 @@ from gateway.settings import GatewaySettings
 from gateway.sidecar import SidecarProcess, dashboard_port
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Tracing, TracingError, build_tracing
-from gateway.traffic.routing import ModelSplit, TrafficTable, applicable, versions_named
+from gateway.traffic.control import RepositoryDiscovery, TrafficControl
 from gateway.workers import Endpoints, Workers
 
 log = logging.getLogger("gateway")
@@ -70,10 +69,7 @@ class Gateway:
         self._http: _Uvicorn | None = None
         self._grpc: GrpcDoor | None = None
         self._admin: _Uvicorn | None = None
-        self.traffic_store: Any = None
-        self._follow: asyncio.Task[None] | None = None
-        self._pending_table: dict[str, Any] | None = None  # a table revision waiting for versions to be ready
-        self._discovering = asyncio.Lock()
+        self.traffic: TrafficControl | None = None
         self.request_log: RequestLogWriter | None = None
         self.feedback: FeedbackLog | None = None
         self.tracing: Tracing | None = None
@@ -152,10 +148,9 @@ class Gateway:
                 log.warning("readiness poll failed: %s", exc)
                 states = {}
             for (model, version), r in states.items():
-                self.plane.catalog.set_state(model, version, r.state, r.reason)
-                self.metrics.set_ready(model, version, r.state == "READY")
-            if self._pending_table is not None:
-                await self._apply_stored(self._pending_table)  # looks for missing versions again, too
+                self.plane.set_version_state(model, version, r.state, r.reason)
+            if self.traffic is not None:
+                await self.traffic.retry_pending()
             now_serving = self.plane.server_ready()
             if now_serving != serving:
                 await self._grpc.set_serving(now_serving)
@@ -167,9 +162,9 @@ class Gateway:
         assert self.plane is not None
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout_s
-        while loop.time() < until and not self.plane.catalog.settled():
+        while loop.time() < until and not self.plane.settled():
             await asyncio.sleep(0.25)
-        return self.plane.catalog.settled() and all(v.ready for v in self.plane.catalog.all())
+        return self.plane.settled() and all(v.ready for v in self.plane.versions())
 
     async def start_traffic(self) -> int:
         """Seeds the cluster's table from the `traffic` setting (models it has no split for), follows it from
@@ -178,130 +173,32 @@ class Gateway:
 
         assert self.plane is not None and isinstance(self.dispatcher, RayDispatcher)
         s = self.settings
-        store = self.dispatcher.traffic_table(str(s.traffic_file.resolve()))
-        self.traffic_store = store
-        stored = await store.get()
-        if not self.worker:
-            for model, weights in s.traffic.items():
-                if model in stored["models"]:
-                    continue  # the cluster's table wins over start-up settings
-                try:
-                    self.plane.router.check(TrafficTable(models={model: ModelSplit(weights=weights)}))
-                except (GatewayError, ValidationError) as exc:
-                    message = exc.message if isinstance(exc, GatewayError) else str(exc)
-                    raise SystemExit(f"the 'traffic' setting for {model} cannot be applied: {message}") from None
-                stored = await store.set_model(model, weights, "settings", "initial split from the traffic setting")
-        await self._apply_stored(stored)
-        self._follow = asyncio.create_task(self._follow_traffic(store, int(stored["revision"])))
-        self._tasks.append(asyncio.create_task(self._report_live_counts(store)))
+        discover = RepositoryDiscovery(self.plane, s.repository, self.dispatcher,
+                                       lambda m: VersionInfo.from_manifest(m, s.batching_for(m.name)))
+        self.traffic = TrafficControl(self.plane, self.dispatcher.traffic_store(str(s.traffic_file.resolve())),
+                                      discover)
+        try:
+            stored = await self.traffic.seed({} if self.worker else s.traffic)
+        except (GatewayError, ValidationError) as exc:
+            message = exc.message if isinstance(exc, GatewayError) else str(exc)
+            raise SystemExit(f"the 'traffic' setting cannot be applied: {message}") from None
+        await self.traffic.start(stored)
         if self.worker or not s.admin_token:
             return 0
         sock = bind_tcp(s.admin_host, s.admin_port)
-        admin = AdminApi(self.plane, store, s.admin_token, discover=self.discover)
+        admin = AdminApi(self.traffic, s.admin_token)
         self._admin = _Uvicorn(uvicorn.Config(admin, http=limited_http_protocol(s.max_header_bytes), loop="none",
                                               lifespan="off", access_log=False, log_level="warning",
                                               **tls.admin_options(s.tls)))
         self._tasks.append(asyncio.create_task(self._admin.serve(sockets=[sock])))
         return int(sock.getsockname()[1])
 
-    async def _apply_stored(self, stored: dict[str, Any]) -> None:
-        try:
-            named = versions_named(table_from(stored))
-        except ValidationError as exc:
-            log.warning("traffic table revision %s is malformed: %s", stored.get("revision"), exc)
-            return
-        try:
-            await self.discover(named)  # e.g. a version a retraining job registered and deployed
-        except Exception as exc:  # noqa: BLE001 - a repository or Ray hiccup: apply what can be, retry later
-            log.warning("looking for new versions named by traffic table revision %s failed: %s",
-                        stored.get("revision"), exc)
-        self._apply_now(stored)
-
-    def _apply_now(self, stored: dict[str, Any]) -> None:
-        assert self.plane is not None
-        router = self.plane.router
-        try:
-            table = table_from(stored)
-            if table.revision < router.table.revision:  # the admin API applied a newer one meanwhile
-                self._pending_table = None
-                return
-            table, problems = applicable(table, self.plane.catalog, router.table)
-            router.apply(table)
-        except (GatewayError, ValidationError) as exc:
-            log.warning("traffic table revision %s not applied here: %s", stored.get("revision"), exc)
-            return
-        # A model whose entry this gateway cannot apply yet (a version it has just attached to may still be
-        # starting) keeps its current routes; the readiness watcher tries again.
-        if problems and self._pending_table != stored:  # once per revision, not on every retry
-            log.warning("traffic table revision %s: kept current routes for %s", stored.get("revision"),
-                        "; ".join(problems))
-        self._pending_table = stored if problems else None
-        self.metrics.set_weights(router.table, self.plane.catalog)
-
-    async def discover(self, named: set[tuple[str, str]]) -> None:
-        """Starts serving the versions in `named` that this gateway does not know yet but the repository has.
-
-        Versions are immutable and only ever added, so this attaches to (or deploys) the new ones and
-        leaves everything that is already serving alone."""
-        from gateway.dispatch import RayDispatcher
-
-        assert self.plane is not None and isinstance(self.dispatcher, RayDispatcher)
-        catalog, dispatcher = self.plane.catalog, self.dispatcher
-        served = set(catalog.model_names())  # other gateways on the cluster may serve other models
-        named = {(m, v) for m, v in named if m in served}
-        if not (named - {(v.model, v.version) for v in catalog.all()}):
-            return
-        async with self._discovering:
-            known = {(v.model, v.version) for v in catalog.all()}
-            entries = await asyncio.to_thread(Repository(self.settings.repository).scan)
-            new = [e for e in entries if (e.manifest.name, e.manifest.version) in named - known]
-            if not new:
-                return
-            await asyncio.to_thread(dispatcher.deploy, new)
-            states = await asyncio.to_thread(dispatcher.readiness)
-            for e in new:
-                info = VersionInfo.from_manifest(e.manifest, self.settings.batching_for(e.manifest.name))
-                state = states.get((info.model, info.version))
-                if state is not None:
-                    info.state, info.reason = state.state, state.reason
-                self.plane.add_version(info)
-                log.warning("now serving model %s version %s (%s), named by the traffic table",
-                            info.model, info.version, info.state)
-
-    async def _report_live_counts(self, store: Any) -> None:
-        """Sends the cluster's table what ramped versions did here, once a second, for their guards."""
-        assert self.plane is not None
-        gateway_id = f"{socket.gethostname()}:{os.getpid()}"
-        while not self.stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), 1.0)
-            counts = self.plane.live_counts.take()
-            if counts:
-                try:
-                    await store.report(gateway_id, counts)
-                except Exception as exc:  # noqa: BLE001 - the table restarting must not stop reporting
-                    self.plane.live_counts.merge(counts)  # sent with the next report
-                    log.warning("cannot report live counts to the traffic table: %s", exc)
-
-    async def _follow_traffic(self, store: Any, revision: int) -> None:
-        while not self.stopping.is_set():
-            try:
-                stored = await store.wait_newer(revision, 5.0)
-            except Exception as exc:  # noqa: BLE001 - the table's actor restarting must not stop following
-                log.warning("traffic table unreachable: %s", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), 1.0)
-                continue
-            if int(stored["revision"]) > revision:
-                revision = int(stored["revision"])
-                await self._apply_stored(stored)
-
     def summary(self, endpoints: Endpoints) -> str:
         assert self.plane is not None
         lines = [f"HTTP     {endpoints.http}/v2", f"gRPC     {endpoints.grpc}  (inference.GRPCInferenceService)",
                  f"metrics  {endpoints.metrics}", "", f"{'MODEL':<20} {'VERSION':<8} {'STATE':<12} REASON"]
-        weights = {m: split.weights for m, split in self.plane.router.table.models.items()}
-        for v in self.plane.catalog.all():
+        weights = {m: split.weights for m, split in self.plane.routing_table.models.items()}
+        for v in self.plane.versions():
             share = weights.get(v.model, {}).get(v.version)
             lines.append(f"{v.model:<20} {v.version:<8} {v.state:<12} "
                          + (f"{share}% of traffic  " if share is not None else "") + v.reason)
@@ -310,8 +207,8 @@ class Gateway:
     async def stop(self, drain_s: float | None = None) -> None:
         drain_s = self.settings.drain_s if drain_s is None else drain_s
         self.stopping.set()
-        if self._follow is not None:
-            self._follow.cancel()  # it may sit in a long poll of the table
+        if self.traffic is not None:
+            await self.traffic.stop(drain_s)
         for server in (self._http, self._admin):
             if server is not None:
                 server.should_exit = True  # before the gRPC drain, so HTTP stops accepting at the same moment
@@ -400,7 +297,7 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
             info = {**asdict(endpoints), "ready": ready, "ray_address": gateway.dispatcher.cluster_address,
                     "admin_port": admin_port,
                     "models": [{"name": v.model, "version": v.version, "state": v.state, "reason": v.reason}
-                               for v in gateway.plane.catalog.all()]}
+                               for v in gateway.plane.versions()]}
             tmp = ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(info, indent=2))
             tmp.replace(ready_file)

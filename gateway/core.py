@@ -11,7 +11,8 @@ import functools
 import itertools
 import time
 import uuid
-from typing import Protocol
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from opentelemetry.trace import Tracer
 
@@ -21,11 +22,12 @@ from gateway.errors import Code, GatewayError, as_gateway_error, unavailable
 from gateway.plane.batching import Batcher, BatchStats
 from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.plane.deadlines import DeadlineWheel
-from gateway.plane.validation import validate_inputs, validate_outputs
+from gateway.plane.records import request_record
+from gateway.plane.validation import check_declared_rows, validate_inputs, validate_outputs
 from gateway.settings import ShadowSettings
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import RequestSpan, with_traceparent
-from gateway.traffic.routing import FAILURE_CODES, LiveCounts, Route, Router
+from gateway.traffic.routing import FAILURE_CODES, LiveCounts, Route, Router, RoutingTable, applicable
 from gateway.traffic.shadow import ShadowRunner
 from gateway.types import InferRequest, InferResponse, ModelMetadata, RequestRecord, Tensor, Timing, VersionStatus
 
@@ -113,6 +115,57 @@ class DataPlane:
     def repository_index(self, ready_only: bool = False) -> list[VersionStatus]:
         return [s for s in self.catalog.index() if s.state == "READY" or not ready_only]
 
+    def require_model(self, model: str) -> dict[str, VersionInfo]:
+        """The model's versions; NOT_FOUND for a model this gateway does not serve."""
+        return self.catalog.model_versions(model)
+
+    def check_rows(self, model: str, version: str | None, shapes: Iterable[tuple[str, Sequence[int]]],
+                   max_rows: int) -> None:
+        """Refuses a request with too many rows from its declared shapes, before any tensor is decoded."""
+        check_declared_rows(self.catalog, model, version, shapes, max_rows)
+
+    # --- versions and readiness (the composition root and the traffic control loop) ----------
+    def versions(self) -> list[VersionInfo]:
+        return self.catalog.all()
+
+    def version(self, model: str, version: str) -> VersionInfo:
+        """NOT_FOUND for an unknown model or version."""
+        return self.catalog.get(model, version)
+
+    def default_version(self, model: str) -> VersionInfo:
+        return self.catalog.default_version(model)
+
+    def set_version_state(self, model: str, version: str, state: str, reason: str = "") -> None:
+        self.catalog.set_state(model, version, state, reason)
+        self.metrics.set_ready(model, version, state == "READY")
+
+    def settled(self) -> bool:
+        """No version is still loading."""
+        return self.catalog.settled()
+
+    # --- traffic: one entry point for every route and shadow change ---------------------------
+    @property
+    def routing_table(self) -> RoutingTable:
+        return self.router.table
+
+    def check_traffic(self, table: RoutingTable) -> None:
+        """NOT_FOUND for a version this gateway does not know; INVALID_ARGUMENT for traffic to an unready one."""
+        self.router.check(table)
+
+    def apply_traffic(self, table: RoutingTable) -> list[str]:
+        """Swaps in the part of the cluster's table this gateway can apply, at once for every request; returns
+        what it could not apply (those models keep their current routes)."""
+        table, problems = applicable(table, self.catalog, self.router.table)
+        if self.router.apply(table):
+            self.metrics.set_weights(self.router.table, self.catalog)
+        return problems
+
+    def take_live_counts(self) -> dict[str, dict[str, list[Any]]]:
+        return self.live_counts.take()
+
+    def merge_live_counts(self, counts: dict[str, dict[str, list[Any]]]) -> None:
+        self.live_counts.merge(counts)
+
     # --- inference -------------------------------------------------------------------------
     async def infer(self, request: InferRequest) -> InferResponse:
         """Answers one request; it is in the request log (per the log's durability) before this returns or raises."""
@@ -152,13 +205,10 @@ class DataPlane:
         if model in self.router.ramped and self.router.ramped[model] == version:
             self.live_counts.add(model, version, code, total * 1000.0)
         if self.request_log is not None:
-            await self.request_log.append(RequestRecord(
-                request_id=request_id, time=time.time() - (time.monotonic() - start), model=model or request.model,
-                version=version, role=route.role, routing_reason=route.reason,
-                inputs=request.inputs, outputs=response.outputs if response is not None else (), code=code,
-                error=error.message if error is not None else "", queue_ms=timing.queue_s * 1000.0,
-                model_ms=timing.model_s * 1000.0, total_ms=total * 1000.0, batch_rows=timing.batch_rows,
-                client=request.client, protocol=request.protocol, trace_id=trace_id))
+            await self.request_log.append(request_record(
+                request, request_id, model=model or request.model, version=version, role=route.role,
+                reason=route.reason, outputs=response.outputs if response is not None else (), error=error,
+                timing=timing, total_s=total, trace_id=trace_id))
         shadows = self.router.shadows.get(model) if version else None
         if shadows and (error is None or code in FAILURE_CODES):
             # After the primary's answer is final (and logged): a shadow can never change or delay it.

@@ -191,8 +191,8 @@ class RayDispatcher:
                                    f"running inference ({type(cause).__name__})") from None
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    def traffic_table(self, path: str) -> TrafficTable:
-        return TrafficTable(path)
+    def traffic_store(self, path: str) -> RayTrafficStore:
+        return RayTrafficStore(path)
 
     def shutdown(self) -> None:
         try:
@@ -209,7 +209,7 @@ def _running_replicas(app: Any) -> int:
     return min(counts) if counts else 0
 
 
-class TrafficTable:
+class RayTrafficStore:
     """The cluster's traffic table (a named Ray actor), seen from one gateway process.
 
     A change the table refuses (PlanError) becomes INVALID_ARGUMENT. When the actor is gone (its node

@@ -43,7 +43,7 @@ def _check_weights(weights: dict[str, int]) -> dict[str, int]:
     return clean
 
 
-class TrafficTableState:
+class TrafficTable:
     """The table itself; run as the `TrafficTableActor` Ray actor (tests drive it directly)."""
 
     def __init__(self, path: str) -> None:
@@ -214,7 +214,7 @@ class TrafficTableState:
         os.replace(tmp, self.path)
 
 
-TrafficTableActor = ray.remote(num_cpus=0)(TrafficTableState)
+TrafficTableActor = ray.remote(num_cpus=0)(TrafficTable)
 
 
 def connect(path: str) -> Any:

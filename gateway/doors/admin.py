@@ -9,46 +9,45 @@
     POST /admin/traffic/{model}/rollback    {} (ends a ramp at its starting split, or undoes the last change)
     GET  /admin/traffic/{model}/history     every change: who, when, before, after, why
 
-A change is validated against this gateway's catalog (weights, versions exist and are ready) before
-it is stored in the cluster's table; every gateway then follows the table (Gateway._follow_traffic).
+A change is validated against this gateway's versions (weights, versions exist and are ready) before
+it is stored in the cluster's table; every gateway then follows the table (gateway/traffic/control.py).
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from contract.ramp import PlanError, RampPlan, split_with
-from gateway.core import DataPlane
-from gateway.doors.http import read_body
+from gateway.doors.asgi import client_address, read_body
 from gateway.errors import Code, GatewayError
-from gateway.traffic.routing import ModelSplit, TrafficTable, applicable, only, versions_named
 
 Scope = dict[str, Any]
 JSON = [(b"content-type", b"application/json")]
 M = TypeVar("M", bound=BaseModel)
 
 
-class TrafficStore(Protocol):
-    async def get(self) -> dict[str, Any]: ...
+class Traffic(Protocol):
+    """The traffic operations the admin API offers (gateway.traffic.control.TrafficControl): each change is
+    checked against this gateway's versions, stored in the cluster's table, and applied here."""
 
-    async def set_model(self, model: str, weights: dict[str, int], who: str, reason: str) -> dict[str, Any]: ...
+    async def table(self) -> dict[str, Any]: ...
+
+    async def model_view(self, model: str) -> dict[str, Any]: ...
+
+    async def history(self, model: str) -> list[dict[str, Any]]: ...
+
+    async def set_split(self, model: str, weights: dict[str, int], who: str, reason: str) -> dict[str, Any]: ...
+
+    async def promote(self, model: str, version: str, who: str, reason: str) -> dict[str, Any]: ...
 
     async def set_shadows(self, model: str, shadows: dict[str, float], who: str, reason: str) -> dict[str, Any]: ...
 
     async def start_ramp(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]: ...
 
     async def rollback(self, model: str, who: str, reason: str) -> dict[str, Any]: ...
-
-    async def history(self, model: str) -> list[dict[str, Any]]: ...
-
-
-# Finds versions added to the repository since start-up and starts serving them (Gateway.discover).
-Discover = Callable[[set[tuple[str, str]]], Awaitable[None]]
 
 
 class _Change(BaseModel):
@@ -79,19 +78,11 @@ class PromoteChange(_Change):
     version: str
 
 
-def table_from(stored: dict[str, Any]) -> TrafficTable:
-    return TrafficTable(revision=int(stored["revision"]),
-                        models={m: ModelSplit(weights=w) for m, w in stored["models"].items()},
-                        shadows=stored.get("shadows", {}), ramps=stored.get("ramps", {}))
-
-
 class AdminApi:
-    def __init__(self, plane: DataPlane, store: TrafficStore, token: str, discover: Discover | None = None) -> None:
+    def __init__(self, traffic: Traffic, token: str) -> None:
         if not token:
             raise ValueError("the admin API needs a token")
-        self.plane = plane
-        self.store = store
-        self.discover = discover
+        self.traffic = traffic
         self._token = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -112,106 +103,38 @@ class AdminApi:
         if parts[:2] != ["admin", "traffic"] or len(parts) > 4:
             return 404, {"error": f"no admin route {method} {scope['path']}"}
         model, action = [*parts, None, None][2:4]
+        traffic = self.traffic
         try:
             if model is None and method == "GET":
-                return 200, await self.store.get()
-            if model is not None and action is None and method == "GET":
-                table = await self.store.get()
-                return 200, {"model": model, "weights": table["models"].get(model),
-                             "shadows": table.get("shadows", {}).get(model, {}),
-                             "ramp": table.get("ramps", {}).get(model), "revision": table["revision"]}
-            if model is not None and action is None and method == "PUT":
-                return 200, await self._set(model, await read_body(scope, receive, MAX_BODY_BYTES), scope)
+                return 200, await traffic.table()
+            if model is None:
+                return 404, {"error": f"no admin route {method} {scope['path']}"}
+            if action is None and method == "GET":
+                return 200, await traffic.model_view(model)
             if action == "history" and method == "GET":
-                return 200, await self.store.history(model)
+                return 200, await traffic.history(model)
+            if method not in ("PUT", "POST"):
+                return 404, {"error": f"no admin route {method} {scope['path']}"}
+            body = await read_body(scope, receive, MAX_BODY_BYTES)
+            who = _who(scope)
+            if action is None and method == "PUT":
+                split = _parse(SplitChange, body)
+                return 200, await traffic.set_split(model, split.weights, who, split.reason)
             if action == "shadows" and method == "PUT":
-                return 200, await self._shadows(model, await read_body(scope, receive, MAX_BODY_BYTES), scope)
+                shadows = _parse(ShadowChange, body)
+                return 200, await traffic.set_shadows(model, shadows.shadows, who, shadows.reason)
             if action == "ramp" and method == "POST":
-                return 200, await self._ramp(model, await read_body(scope, receive, MAX_BODY_BYTES), scope)
+                ramp = _parse(RampChange, body)
+                return 200, await traffic.start_ramp(model, ramp.model_dump(exclude={"reason"}), who, ramp.reason)
             if action == "promote" and method == "POST":
-                promote = _parse(PromoteChange, await read_body(scope, receive, MAX_BODY_BYTES))
-                raw = orjson.dumps({"weights": {promote.version: 100}, "reason": promote.reason
-                                    or f"promote version {promote.version}"})
-                return 200, await self._set(model, raw, scope)
+                promote = _parse(PromoteChange, body)
+                return 200, await traffic.promote(model, promote.version, who, promote.reason)
             if action == "rollback" and method == "POST":
-                body = await read_body(scope, receive, MAX_BODY_BYTES)
                 change = _parse(_Change, body or b"{}")
-                self.plane.catalog.model_versions(model)  # NOT_FOUND for an unknown model
-                return 200, self._applied(await self.store.rollback(model, _who(scope), change.reason))
+                return 200, await traffic.rollback(model, who, change.reason)
         except GatewayError as exc:
             return exc.http_status, {"error": exc.message}
         return 404, {"error": f"no admin route {method} {scope['path']}"}
-
-    async def _check(self, candidate: TrafficTable, model: str) -> None:
-        """NOT_FOUND / INVALID_ARGUMENT for the model's new entry (other models may be served by other gateways);
-        a version this gateway has not seen yet is looked for in the repository."""
-        entry = only(candidate, {model})
-        try:
-            self.plane.router.check(entry)
-        except GatewayError as exc:
-            if exc.code != Code.NOT_FOUND or self.discover is None:
-                raise
-            try:
-                await self.discover(versions_named(entry))
-            except Exception as exc:  # noqa: BLE001 - the repository or Ray failed: say so, change nothing
-                raise GatewayError(Code.UNAVAILABLE, f"cannot look for new versions in the repository: {exc}") \
-                    from None
-            self.plane.router.check(entry)
-
-    async def _current(self) -> TrafficTable:
-        return table_from(await self.store.get())
-
-    def _applied(self, stored: dict[str, Any]) -> dict[str, Any]:
-        router = self.plane.router
-        router.apply(applicable(table_from(stored), self.plane.catalog, router.table)[0])
-        return stored
-
-    async def _set(self, model: str, raw: bytes, scope: Scope) -> dict[str, Any]:
-        change = _parse(SplitChange, raw)
-        try:
-            split = ModelSplit(weights=change.weights)
-        except ValidationError as exc:
-            raise GatewayError(Code.INVALID_ARGUMENT, "; ".join(e["msg"] for e in exc.errors())) from None
-        current = await self._current()
-        await self._check(current.model_copy(update={"models": {**current.models, model: split}}), model)
-        return self._applied(await self.store.set_model(model, split.weights, _who(scope), change.reason))
-
-    async def _shadows(self, model: str, raw: bytes, scope: Scope) -> dict[str, Any]:
-        change = _parse(ShadowChange, raw)
-        current = await self._current()
-        await self._check(current.model_copy(update={"shadows": {**current.shadows, model: change.shadows}}), model)
-        for version in change.shadows:  # a new shadow must be able to answer now
-            info = self.plane.catalog.get(model, version)
-            if not info.ready:
-                raise GatewayError(Code.INVALID_ARGUMENT, f"model '{model}' version '{version}' is not ready "
-                                   f"({info.reason}); it cannot shadow traffic")
-        return self._applied(await self.store.set_shadows(model, change.shadows, _who(scope), change.reason))
-
-    async def _ramp(self, model: str, raw: bytes, scope: Scope) -> dict[str, Any]:
-        change = _parse(RampChange, raw)
-        plan = change.model_dump(exclude={"reason"})
-        try:
-            parsed = RampPlan.parse(plan)
-        except PlanError as exc:
-            raise GatewayError(Code.INVALID_ARGUMENT, str(exc)) from None
-        current = await self._current()
-        if model in current.models:
-            base = current.models[model].weights
-        else:  # no split yet: ramp away from what unpinned requests get now, or the newest other ready version
-            ready = [v.version for v in self.plane.catalog.model_versions(model).values()
-                     if v.ready and v.version != parsed.version]
-            if not ready:
-                raise GatewayError(Code.INVALID_ARGUMENT, f"model '{model}' has no other ready version to ramp "
-                                   f"version '{parsed.version}' up from")
-            default = self.plane.catalog.default_version(model).version
-            base = {default if default != parsed.version else ready[-1]: 100}
-            plan["base"] = base
-        try:
-            first = ModelSplit(weights=split_with(base, parsed.version, parsed.steps[0]))
-        except PlanError as exc:
-            raise GatewayError(Code.INVALID_ARGUMENT, str(exc)) from None
-        await self._check(current.model_copy(update={"models": {**current.models, model: first}}), model)
-        return self._applied(await self.store.start_ramp(model, plan, _who(scope), change.reason))
 
 
 def _parse(kind: type[M], raw: bytes) -> M:
@@ -223,13 +146,11 @@ def _parse(kind: type[M], raw: bytes) -> M:
 
 
 def _who(scope: Scope) -> str:
-    return dict(scope["headers"]).get(b"x-operator", b"").decode(errors="replace")[:200] or _peer(scope)
+    operator = dict(scope["headers"]).get(b"x-operator", b"").decode(errors="replace")[:200]
+    return operator or client_address(scope, "unknown")
 
 
 MAX_BODY_BYTES = 1 << 20
 
 
-def _peer(scope: Scope) -> str:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else "unknown"
 

@@ -23,7 +23,6 @@ from gateway._proto import inference_pb2 as pb
 from gateway._proto import inference_pb2_grpc as pb_grpc
 from gateway.core import DataPlane
 from gateway.errors import GatewayError, invalid
-from gateway.plane.validation import check_declared_rows
 from gateway.telemetry.tracing import parse_traceparent
 from gateway.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
@@ -172,7 +171,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     traceparent = parse_traceparent(value if isinstance(value, str) else value.decode())
                 elif key == "tracestate":
                     tracestate = value if isinstance(value, str) else value.decode()
-            check_declared_rows(self.plane.catalog, request.model_name, request.model_version or None,
+            self.plane.check_rows(request.model_name, request.model_version or None,
                                 ((t.name, t.shape) for t in request.inputs), self.max_rows)
             req = decode_request(request, self.max_elements, received_at=received, deadline=deadline,
                                  routing_key=routing_key, client=context.peer(), traceparent=traceparent,

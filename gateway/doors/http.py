@@ -13,15 +13,14 @@ from typing import Any
 
 import numpy as np
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import codec
 from gateway.core import DataPlane
+from gateway.doors.asgi import client_address, read_body
 from gateway.doors.http_schema import IndexBody, InferBody, binary_size, parse_json
 from gateway.errors import Code, GatewayError, invalid, not_found
 from gateway.feedback import MAX_BODY_BYTES as FEEDBACK_MAX_BYTES
 from gateway.feedback import FeedbackLog, parse_body
-from gateway.plane.validation import check_declared_rows
 from gateway.telemetry.tracing import parse_traceparent
 from gateway.types import InferRequest, InferResponse, RequestedOutput, Tensor
 
@@ -138,12 +137,12 @@ class HttpDoor:
                         ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         if version is not None:
             raise not_found(f"feedback is keyed by request id, not version: POST it to /v2/models/{model}/feedback")
-        self.plane.catalog.model_versions(model)  # NOT_FOUND for a model this gateway does not serve
+        self.plane.require_model(model)  # NOT_FOUND for a model this gateway does not serve
         if self.feedback is None:
             raise GatewayError(Code.UNIMPLEMENTED, "feedback is off: it is written beside the request log; "
                                "set request_log.enabled to accept it")
         items = parse_body(await self._body(scope, receive, min(self.max_body_bytes, FEEDBACK_MAX_BYTES)))
-        accepted = await self.feedback.submit(model, items, _client(scope), "http")
+        accepted = await self.feedback.submit(model, items, client_address(scope), "http")
         return _json({"model": model, "accepted": accepted})
 
     async def _infer(self, scope: Scope, receive: Any, model: str, version: str | None
@@ -173,10 +172,10 @@ class HttpDoor:
         view = memoryview(body)
         parsed: InferBody = parse_json(InferBody, view[:header_len] if header_len is not None else body)
         binary = view[header_len:] if header_len is not None else view[len(body):]
-        check_declared_rows(self.plane.catalog, model, version, ((i.name, i.shape) for i in parsed.inputs),
+        self.plane.check_rows(model, version, ((i.name, i.shape) for i in parsed.inputs),
                             self.max_rows)
         request = self._decode(parsed, binary, model, version, received, received + timeout_s, routing_key,
-                               _client(scope), traceparent, tracestate)
+                               client_address(scope), traceparent, tracestate)
         return self._encode(await self.plane.infer(request), parsed)
 
     def _decode(self, body: InferBody, binary: memoryview, model: str, version: str | None, received: float,
@@ -241,11 +240,6 @@ def _json_data(t: Tensor) -> Any:
     return np.ascontiguousarray(t.data).ravel()  # orjson writes it natively
 
 
-def _client(scope: Scope) -> str:
-    peer = scope.get("client")
-    return f"{peer[0]}:{peer[1]}" if peer else ""
-
-
 def _flag(params: dict[str, Any], key: str) -> bool | None:
     value = params.get(key)
     return value if isinstance(value, bool) else None
@@ -253,72 +247,3 @@ def _flag(params: dict[str, Any], key: str) -> bool | None:
 
 def _json(payload: Any, status: int = 200) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     return status, list(JSON), orjson.dumps(payload)
-
-
-
-class _HeadersTooLarge(Exception):
-    pass
-
-
-def limited_http_protocol(max_header_bytes: int) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with a cap on the request line plus headers (httptools has none).
-
-    Counted as the parser hands over each piece, so an endless header is cut off at the cap instead of
-    being buffered; the client gets 431 and the connection closes.
-    """
-
-    class LimitedHttpToolsProtocol(HttpToolsProtocol):
-        _header_bytes = 0
-        _too_large = False
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._header_bytes = 0
-
-        def _count(self, size: int) -> None:
-            self._header_bytes += size
-            if self._header_bytes > max_header_bytes:
-                self._too_large = True
-                raise _HeadersTooLarge  # the parser stops; data_received answers through send_400_response
-
-        def on_url(self, url: bytes) -> None:
-            self._count(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4)
-            super().on_header(name, value)
-
-        def send_400_response(self, msg: str) -> None:
-            if not self._too_large:
-                super().send_400_response(msg)
-                return
-            body = orjson.dumps({"error": f"request line and headers are over the limit of {max_header_bytes} "
-                                          "bytes"})
-            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json"
-                                 b"\r\nconnection: close\r\ncontent-length: " + str(len(body)).encode()
-                                 + b"\r\n\r\n" + body)
-            self.transport.close()
-
-    return LimitedHttpToolsProtocol
-
-
-async def read_body(scope: Scope, receive: Any, max_bytes: int) -> bytes:
-    """An ASGI request body, refused with RESOURCE_EXHAUSTED past max_bytes before it is all read."""
-    for key, value in scope["headers"]:
-        if key == b"content-length" and value.isdigit() and int(value) > max_bytes:
-            raise GatewayError(Code.RESOURCE_EXHAUSTED,
-                               f"request body of {int(value)} bytes is over the limit of {max_bytes}")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise GatewayError(Code.CANCELLED, "client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise GatewayError(Code.RESOURCE_EXHAUSTED, f"request body is over the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -16,10 +16,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from contract.tensors import Arrays
 from gateway.errors import Code, GatewayError, as_gateway_error, overloaded
+from gateway.plane.batches import batch_key, concat, rows_match, split
 from gateway.types import Timing
 
 BatchCall = Callable[[Arrays], Awaitable[Arrays]]
@@ -87,8 +86,7 @@ class Batcher:
             self._slots = asyncio.Semaphore(self.max_inflight)
             self._loop_task = asyncio.get_running_loop().create_task(self._run_loop())
         fut: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        key = tuple([(n, a.dtype, a.shape[1:]) for n, a in inputs.items()])
-        self._queue.append(_Item(inputs, rows, key, fut, deadline, self.clock(), timing))
+        self._queue.append(_Item(inputs, rows, batch_key(inputs), fut, deadline, self.clock(), timing))
         self._queued_rows += rows
         self._wakeup.set()
         # A cancelled caller cancels its future; the loop skips it before dispatch.
@@ -182,10 +180,7 @@ class Batcher:
         assert self._slots is not None
         try:
             try:
-                if len(batch) == 1:
-                    merged = batch[0].inputs
-                else:
-                    merged = {n: np.concatenate([it.inputs[n] for it in batch]) for n in batch[0].inputs}
+                merged = concat([it.inputs for it in batch])
                 rows = sum(it.rows for it in batch)
                 if self.on_batch is not None:
                     self.on_batch(BatchStats(rows, len(batch), dropped))
@@ -211,23 +206,16 @@ class Batcher:
 
     def _split(self, batch: list[_Item], out: Arrays) -> None:
         total = sum(it.rows for it in batch)
-        if any(len(v) != total for v in out.values()):
+        if not rows_match(out, total):
             err = GatewayError(Code.INTERNAL, f"{self.name} returned outputs whose first dimension is not "
                                f"the batch size {total}")
             for it in batch:
                 if not it.future.done():
                     it.future.set_exception(err)
             return
-        if len(batch) == 1:
-            if not batch[0].future.done():
-                batch[0].future.set_result(out)
-            return
-        start = 0
-        for it in batch:
-            end = start + it.rows
+        for it, part in zip(batch, split(out, [it.rows for it in batch]), strict=True):
             if not it.future.done():
-                it.future.set_result({k: v[start:end] for k, v in out.items()})
-            start = end
+                it.future.set_result(part)
 
     async def close(self) -> None:
         self._closed = True

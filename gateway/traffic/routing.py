@@ -1,6 +1,6 @@
 """Traffic splitting: which version answers an unpinned request (weighted canary, sticky A/B, shadows).
 
-A `TrafficTable` holds, per model, integer percentages per version, the shadow versions that get a
+A `RoutingTable` holds, per model, integer percentages per version, the shadow versions that get a
 copy of each request, and the running ramp plan (stepped by the cluster's table, contract/ramp.py);
 `Router` answers from an immutable snapshot that `apply()` swaps atomically, so no request sees a
 half-applied table. Sticky requests use weighted rendezvous hashing: the same key keeps its version
@@ -21,7 +21,7 @@ from contract.ramp import FAILURE_CODES, N_BUCKETS, latency_bucket
 from gateway.errors import GatewayError, invalid, not_found
 from gateway.plane.catalog import Catalog
 
-__all__ = ["FAILURE_CODES", "LiveCounts", "ModelSplit", "Route", "Router", "TrafficTable", "check_table"]
+__all__ = ["FAILURE_CODES", "LiveCounts", "ModelSplit", "Route", "Router", "RoutingTable", "check_table"]
 
 
 class ModelSplit(BaseModel):
@@ -40,7 +40,7 @@ class ModelSplit(BaseModel):
         return w
 
 
-class TrafficTable(BaseModel):
+class RoutingTable(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     revision: int = 0
@@ -61,7 +61,7 @@ def _check_version(catalog: Catalog, model: str, version: str, use: str | None) 
                       f"it cannot {use}")
 
 
-def check_table(table: TrafficTable, catalog: Catalog) -> None:
+def check_table(table: RoutingTable, catalog: Catalog) -> None:
     """Refuses a table naming unknown versions, or sending traffic to a version that is not ready."""
     for model, split in table.models.items():
         for version, weight in split.weights.items():
@@ -75,21 +75,21 @@ def check_table(table: TrafficTable, catalog: Catalog) -> None:
                 raise invalid(f"a shadow's sample rate is a fraction in (0, 1], got {sample} for version '{version}'")
 
 
-def only(table: TrafficTable, models: set[str]) -> TrafficTable:
+def only(table: RoutingTable, models: set[str]) -> RoutingTable:
     """The table's entries for `models` alone."""
     return table.model_copy(update={"models": {m: s for m, s in table.models.items() if m in models},
                                     "shadows": {m: s for m, s in table.shadows.items() if m in models},
                                     "ramps": {m: r for m, r in table.ramps.items() if m in models}})
 
 
-def applicable(table: TrafficTable, catalog: Catalog, current: TrafficTable) -> tuple[TrafficTable, list[str]]:
+def applicable(table: RoutingTable, catalog: Catalog, current: RoutingTable) -> tuple[RoutingTable, list[str]]:
     """The part of the cluster's table this gateway can apply, and what it could not.
 
     Gateways may serve different repositories on one cluster: a model this gateway does not serve is left
     out (others serve it). A model whose entry names a version that is unknown or not ready here keeps the
     entry it has now (the caller retries as readiness changes)."""
     served = set(catalog.model_names())
-    parts: list[TrafficTable] = []
+    parts: list[RoutingTable] = []
     problems: list[str] = []
     for model in sorted((set(table.models) | set(table.shadows)) & served):
         part = only(table, {model})
@@ -99,14 +99,14 @@ def applicable(table: TrafficTable, catalog: Catalog, current: TrafficTable) -> 
             problems.append(f"{model}: {exc.message}")
             part = only(current, {model})
         parts.append(part)
-    merged = TrafficTable(revision=table.revision,
+    merged = RoutingTable(revision=table.revision,
                           models={m: s for p in parts for m, s in p.models.items()},
                           shadows={m: s for p in parts for m, s in p.shadows.items()},
                           ramps={m: r for p in parts for m, r in p.ramps.items()})
     return merged, problems
 
 
-def versions_named(table: TrafficTable) -> set[tuple[str, str]]:
+def versions_named(table: RoutingTable) -> set[tuple[str, str]]:
     """Every (model, version) the table gives traffic to or shadows."""
     named = {(m, v) for m, split in table.models.items() for v in split.weights}
     named |= {(m, v) for m, shadows in table.shadows.items() for v in shadows}
@@ -140,12 +140,12 @@ class Router:
         self._compiled: dict[str, _Compiled] = {}
         self.shadows: dict[str, tuple[tuple[str, float], ...]] = {}
         self.ramped: dict[str, str] = {}  # model -> the version its running ramp is stepping up
-        self.table = TrafficTable()
+        self.table = RoutingTable()
 
-    def check(self, table: TrafficTable) -> None:
+    def check(self, table: RoutingTable) -> None:
         check_table(table, self.catalog)
 
-    def apply(self, table: TrafficTable) -> bool:
+    def apply(self, table: RoutingTable) -> bool:
         """Swaps in the table; an older revision than the one applied is ignored (returns False)."""
         if table.revision < self.table.revision:
             return False

@@ -30,7 +30,9 @@ from prometheus_client import Counter, Histogram
 
 from contract.tensors import Arrays
 from gateway.errors import Code, GatewayError, as_gateway_error
+from gateway.plane.batches import batch_key, concat, rows_match, split
 from gateway.plane.catalog import Catalog, VersionInfo
+from gateway.plane.records import request_record
 from gateway.plane.validation import validate_inputs
 from gateway.settings import ShadowSettings
 from gateway.types import InferRequest, RequestRecord, Tensor, Timing
@@ -185,7 +187,7 @@ class ShadowRunner:
                 lane.copies.popleft()
                 batches.append([(copy, arrays, n)])
                 continue
-            k = tuple((name, a.dtype.str, a.shape[1:]) for name, a in arrays.items())
+            k = batch_key(arrays)
             if batch and (k != shape_key or rows + n > info.batching.max_batch_size):
                 return [batch], True
             lane.copies.popleft()
@@ -218,15 +220,13 @@ class ShadowRunner:
             answers = await asyncio.gather(*(self._call_batch(info, b) for b in batches))
             first = True
             for batch, (out, error, started, took) in zip(batches, answers, strict=True):
-                rows = sum(n for _, _, n in batch)
-                start = 0
-                for copy, _, n in batch:
+                counts = [n for _, _, n in batch]
+                rows = sum(counts)
+                parts = split(out, counts) if out is not None else iter([None] * len(batch))
+                for (copy, _, _), part in zip(batch, parts, strict=True):
                     if not first:
                         await asyncio.sleep(0)  # one answer's bookkeeping per loop turn: ready primaries go first
                     first = False
-                    part = None if out is None else (out if len(batch) == 1 else
-                                                     {k: v[start:start + n] for k, v in out.items()})
-                    start += n
                     timing = Timing(queue_s=started - copy.queued_at, model_s=took, batch_rows=rows,
                                     batch_requests=len(batch))
                     records.append(self._record(model, version, copy, info, part, error, timing,
@@ -248,12 +248,11 @@ class ShadowRunner:
         model, version = info.model, info.version
         started = time.monotonic()
         try:
-            merged = (batch[0][1] if len(batch) == 1 else
-                      {n: np.concatenate([arrays[n] for _, arrays, _ in batch]) for n in batch[0][1]})
+            merged = concat([arrays for _, arrays, _ in batch])
             async with asyncio.timeout(self.settings.timeout_ms / 1000.0):
                 out = await self._call(info, merged)
             total = sum(n for _, _, n in batch)
-            if info.batching.enabled and any(len(v) != total for v in out.values()):
+            if info.batching.enabled and not rows_match(out, total):
                 raise GatewayError(Code.INTERNAL, f"shadow version '{version}' returned outputs whose first "
                                    f"dimension is not the batch size {total}")
             return out, None, started, time.monotonic() - started
@@ -287,15 +286,11 @@ class ShadowRunner:
                     self.metrics.abs_diff.labels(model, version).observe(diff)
         if self._append is None:
             return None
-        request = copy.request
         outputs = tuple(Tensor(n, spec.datatype, out[n]) for n, spec in info.output_index.items()
                         if n in out) if out is not None and info is not None else ()
-        return RequestRecord(
-            request_id=copy.request_id, time=time.time() - total, model=model, version=version, role="shadow",
-            routing_reason=f"shadow of version {copy.primary_version}", inputs=request.inputs, outputs=outputs,
-            code=code, error=error.message if error is not None else "", queue_ms=timing.queue_s * 1000.0,
-            model_ms=timing.model_s * 1000.0, total_ms=total * 1000.0, batch_rows=timing.batch_rows,
-            client=request.client, protocol=request.protocol, trace_id=copy.trace_id)
+        return request_record(copy.request, copy.request_id, model=model, version=version, role="shadow",
+                              reason=f"shadow of version {copy.primary_version}", outputs=outputs, error=error,
+                              timing=timing, total_s=total, trace_id=copy.trace_id)
 
     async def _log(self, model: str, version: str, records: list[RequestRecord | None]) -> None:
         """Appends a call's records together (one write of the log's writer); a failure is counted."""

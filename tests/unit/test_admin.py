@@ -9,6 +9,7 @@ import pytest
 
 from gateway.core import DataPlane
 from gateway.doors.admin import AdminApi
+from gateway.traffic.control import TrafficControl
 from tests.unit.test_traffic import catalog
 
 
@@ -41,7 +42,7 @@ class NoDispatch:
 def setup() -> tuple[httpx.AsyncClient, DataPlane, FakeStore]:
     plane = DataPlane(catalog(("1", "READY"), ("2", "READY"), ("3", "LOADING")), NoDispatch())
     store = FakeStore()
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=AdminApi(plane, store, "s3cret")),
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=AdminApi(TrafficControl(plane, store), "s3cret")),
                                base_url="http://admin", headers={"authorization": "Bearer s3cret"})
     return client, plane, store
 

@@ -16,14 +16,15 @@ from gateway.doors.admin import AdminApi
 from gateway.errors import Code, GatewayError
 from gateway.plane.catalog import VersionInfo
 from gateway.settings import BatchingOverride
-from serving.traffic_table import TrafficTableState
+from gateway.traffic.control import TrafficControl, table_from
+from serving.traffic_table import TrafficTable
 from tests.unit.test_traffic import catalog
 
 
 class StateStore:
-    """The table state behind the admin API, refusals mapped the way gateway.dispatch.TrafficTable maps them."""
+    """The table state behind the admin API, refusals mapped the way gateway.dispatch.RoutingTable maps them."""
 
-    def __init__(self, state: TrafficTableState) -> None:
+    def __init__(self, state: TrafficTable) -> None:
         self.state = state
 
     async def _call(self, method: str, *args: Any) -> Any:
@@ -52,13 +53,13 @@ class StateStore:
         return await self._call("model_history", model)  # type: ignore[no-any-return]
 
 
-Setup = tuple[httpx.AsyncClient, DataPlane, TrafficTableState, list[set[tuple[str, str]]]]
+Setup = tuple[httpx.AsyncClient, DataPlane, TrafficTable, list[set[tuple[str, str]]]]
 
 
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     plane = DataPlane(catalog(("1", "READY"), ("2", "READY"), ("3", "LOADING")), _NoDispatch())
-    state = TrafficTableState(str(tmp_path / "table.json"))
+    state = TrafficTable(str(tmp_path / "table.json"))
     asked: list[set[tuple[str, str]]] = []
 
     async def discover(named: set[tuple[str, str]]) -> None:
@@ -70,7 +71,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
             info.state = "READY"
             plane.add_version(info)
 
-    api = AdminApi(plane, StateStore(state), "s3cret", discover=discover)
+    api = AdminApi(TrafficControl(plane, StateStore(state), discover), "s3cret")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://admin",
                                  headers={"authorization": "Bearer s3cret", "x-operator": "alice"}) as client:
         yield client, plane, state, asked
@@ -170,11 +171,11 @@ async def test_models_this_gateway_does_not_serve_are_left_to_others(setup: Setu
 
 
 def test_applicable_keeps_current_routes_for_an_entry_it_cannot_apply_yet() -> None:
-    from gateway.traffic.routing import ModelSplit, TrafficTable, applicable
+    from gateway.traffic.routing import ModelSplit, RoutingTable, applicable
 
     cat = catalog(("1", "READY"), ("2", "READY"), ("3", "LOADING"))
-    current = TrafficTable(models={"m": ModelSplit(weights={"1": 100})})
-    wanted = TrafficTable(revision=5, models={"m": ModelSplit(weights={"1": 50, "3": 50}),
+    current = RoutingTable(models={"m": ModelSplit(weights={"1": 100})})
+    wanted = RoutingTable(revision=5, models={"m": ModelSplit(weights={"1": 50, "3": 50}),
                                               "other": ModelSplit(weights={"9": 100})})
     table, problems = applicable(wanted, cat, current)
     assert table.revision == 5 and table.models == current.models and "not ready" in problems[0]
@@ -194,8 +195,6 @@ async def test_an_older_revision_never_replaces_a_newer_one(setup: Setup) -> Non
     client, plane, state, _ = setup
     old = dict(state.get())
     await client.put("/admin/traffic/m", json={"weights": {"1": 10, "2": 90}})
-    from gateway.doors.admin import table_from
-
     assert plane.router.apply(table_from({**old, "models": {"m": {"1": 100}}})) is False
     assert plane.router.table.models["m"].weights == {"1": 10, "2": 90}
 

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from contract.manifest import Batching, Manifest, TensorSpecModel
 from gateway.core import DataPlane
-from gateway.doors.http import HttpDoor, limited_http_protocol
+from gateway.doors.asgi import limited_http_protocol
+from gateway.doors.http import HttpDoor
 from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.settings import BatchingOverride
 from tests.unit.test_http_door import FakeDispatcher, versions

@@ -398,7 +398,7 @@ def test_sweep_finds_the_highest_rate_meeting_the_objective(fake: FakeServer, tm
 
 
 def test_hotpath_bench_runs_the_real_handler_and_reports(tmp_path: Path) -> None:
-    from loadtests import hotpath_bench
+    from loadtests.bench import hotpath as hotpath_bench
 
     out = tmp_path / "hotpath.json"
     assert hotpath_bench.main(["--requests", "300", "--concurrency", "8", "--rounds", "2", "--model-ms", "0",

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contract.ramp import N_BUCKETS, PlanError, Ramp, RampPlan, Window, latency_bucket, split_with
-from serving.traffic_table import TrafficTableState
+from serving.traffic_table import TrafficTable
 
 PLAN = {"version": "2", "steps": [10, 50, 100], "every_s": 60, "max_error_rate": 0.05, "max_p99_ms": 100,
         "min_requests": 10}
@@ -115,15 +115,15 @@ def test_ramp_state_round_trips() -> None:
 # --- the table ------------------------------------------------------------------------------------------
 
 @pytest.fixture
-async def table(tmp_path: Path) -> AsyncIterator[TrafficTableState]:
-    t = TrafficTableState(str(tmp_path / "table.json"))
+async def table(tmp_path: Path) -> AsyncIterator[TrafficTable]:
+    t = TrafficTable(str(tmp_path / "table.json"))
     yield t
     if t._ticker is not None:
         t._ticker.cancel()
         await asyncio.gather(t._ticker, return_exceptions=True)
 
 
-async def test_a_ramp_steps_up_and_promotes(table: TrafficTableState) -> None:
+async def test_a_ramp_steps_up_and_promotes(table: TrafficTable) -> None:
     await table.set_model("m", {"1": 100}, "op", "start")
     state = await table.start_ramp("m", PLAN, "op", "")
     assert state["models"]["m"] == {"1": 90, "2": 10} and state["ramps"]["m"]["percent"] == 10
@@ -141,7 +141,7 @@ async def test_a_ramp_steps_up_and_promotes(table: TrafficTableState) -> None:
     assert "promoted" in reasons[-1] and all(e["who"] == "ramp" for e in table.model_history("m")[-2:])
 
 
-async def test_a_failing_canary_rolls_back_by_itself(table: TrafficTableState) -> None:
+async def test_a_failing_canary_rolls_back_by_itself(table: TrafficTable) -> None:
     await table.set_model("m", {"1": 80, "3": 20}, "op", "start")
     await table.start_ramp("m", PLAN, "op", "")
     assert table.models["m"] == {"1": 72, "3": 18, "2": 10}
@@ -151,7 +151,7 @@ async def test_a_failing_canary_rolls_back_by_itself(table: TrafficTableState) -
     assert last["rollback"] and "error rate 30.0%" in last["reason"] and last["before"]["2"] == 10
 
 
-async def test_an_operator_split_ends_the_ramp_and_rollback_undoes_it(table: TrafficTableState) -> None:
+async def test_an_operator_split_ends_the_ramp_and_rollback_undoes_it(table: TrafficTable) -> None:
     await table.set_model("m", {"1": 100}, "op", "")
     await table.start_ramp("m", PLAN, "op", "")
     await table.set_model("m", {"1": 70, "2": 30}, "op", "by hand")
@@ -160,7 +160,7 @@ async def test_an_operator_split_ends_the_ramp_and_rollback_undoes_it(table: Tra
     assert table.models["m"] == {"1": 90, "2": 10}  # the split before the last change
 
 
-async def test_rollback_with_nothing_to_go_back_to_is_refused(table: TrafficTableState) -> None:
+async def test_rollback_with_nothing_to_go_back_to_is_refused(table: TrafficTable) -> None:
     with pytest.raises(PlanError):
         await table.rollback("m", "op", "")
     await table.set_model("m", {"1": 100}, "op", "")
@@ -168,7 +168,7 @@ async def test_rollback_with_nothing_to_go_back_to_is_refused(table: TrafficTabl
         await table.rollback("m", "op", "")
 
 
-async def test_a_ramp_needs_a_split_or_a_base(table: TrafficTableState) -> None:
+async def test_a_ramp_needs_a_split_or_a_base(table: TrafficTable) -> None:
     with pytest.raises(PlanError, match="no split"):
         await table.start_ramp("m", PLAN, "job", "")
     state = await table.start_ramp("m", {**PLAN, "base": {"1": 100}}, "job", "retrained")
@@ -177,7 +177,7 @@ async def test_a_ramp_needs_a_split_or_a_base(table: TrafficTableState) -> None:
         await table.start_ramp("m", {**PLAN, "version": "3"}, "job", "")
 
 
-async def test_bad_changes_store_nothing(table: TrafficTableState) -> None:
+async def test_bad_changes_store_nothing(table: TrafficTable) -> None:
     for call in (table.set_model("m", {"1": 60}, "op", ""), table.set_shadows("m", {"2": 1.5}, "op", ""),
                  table.start_ramp("m", {**PLAN, "steps": [50, 10]}, "op", "")):
         with pytest.raises(PlanError):
@@ -187,14 +187,14 @@ async def test_bad_changes_store_nothing(table: TrafficTableState) -> None:
 
 async def test_everything_survives_a_restart(tmp_path: Path) -> None:
     path = str(tmp_path / "table.json")
-    first = TrafficTableState(path)
+    first = TrafficTable(path)
     await first.set_model("m", {"1": 100}, "op", "")
     await first.set_shadows("m", {"3": 0.25}, "op", "mirror")
     await first.start_ramp("m", PLAN, "op", "")
     await first.report("g", {"m": {"2": counts(4)}})
     assert first._ticker is not None
     first._ticker.cancel()
-    again = TrafficTableState(path)
+    again = TrafficTable(path)
     assert again.revision == first.revision == 3
     assert (again.models, again.shadows) == (first.models, first.shadows) == ({"m": {"1": 90, "2": 10}},
                                                                               {"m": {"3": 0.25}})
@@ -203,7 +203,7 @@ async def test_everything_survives_a_restart(tmp_path: Path) -> None:
     assert [e["reason"] for e in again.model_history("m")] == [e["reason"] for e in first.model_history("m")]
 
 
-async def test_waiters_wake_on_a_change(table: TrafficTableState) -> None:
+async def test_waiters_wake_on_a_change(table: TrafficTable) -> None:
     waiter = asyncio.create_task(table.wait_newer(0, 30))
     await asyncio.sleep(0)
     await table.set_shadows("m", {"2": 1.0}, "op", "")

@@ -13,7 +13,7 @@ import pytest
 from gateway.core import DataPlane
 from gateway.errors import Code, GatewayError
 from gateway.settings import ShadowSettings
-from gateway.traffic.routing import ModelSplit, TrafficTable
+from gateway.traffic.routing import ModelSplit, RoutingTable
 from gateway.traffic.shadow import compare
 from gateway.types import RequestRecord
 from tests.unit.test_core import GUARD_S, catalog, infer, request
@@ -53,7 +53,7 @@ def plane(shadows: dict[str, float], max_inflight: int = 64) -> tuple[DataPlane,
     p = DataPlane(catalog(*[("m", v, "READY") for v in "1234"]), versions, request_log=log,
                   shadow=ShadowSettings(max_inflight=max_inflight, timeout_ms=GUARD_S * 1000))
     p.shadow._rng = random.Random(5)  # the sampling test's count is then fixed
-    p.router.apply(TrafficTable(models={"m": ModelSplit(weights={"1": 100})}, shadows={"m": shadows}))
+    p.router.apply(RoutingTable(models={"m": ModelSplit(weights={"1": 100})}, shadows={"m": shadows}))
     return p, versions, log
 
 
@@ -203,7 +203,7 @@ async def test_a_version_that_does_not_batch_gets_one_copy_per_call() -> None:
     infos = catalog(("m", "1", "READY"))
     infos.add(catalog(("m", "4", "READY"), batching=False).get("m", "4"))
     p = DataPlane(infos, versions, request_log=log, shadow=ShadowSettings(timeout_ms=GUARD_S * 1000))
-    p.router.apply(TrafficTable(models={"m": ModelSplit(weights={"1": 100})}, shadows={"m": {"4": 1.0}}))
+    p.router.apply(RoutingTable(models={"m": ModelSplit(weights={"1": 100})}, shadows={"m": {"4": 1.0}}))
     await asyncio.gather(*(infer(p, request(start=10 * i, id=f"r{i}")) for i in range(20)))
     await settle(p)
     assert versions.calls.count("4") == 20

@@ -26,15 +26,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway import tls, traffic_cli
+from gateway import tls
 from gateway.app import bind_tcp
 from gateway.core import DataPlane
 from gateway.doors.admin import AdminApi
+from gateway.doors.asgi import limited_http_protocol
 from gateway.doors.grpc import GrpcDoor, InferenceServicer
-from gateway.doors.http import HttpDoor, limited_http_protocol
+from gateway.doors.http import HttpDoor
 from gateway.plane.catalog import Catalog
 from gateway.settings import SettingsError, load_settings
 from gateway.tls import TlsSettings
+from gateway.traffic import cli as traffic_cli
+from gateway.traffic.control import TrafficControl
 from tests.unit.test_admin import FakeStore
 from tests.unit.test_http_door import FakeDispatcher, versions
 
@@ -227,7 +230,7 @@ async def admin(pki: Pki) -> AsyncIterator[tuple[str, FakeStore]]:
     settings = TlsSettings(admin_cert_file=pki.server_cert, admin_key_file=pki.server_key,
                            admin_client_ca_file=pki.ca)
     store = FakeStore()
-    app = AdminApi(plane(), store, TOKEN)
+    app = AdminApi(TrafficControl(plane(), store), TOKEN)
     async with asgi_server(app, http=limited_http_protocol(16 * 1024), **tls.admin_options(settings)) as port:
         yield f"https://127.0.0.1:{port}", store
 

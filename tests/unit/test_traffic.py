@@ -12,7 +12,7 @@ from contract.manifest import Manifest, TensorSpecModel
 from gateway.errors import Code, GatewayError
 from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.settings import BatchingOverride
-from gateway.traffic.routing import ModelSplit, Router, TrafficTable
+from gateway.traffic.routing import ModelSplit, Router, RoutingTable
 
 
 def catalog(*versions: tuple[str, str]) -> Catalog:
@@ -28,7 +28,7 @@ def catalog(*versions: tuple[str, str]) -> Catalog:
 
 def router(weights: dict[str, int], seed: int = 1) -> Router:
     r = Router(catalog(("1", "READY"), ("2", "READY"), ("3", "READY")), random.Random(seed))
-    r.apply(TrafficTable(models={"m": ModelSplit(weights=weights)}))
+    r.apply(RoutingTable(models={"m": ModelSplit(weights=weights)}))
     return r
 
 
@@ -88,16 +88,16 @@ def test_invalid_weights_are_refused(weights: dict[str, int], message: str) -> N
 
 def test_a_table_naming_unknown_or_unready_versions_is_refused_and_changes_nothing() -> None:
     r = Router(catalog(("1", "READY"), ("2", "LOADING")))
-    r.apply(TrafficTable(models={"m": ModelSplit(weights={"1": 100})}))
+    r.apply(RoutingTable(models={"m": ModelSplit(weights={"1": 100})}))
     with pytest.raises(GatewayError) as unknown:
-        r.apply(TrafficTable(models={"m": ModelSplit(weights={"1": 50, "9": 50})}))
+        r.apply(RoutingTable(models={"m": ModelSplit(weights={"1": 50, "9": 50})}))
     assert unknown.value.code is Code.NOT_FOUND
     with pytest.raises(GatewayError) as unready:
-        r.apply(TrafficTable(models={"m": ModelSplit(weights={"1": 50, "2": 50})}))
+        r.apply(RoutingTable(models={"m": ModelSplit(weights={"1": 50, "2": 50})}))
     assert unready.value.code is Code.INVALID_ARGUMENT and "not ready" in unready.value.message
     with pytest.raises(GatewayError) as unknown_model:
-        r.apply(TrafficTable(models={"zz": ModelSplit(weights={"1": 100})}))
+        r.apply(RoutingTable(models={"zz": ModelSplit(weights={"1": 100})}))
     assert unknown_model.value.code is Code.NOT_FOUND
     assert r.table.models["m"].weights == {"1": 100}  # the refused changes left the old table in place
     # An unready version may still be listed at weight 0 (staged before it takes traffic).
-    r.apply(TrafficTable(models={"m": ModelSplit(weights={"1": 100, "2": 0})}))
+    r.apply(RoutingTable(models={"m": ModelSplit(weights={"1": 100, "2": 0})}))
