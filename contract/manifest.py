@@ -9,8 +9,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-             "FP16", "FP32", "FP64", "BYTES")
+DATATYPES = (
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+)
 
 
 class TensorSpecModel(BaseModel):
@@ -151,5 +164,7 @@ class Manifest(BaseModel):
 
     @property
     def display_platform(self) -> str:
-        return self.platform or {"onnx": "onnxruntime_onnx", "array": "numpy", "python": "python",
-                                 "remote": "remote"}[self.runtime]
+        return (
+            self.platform
+            or {"onnx": "onnxruntime_onnx", "array": "numpy", "python": "python", "remote": "remote"}[self.runtime]
+        )

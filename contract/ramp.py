@@ -55,8 +55,10 @@ class RampPlan:
         except PlanError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
-            raise PlanError("a ramp plan needs version, steps (whole percents) and every_s (seconds); "
-                            f"max_error_rate, max_p99_ms and min_requests are numbers: {exc}") from None
+            raise PlanError(
+                "a ramp plan needs version, steps (whole percents) and every_s (seconds); "
+                f"max_error_rate, max_p99_ms and min_requests are numbers: {exc}"
+            ) from None
         if not steps or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
             raise PlanError(f"steps must be rising whole percents in 1..100, got {list(steps)}")
         if not math.isfinite(every_s) or every_s <= 0:
@@ -145,11 +147,15 @@ class Ramp:
         percent = p.steps[self.step]
         if w.requests >= max(p.min_requests, 1):
             if p.max_error_rate is not None and w.error_rate > p.max_error_rate:
-                return "rollback", (f"canary {p.version} error rate {w.error_rate:.1%} over the plan's "
-                                    f"{p.max_error_rate:.1%} at {percent}% ({w.failures}/{w.requests} requests)")
+                return "rollback", (
+                    f"canary {p.version} error rate {w.error_rate:.1%} over the plan's "
+                    f"{p.max_error_rate:.1%} at {percent}% ({w.failures}/{w.requests} requests)"
+                )
             if p.max_p99_ms is not None and w.p99_ms() > p.max_p99_ms:
-                return "rollback", (f"canary {p.version} p99 latency {w.p99_ms():.1f} ms over the plan's "
-                                    f"{p.max_p99_ms:g} ms at {percent}% ({w.requests} requests)")
+                return "rollback", (
+                    f"canary {p.version} p99 latency {w.p99_ms():.1f} ms over the plan's "
+                    f"{p.max_p99_ms:g} ms at {percent}% ({w.requests} requests)"
+                )
         if now - self.step_started < p.every_s:
             return "hold", f"at {percent}% for {p.every_s:g} s"
         if w.requests < p.min_requests:
@@ -166,20 +172,39 @@ class Ramp:
         self.window = Window()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": asdict(self.plan), "base": dict(self.base), "step": self.step,
-                "step_started": self.step_started, "window": asdict(self.window)}
+        return {
+            "plan": asdict(self.plan),
+            "base": dict(self.base),
+            "step": self.step,
+            "step_started": self.step_started,
+            "window": asdict(self.window),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Ramp:
         plan = d["plan"]
-        return cls(RampPlan(**{**plan, "steps": tuple(plan["steps"])}), dict(d["base"]), int(d["step"]),
-                   float(d["step_started"]), Window(**d["window"]))
+        return cls(
+            RampPlan(**{**plan, "steps": tuple(plan["steps"])}),
+            dict(d["base"]),
+            int(d["step"]),
+            float(d["step_started"]),
+            Window(**d["window"]),
+        )
 
     def public(self) -> dict[str, Any]:
         """What `traffic show` prints and what gateways need (they collect live counts of ramped versions)."""
         w = self.window
         p99 = w.p99_ms()
-        return {**asdict(self.plan), "percent": self.plan.steps[self.step], "step": self.step,
-                "step_started": self.step_started, "base": dict(self.base),
-                "live": {"requests": w.requests, "failures": w.failures, "error_rate": round(w.error_rate, 6),
-                         "p99_ms": None if math.isinf(p99) else round(p99, 3)}}
+        return {
+            **asdict(self.plan),
+            "percent": self.plan.steps[self.step],
+            "step": self.step,
+            "step_started": self.step_started,
+            "base": dict(self.base),
+            "live": {
+                "requests": w.requests,
+                "failures": w.failures,
+                "error_rate": round(w.error_rate, 6),
+                "p99_ms": None if math.isinf(p99) else round(p99, 3),
+            },
+        }

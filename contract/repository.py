@@ -71,8 +71,10 @@ class Repository:
         d = self.root / model
         if not d.is_dir():
             return []
-        return sorted((p.name for p in d.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()),
-                      key=version_sort_key)
+        return sorted(
+            (p.name for p in d.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file()),
+            key=version_sort_key,
+        )
 
     def next_version(self, model: str) -> str:
         numeric = [int(v) for v in self.versions(model) if v.isdigit()]
@@ -100,8 +102,9 @@ class Repository:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
-                raise RepositoryError(f"version {manifest.name}/{manifest.version} already exists; "
-                                      "versions are immutable") from None
+                raise RepositoryError(
+                    f"version {manifest.name}/{manifest.version} already exists; versions are immutable"
+                ) from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -77,8 +77,11 @@ class Gateway:
 
     async def start(self, progress: bool = True) -> Endpoints:
         s = self.settings
-        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress and not self.worker else (
-            lambda msg: None)
+        say = (
+            (lambda msg: print(msg, file=sys.stderr, flush=True))
+            if progress and not self.worker
+            else (lambda msg: None)
+        )
         try:  # before Ray starts: a tracing setting that cannot work stops start-up at once
             self.tracing = build_tracing(s.tracing)
         except TracingError as exc:
@@ -89,12 +92,19 @@ class Gateway:
             await write_examples(s.repository)
         entries = repo.scan()
         if not entries:
-            raise SystemExit(f"the model repository {s.repository} holds no models: add "
-                             "<model>/<version>/manifest.json folders, or leave example_models on")
+            raise SystemExit(
+                f"the model repository {s.repository} holds no models: add "
+                "<model>/<version>/manifest.json folders, or leave example_models on"
+            )
         from gateway.dispatch import RayDispatcher  # imports Ray; kept out of the CLI's --help path
 
-        dispatcher = RayDispatcher(s.ray_address, s.ray_num_cpus, s.fpga_resource, s.ray_transport,
-                                   dashboard_port(s) if not self.worker else None)
+        dispatcher = RayDispatcher(
+            s.ray_address,
+            s.ray_num_cpus,
+            s.fpga_resource,
+            s.ray_transport,
+            dashboard_port(s) if not self.worker else None,
+        )
         self.dispatcher = dispatcher
         say("starting Ray" + (f" (joining {s.ray_address})" if s.ray_address else " (embedded, local)") + "...")
         await asyncio.to_thread(dispatcher.start)
@@ -110,31 +120,58 @@ class Gateway:
                 self.feedback = FeedbackLog(s.request_log, self.metrics.registry).start()
             except ValueError as exc:
                 raise SystemExit(str(exc)) from None
-        self.plane = DataPlane(catalog, dispatcher, self.metrics, request_log=self.request_log,
-                               tracer=self.tracing.tracer, shadow=s.shadow)
+        self.plane = DataPlane(
+            catalog, dispatcher, self.metrics, request_log=self.request_log, tracer=self.tracing.tracer, shadow=s.shadow
+        )
 
-        servicer = InferenceServicer(self.plane, s.max_tensor_elements, s.default_timeout_ms / 1000.0,
-                                     routing_header=s.routing_header, max_rows=s.max_request_rows)
+        servicer = InferenceServicer(
+            self.plane,
+            s.max_tensor_elements,
+            s.default_timeout_ms / 1000.0,
+            routing_header=s.routing_header,
+            max_rows=s.max_request_rows,
+        )
         self._grpc = GrpcDoor(servicer, s.max_request_bytes, s.max_header_bytes, tls.grpc_credentials(s.tls))
         grpc_port = self._grpc.bind(s.host, s.grpc_port)
         await self._grpc.start()
         http_sock = bind_tcp(s.host, s.http_port)
         http_port = http_sock.getsockname()[1]
-        door = HttpDoor(self.plane, max_body_bytes=s.max_request_bytes, max_elements=s.max_tensor_elements,
-                        default_timeout_s=s.default_timeout_ms / 1000.0, routing_header=s.routing_header,
-                        feedback=self.feedback, max_rows=s.max_request_rows)
-        self._http = _Uvicorn(uvicorn.Config(door, http=limited_http_protocol(s.max_header_bytes), loop="none",
-                                             lifespan="off", access_log=False, log_level="warning", backlog=2048,
-                                             timeout_graceful_shutdown=max(1, round(s.drain_s)),
-                                             **tls.http_options(s.tls)))
+        door = HttpDoor(
+            self.plane,
+            max_body_bytes=s.max_request_bytes,
+            max_elements=s.max_tensor_elements,
+            default_timeout_s=s.default_timeout_ms / 1000.0,
+            routing_header=s.routing_header,
+            feedback=self.feedback,
+            max_rows=s.max_request_rows,
+        )
+        self._http = _Uvicorn(
+            uvicorn.Config(
+                door,
+                http=limited_http_protocol(s.max_header_bytes),
+                loop="none",
+                lifespan="off",
+                access_log=False,
+                log_level="warning",
+                backlog=2048,
+                timeout_graceful_shutdown=max(1, round(s.drain_s)),
+                **tls.http_options(s.tls),
+            )
+        )
         self._tasks.append(asyncio.create_task(self._http.serve(sockets=[http_sock])))
         # Workers write metrics to the shared multiprocess directory; the first process serves them all.
         metrics_port = s.metrics_port if self.worker else self.metrics.serve(s.host, s.metrics_port)
         self._tasks.append(asyncio.create_task(self._watch_readiness()))
         host = f"[{s.host}]" if ":" in s.host else s.host
         scheme = "https" if s.tls.doors else "http"
-        return Endpoints(f"{scheme}://{host}:{http_port}", f"{host}:{grpc_port}", f"http://{host}:{metrics_port}/metrics",
-                         http_port, grpc_port, metrics_port)
+        return Endpoints(
+            f"{scheme}://{host}:{http_port}",
+            f"{host}:{grpc_port}",
+            f"http://{host}:{metrics_port}/metrics",
+            http_port,
+            grpc_port,
+            metrics_port,
+        )
 
     async def _watch_readiness(self) -> None:
         from gateway.dispatch import RayDispatcher
@@ -173,10 +210,12 @@ class Gateway:
 
         assert self.plane is not None and isinstance(self.dispatcher, RayDispatcher)
         s = self.settings
-        discover = RepositoryDiscovery(self.plane, s.repository, self.dispatcher,
-                                       lambda m: VersionInfo.from_manifest(m, s.batching_for(m.name)))
-        self.traffic = TrafficControl(self.plane, self.dispatcher.traffic_store(str(s.traffic_file.resolve())),
-                                      discover)
+        discover = RepositoryDiscovery(
+            self.plane, s.repository, self.dispatcher, lambda m: VersionInfo.from_manifest(m, s.batching_for(m.name))
+        )
+        self.traffic = TrafficControl(
+            self.plane, self.dispatcher.traffic_store(str(s.traffic_file.resolve())), discover
+        )
         try:
             stored = await self.traffic.seed({} if self.worker else s.traffic)
         except (GatewayError, ValidationError) as exc:
@@ -187,21 +226,37 @@ class Gateway:
             return 0
         sock = bind_tcp(s.admin_host, s.admin_port)
         admin = AdminApi(self.traffic, s.admin_token)
-        self._admin = _Uvicorn(uvicorn.Config(admin, http=limited_http_protocol(s.max_header_bytes), loop="none",
-                                              lifespan="off", access_log=False, log_level="warning",
-                                              **tls.admin_options(s.tls)))
+        self._admin = _Uvicorn(
+            uvicorn.Config(
+                admin,
+                http=limited_http_protocol(s.max_header_bytes),
+                loop="none",
+                lifespan="off",
+                access_log=False,
+                log_level="warning",
+                **tls.admin_options(s.tls),
+            )
+        )
         self._tasks.append(asyncio.create_task(self._admin.serve(sockets=[sock])))
         return int(sock.getsockname()[1])
 
     def summary(self, endpoints: Endpoints) -> str:
         assert self.plane is not None
-        lines = [f"HTTP     {endpoints.http}/v2", f"gRPC     {endpoints.grpc}  (inference.GRPCInferenceService)",
-                 f"metrics  {endpoints.metrics}", "", f"{'MODEL':<20} {'VERSION':<8} {'STATE':<12} REASON"]
+        lines = [
+            f"HTTP     {endpoints.http}/v2",
+            f"gRPC     {endpoints.grpc}  (inference.GRPCInferenceService)",
+            f"metrics  {endpoints.metrics}",
+            "",
+            f"{'MODEL':<20} {'VERSION':<8} {'STATE':<12} REASON",
+        ]
         weights = {m: split.weights for m, split in self.plane.routing_table.models.items()}
         for v in self.plane.versions():
             share = weights.get(v.model, {}).get(v.version)
-            lines.append(f"{v.model:<20} {v.version:<8} {v.state:<12} "
-                         + (f"{share}% of traffic  " if share is not None else "") + v.reason)
+            lines.append(
+                f"{v.model:<20} {v.version:<8} {v.state:<12} "
+                + (f"{share}% of traffic  " if share is not None else "")
+                + v.reason
+            )
         return "\n".join(lines)
 
     async def stop(self, drain_s: float | None = None) -> None:
@@ -234,8 +289,14 @@ class Gateway:
 
 async def write_examples(repository: Path) -> None:
     """Runs the serving side's example writer as a program of its own (the gateway never imports `serving`)."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", entrypoints.EXAMPLES_MODULE, str(repository),
-                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        entrypoints.EXAMPLES_MODULE,
+        str(repository),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await proc.communicate()
     if proc.returncode != 0:
         tail = err.decode(errors="replace")[-2000:]
@@ -282,22 +343,34 @@ async def serve(settings: GatewaySettings, ready_file: Path | None = None, worke
             if listening < settings.workers - 1:
                 log.warning("only %d of %d extra gateway processes started", listening, settings.workers - 1)
             watcher = asyncio.create_task(workers.watch(gateway.stopping))
-        print(("gateway ready" if ready else "gateway started; some model versions are not ready:")
-              + (f" ({settings.workers} processes)\n" if settings.workers > 1 else "\n")
-              + gateway.summary(endpoints)
-              + (f"\nadmin    http{'s' if settings.tls.admin_cert else ''}://{settings.admin_host}:{admin_port}"
-                 "/admin/traffic (bearer token)" if admin_port
-                 else "\nadmin    off (set admin_token to change traffic at run time)"),
-              file=sys.stderr, flush=True)
+        print(
+            ("gateway ready" if ready else "gateway started; some model versions are not ready:")
+            + (f" ({settings.workers} processes)\n" if settings.workers > 1 else "\n")
+            + gateway.summary(endpoints)
+            + (
+                f"\nadmin    http{'s' if settings.tls.admin_cert else ''}://{settings.admin_host}:{admin_port}"
+                "/admin/traffic (bearer token)"
+                if admin_port
+                else "\nadmin    off (set admin_token to change traffic at run time)"
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
         if ready_file is not None:
             assert gateway.plane is not None
             from gateway.dispatch import RayDispatcher
 
             assert isinstance(gateway.dispatcher, RayDispatcher)
-            info = {**asdict(endpoints), "ready": ready, "ray_address": gateway.dispatcher.cluster_address,
-                    "admin_port": admin_port,
-                    "models": [{"name": v.model, "version": v.version, "state": v.state, "reason": v.reason}
-                               for v in gateway.plane.versions()]}
+            info = {
+                **asdict(endpoints),
+                "ready": ready,
+                "ray_address": gateway.dispatcher.cluster_address,
+                "admin_port": admin_port,
+                "models": [
+                    {"name": v.model, "version": v.version, "state": v.state, "reason": v.reason}
+                    for v in gateway.plane.versions()
+                ],
+            }
             tmp = ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(info, indent=2))
             tmp.replace(ready_file)

@@ -16,8 +16,17 @@ from contract import datatypes
 from contract.datatypes import DATATYPES, NUMPY_DTYPES
 from gateway.errors import Code, GatewayError, invalid
 
-__all__ = ["DATATYPES", "NUMPY_DTYPES", "datatype_of", "element_count", "from_list", "from_raw", "numpy_dtype",
-           "to_list", "to_raw"]
+__all__ = [
+    "DATATYPES",
+    "NUMPY_DTYPES",
+    "datatype_of",
+    "element_count",
+    "from_list",
+    "from_raw",
+    "numpy_dtype",
+    "to_list",
+    "to_raw",
+]
 
 _LEN = struct.Struct("<I")
 
@@ -63,9 +72,7 @@ def from_raw(name: str, datatype: str, shape: Sequence[int], buf: bytes | memory
         return _bytes_elements(name, shape, buf, count)
     expected = count * dtype.itemsize
     if len(buf) != expected:
-        raise invalid(
-            f"input '{name}': {datatype} shape {list(shape)} needs {expected} bytes of data, got {len(buf)}"
-        )
+        raise invalid(f"input '{name}': {datatype} shape {list(shape)} needs {expected} bytes of data, got {len(buf)}")
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 

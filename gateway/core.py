@@ -49,9 +49,16 @@ class RequestLog(Protocol):
 
 
 class DataPlane:
-    def __init__(self, catalog: Catalog, dispatcher: Dispatcher, metrics: Metrics | None = None,
-                 name: str = "model-gateway", request_log: RequestLog | None = None,
-                 tracer: Tracer | None = None, shadow: ShadowSettings | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        dispatcher: Dispatcher,
+        metrics: Metrics | None = None,
+        name: str = "model-gateway",
+        request_log: RequestLog | None = None,
+        tracer: Tracer | None = None,
+        shadow: ShadowSettings | None = None,
+    ) -> None:
         self.catalog = catalog
         self.dispatcher = dispatcher
         self.request_log = request_log
@@ -69,9 +76,13 @@ class DataPlane:
                 self._batchers[(info.model, info.version)] = self._make_batcher(info)
         self.deadlines = DeadlineWheel()  # one timer per 5 ms of deadlines, not one per request
         self.live_counts = LiveCounts()  # what ramped versions did, for the cluster's table to judge
-        self.shadow = ShadowRunner(catalog, self._call_shadow,
-                                   functools.partial(request_log.append, background=True) if request_log else None,
-                                   self.metrics.registry, shadow)
+        self.shadow = ShadowRunner(
+            catalog,
+            self._call_shadow,
+            functools.partial(request_log.append, background=True) if request_log else None,
+            self.metrics.registry,
+            shadow,
+        )
 
     def add_version(self, info: VersionInfo) -> None:
         """Serves a version that appeared in the repository while running (e.g. one a retraining job made)."""
@@ -89,10 +100,16 @@ class DataPlane:
         def on_batch(stats: BatchStats) -> None:
             self.metrics.batch(model, version, stats.rows, stats.requests)
 
-        return Batcher(call, f"model '{model}' version '{version}'", max_batch_size=b.max_batch_size,
-                       max_wait_s=b.max_wait_ms / 1000.0, max_queue_rows=b.max_queue_rows,
-                       preferred_sizes=tuple(sorted(b.preferred_batch_sizes)),
-                       max_inflight=b.max_inflight_batches or 1, on_batch=on_batch)
+        return Batcher(
+            call,
+            f"model '{model}' version '{version}'",
+            max_batch_size=b.max_batch_size,
+            max_wait_s=b.max_wait_ms / 1000.0,
+            max_queue_rows=b.max_queue_rows,
+            preferred_sizes=tuple(sorted(b.preferred_batch_sizes)),
+            max_inflight=b.max_inflight_batches or 1,
+            on_batch=on_batch,
+        )
 
     # --- health and metadata -------------------------------------------------------------
     def server_live(self) -> bool:
@@ -119,8 +136,9 @@ class DataPlane:
         """The model's versions; NOT_FOUND for a model this gateway does not serve."""
         return self.catalog.model_versions(model)
 
-    def check_rows(self, model: str, version: str | None, shapes: Iterable[tuple[str, Sequence[int]]],
-                   max_rows: int) -> None:
+    def check_rows(
+        self, model: str, version: str | None, shapes: Iterable[tuple[str, Sequence[int]]], max_rows: int
+    ) -> None:
         """Refuses a request with too many rows from its declared shapes, before any tensor is decoded."""
         check_declared_rows(self.catalog, model, version, shapes, max_rows)
 
@@ -191,8 +209,10 @@ class DataPlane:
                 except asyncio.CancelledError:
                     if not expiry.expired():
                         raise
-                    raise GatewayError(Code.DEADLINE_EXCEEDED, f"no answer from model '{model}' version "
-                                       f"'{version}' within the request's deadline") from None
+                    raise GatewayError(
+                        Code.DEADLINE_EXCEEDED,
+                        f"no answer from model '{model}' version '{version}' within the request's deadline",
+                    ) from None
                 finally:
                     expiry.disarm()
         except GatewayError as exc:
@@ -205,16 +225,32 @@ class DataPlane:
         if model in self.router.ramped and self.router.ramped[model] == version:
             self.live_counts.add(model, version, code, total * 1000.0)
         if self.request_log is not None:
-            await self.request_log.append(request_record(
-                request, request_id, model=model or request.model, version=version, role=route.role,
-                reason=route.reason, outputs=response.outputs if response is not None else (), error=error,
-                timing=timing, total_s=total, trace_id=trace_id))
+            await self.request_log.append(
+                request_record(
+                    request,
+                    request_id,
+                    model=model or request.model,
+                    version=version,
+                    role=route.role,
+                    reason=route.reason,
+                    outputs=response.outputs if response is not None else (),
+                    error=error,
+                    timing=timing,
+                    total_s=total,
+                    trace_id=trace_id,
+                )
+            )
         shadows = self.router.shadows.get(model) if version else None
         if shadows and (error is None or code in FAILURE_CODES):
             # After the primary's answer is final (and logged): a shadow can never change or delay it.
-            self.shadow.mirror(shadows, request, version,
-                               {t.name: t.data for t in response.outputs} if response is not None else None,
-                               request_id, trace_id)
+            self.shadow.mirror(
+                shadows,
+                request,
+                version,
+                {t.name: t.data for t in response.outputs} if response is not None else None,
+                request_id,
+                trace_id,
+            )
         if error is not None:
             raise with_traceparent(error, traceparent) if traceparent else error
         assert response is not None
@@ -226,12 +262,14 @@ class DataPlane:
         if route.role != "pinned" and not info.ready:
             # A split's version went unready after the split was set: serve from a ready one instead.
             fallback = self.catalog.default_version(request.model)
-            return Route(fallback.version, "primary", f"version {route.version} is not ready; newest ready version"), \
-                fallback
+            return Route(
+                fallback.version, "primary", f"version {route.version} is not ready; newest ready version"
+            ), fallback
         return route, info
 
-    async def _infer(self, info: VersionInfo, request: InferRequest, request_id: str,
-                     timing: Timing, traceparent: str = "") -> InferResponse:
+    async def _infer(
+        self, info: VersionInfo, request: InferRequest, request_id: str, timing: Timing, traceparent: str = ""
+    ) -> InferResponse:
         arrays, rows = validate_inputs(info, request.inputs)
         validate_outputs(info, request.outputs)
         if not info.ready:
@@ -243,13 +281,15 @@ class DataPlane:
         tensors = []
         for name in wanted:
             if name not in out:
-                raise GatewayError(Code.INTERNAL, f"model '{info.model}' version '{info.version}' "
-                                   f"did not produce output '{name}'")
+                raise GatewayError(
+                    Code.INTERNAL, f"model '{info.model}' version '{info.version}' did not produce output '{name}'"
+                )
             tensors.append(Tensor(name, info.output_index[name].datatype, out[name]))
         return InferResponse(info.model, info.version, tuple(tensors), request_id, traceparent=traceparent)
 
-    async def _run_version(self, info: VersionInfo, arrays: Arrays, rows: int, deadline: float | None,
-                           timing: Timing) -> Arrays:
+    async def _run_version(
+        self, info: VersionInfo, arrays: Arrays, rows: int, deadline: float | None, timing: Timing
+    ) -> Arrays:
         batcher = self._batchers.get((info.model, info.version))
         if batcher is not None:
             return await batcher.submit(arrays, rows, deadline, timing)

@@ -31,8 +31,13 @@ log = logging.getLogger(__name__)
 
 # A replica that died or became unreachable before answering: no answer exists, so one retry is safe.
 # Over the "grpc" transport a broken channel is an AioRpcError with status UNAVAILABLE (handled apart).
-_REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError,
-                 ReplicaUnavailableError)
+_REPLICA_LOST = (
+    ActorDiedError,
+    ActorUnavailableError,
+    RayActorError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 
 Key = tuple[str, str]
 
@@ -44,8 +49,14 @@ class Readiness:
 
 
 class RayDispatcher:
-    def __init__(self, address: str | None, num_cpus: int | None, fpga_resource: str,
-                 transport: str = "grpc", dashboard_port: int | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None,
+        num_cpus: int | None,
+        fpga_resource: str,
+        transport: str = "grpc",
+        dashboard_port: int | None = None,
+    ) -> None:
         self.address = address
         self.dashboard_port = dashboard_port  # an embedded cluster serves the Jobs API there (drift sidecar)
         self.num_cpus = num_cpus
@@ -54,8 +65,9 @@ class RayDispatcher:
         # task and object store per call); "actor": Ray's actor calls. See docs/ARCHITECTURE.md, "Transport".
         self._handle_options: dict[str, Any] = {"method_name": "infer"}
         if transport == "grpc":
-            self._handle_options.update(_by_reference=False, request_serialization="pickle",
-                                        response_serialization="pickle")
+            self._handle_options.update(
+                _by_reference=False, request_serialization="pickle", response_serialization="pickle"
+            )
         self._handles: dict[Key, DeploymentHandle[Any]] = {}
         self._refused: dict[Key, str] = {}
         self._owns_cluster = False
@@ -76,8 +88,9 @@ class RayDispatcher:
                 namespace="gateway",
             )
         # The gateway is the front door: Ray's own HTTP proxy is not needed.
-        serve.start(proxy_location=ProxyLocation.Disabled,
-                    logging_config={"enable_access_log": False, "log_level": "WARNING"})
+        serve.start(
+            proxy_location=ProxyLocation.Disabled, logging_config={"enable_access_log": False, "log_level": "WARNING"}
+        )
 
     @property
     def cluster_address(self) -> str:
@@ -92,8 +105,7 @@ class RayDispatcher:
         That is how a restarted gateway, or a second gateway process, joins without disturbing traffic.
         """
         resources = ray.cluster_resources()
-        running = {name for name, app in serve.status().applications.items()
-                   if app.status in ("RUNNING", "DEPLOYING")}
+        running = {name for name, app in serve.status().applications.items() if app.status in ("RUNNING", "DEPLOYING")}
         targets = []
         for e in entries:
             key = (e.manifest.name, e.manifest.version)
@@ -128,8 +140,9 @@ class RayDispatcher:
             elif (running := _running_replicas(app)) > 0:
                 # A replica died (UNHEALTHY) or is being replaced (DEPLOYING) while others still serve:
                 # the version can answer, so it stays ready while Serve heals it.
-                out[key] = Readiness("READY", f"{app.status.lower()}: {running} replica(s) running, "
-                                              "Serve is replacing the rest")
+                out[key] = Readiness(
+                    "READY", f"{app.status.lower()}: {running} replica(s) running, Serve is replacing the rest"
+                )
             elif app.status in ("DEPLOYING", "NOT_STARTED"):
                 out[key] = Readiness("LOADING", app.message or "replicas are starting")
             else:
@@ -152,30 +165,37 @@ class RayDispatcher:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     # The replica answered with a status of its own (too large, deadline, internal): no retry.
                     code = exc.code()
-                    mapped = {grpc.StatusCode.RESOURCE_EXHAUSTED: Code.RESOURCE_EXHAUSTED,
-                              grpc.StatusCode.DEADLINE_EXCEEDED: Code.DEADLINE_EXCEEDED,
-                              grpc.StatusCode.INVALID_ARGUMENT: Code.INVALID_ARGUMENT}.get(code, Code.INTERNAL)
-                    log.warning("model %s/%s: replica channel answered %s: %s", model, version, code.name,
-                                exc.details())
-                    raise GatewayError(mapped, f"model '{model}' version '{version}': the replica call failed "
-                                       f"({code.name})") from None
+                    mapped = {
+                        grpc.StatusCode.RESOURCE_EXHAUSTED: Code.RESOURCE_EXHAUSTED,
+                        grpc.StatusCode.DEADLINE_EXCEEDED: Code.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.INVALID_ARGUMENT: Code.INVALID_ARGUMENT,
+                    }.get(code, Code.INTERNAL)
+                    log.warning(
+                        "model %s/%s: replica channel answered %s: %s", model, version, code.name, exc.details()
+                    )
+                    raise GatewayError(
+                        mapped, f"model '{model}' version '{version}': the replica call failed ({code.name})"
+                    ) from None
                 if attempt == 1:
                     self.retries += 1
-                    log.warning("model %s/%s lost a replica mid-call (gRPC UNAVAILABLE); retrying once",
-                                model, version)
+                    log.warning("model %s/%s lost a replica mid-call (gRPC UNAVAILABLE); retrying once", model, version)
                     continue
-                raise unavailable(f"model '{model}' version '{version}' has no healthy replica "
-                                  "(its channel is unavailable); retry shortly") from None
+                raise unavailable(
+                    f"model '{model}' version '{version}' has no healthy replica "
+                    "(its channel is unavailable); retry shortly"
+                ) from None
             except _REPLICA_LOST as exc:
                 # The replica died before answering. Inference is idempotent, so the call goes once more,
                 # to whichever replica Serve's router picks now; a second loss is the client's answer.
                 if attempt == 1 and not isinstance(exc, DeploymentUnavailableError):
                     self.retries += 1
-                    log.warning("model %s/%s lost a replica mid-call (%s); retrying once",
-                                model, version, type(exc).__name__)
+                    log.warning(
+                        "model %s/%s lost a replica mid-call (%s); retrying once", model, version, type(exc).__name__
+                    )
                     continue
-                raise unavailable(f"model '{model}' version '{version}' has no healthy replica "
-                                  f"({type(exc).__name__}); retry shortly") from None
+                raise unavailable(
+                    f"model '{model}' version '{version}' has no healthy replica ({type(exc).__name__}); retry shortly"
+                ) from None
             except (RayTaskError, RuntimeFault) as exc:
                 # Over the actor transport the runtime's exception arrives wrapped in a RayTaskError; over the
                 # gRPC transport it arrives as itself.
@@ -183,12 +203,13 @@ class RayDispatcher:
                 if isinstance(cause, RuntimeFault) and cause.code in Code.__members__:
                     # Already classified by the runtime (a remote server's answer): the client gets that code.
                     code, message = Code[cause.code], f"model '{model}' version '{version}': {cause.message}"
-                    raise (unavailable(message) if code == Code.UNAVAILABLE else GatewayError(code, message)) \
-                        from None
+                    raise (unavailable(message) if code == Code.UNAVAILABLE else GatewayError(code, message)) from None
                 log.warning("model %s/%s raised %s: %s", model, version, type(cause).__name__, cause)
                 # The client learns the exception type, never the traceback or model internals.
-                raise GatewayError(Code.INTERNAL, f"model '{model}' version '{version}' failed while "
-                                   f"running inference ({type(cause).__name__})") from None
+                raise GatewayError(
+                    Code.INTERNAL,
+                    f"model '{model}' version '{version}' failed while running inference ({type(cause).__name__})",
+                ) from None
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     def traffic_store(self, path: str) -> RayTrafficStore:
@@ -233,8 +254,9 @@ class RayTrafficStore:
                 self._actor = await asyncio.to_thread(entrypoints.load(entrypoints.TRAFFIC_TABLE), self._path)
             except RayTaskError as exc:
                 cause = exc.cause if exc.cause is not None else exc
-                raise GatewayError(Code.INTERNAL, f"the traffic table failed ({type(cause).__name__}: "
-                                   f"{str(cause)[:300]})") from None
+                raise GatewayError(
+                    Code.INTERNAL, f"the traffic table failed ({type(cause).__name__}: {str(cause)[:300]})"
+                ) from None
         raise AssertionError("unreachable")
 
     async def get(self) -> dict[str, Any]:

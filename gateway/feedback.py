@@ -22,8 +22,17 @@ from gateway.request_log.record import FORMAT_VERSION, RecordEncoder
 from gateway.request_log.settings import RequestLogSettings
 from gateway.request_log.writer import RequestLogWriter
 
-__all__ = ["FEEDBACK_DIR", "KIND", "MAX_BODY_BYTES", "FeedbackItem", "FeedbackLog", "feedback_root", "latest_labels",
-           "parse_body", "read_feedback"]
+__all__ = [
+    "FEEDBACK_DIR",
+    "KIND",
+    "MAX_BODY_BYTES",
+    "FeedbackItem",
+    "FeedbackLog",
+    "feedback_root",
+    "latest_labels",
+    "parse_body",
+    "read_feedback",
+]
 
 MAX_BODY_BYTES = 1 << 20
 MAX_ITEMS = 1000
@@ -114,9 +123,20 @@ class FeedbackEncoder(RecordEncoder):
     """One feedback record as one JSON line (docs/REQUEST_LOG.md, "Feedback records")."""
 
     def encode(self, r: Any) -> tuple[bytes, bool]:
-        line = orjson.dumps({"format_version": FORMAT_VERSION, "kind": KIND, "gateway_id": self.gateway_id,
-                             "request_id": r.request_id, "time": r.time, "model": r.model, "label": r.label,
-                             "client": r.client, "protocol": r.protocol}, option=orjson.OPT_APPEND_NEWLINE)
+        line = orjson.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "kind": KIND,
+                "gateway_id": self.gateway_id,
+                "request_id": r.request_id,
+                "time": r.time,
+                "model": r.model,
+                "label": r.label,
+                "client": r.client,
+                "protocol": r.protocol,
+            },
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
         return line, False
 
 
@@ -140,8 +160,12 @@ class FeedbackLog:
             raise ValueError(f"request_log.gateway_id '{FEEDBACK_DIR}' is taken by the feedback folder; choose another")
         self.settings = feedback_settings(settings)
         self.writer = _FeedbackWriter(self.settings)
-        self.records = Counter("gateway_feedback_records", "Ground-truth labels posted back, by outcome",
-                               ["model", "code"], registry=registry or CollectorRegistry())
+        self.records = Counter(
+            "gateway_feedback_records",
+            "Ground-truth labels posted back, by outcome",
+            ["model", "code"],
+            registry=registry or CollectorRegistry(),
+        )
 
     def start(self) -> FeedbackLog:
         self.writer.start()
@@ -161,8 +185,10 @@ class FeedbackLog:
         limit = self.settings.max_record_bytes - 1024  # room for the record's other keys
         for r in records:
             if len(orjson.dumps(r.label)) > limit:
-                raise invalid(f"the label for request '{r.request_id}' is over the record size limit "
-                              f"of {self.settings.max_record_bytes} bytes (request_log.max_record_bytes)")
+                raise invalid(
+                    f"the label for request '{r.request_id}' is over the record size limit "
+                    f"of {self.settings.max_record_bytes} bytes (request_log.max_record_bytes)"
+                )
         # The writer only hands a record to its encoder and reads .model and .code: a FeedbackRecord has both.
         appends = [self.writer.append(r) for r in records]  # type: ignore[arg-type]
         try:

@@ -121,8 +121,10 @@ class GatewaySettings(BaseSettings):
     def _admin_apart(self) -> GatewaySettings:
         public = {p for p in (self.http_port, self.grpc_port, self.metrics_port) if p}
         if self.admin_port and self.admin_port in public:
-            raise ValueError(f"admin_port {self.admin_port} is also a prediction or metrics port; "
-                             "the admin API must listen on a port of its own")
+            raise ValueError(
+                f"admin_port {self.admin_port} is also a prediction or metrics port; "
+                "the admin API must listen on a port of its own"
+            )
         return self
 
     def batching_for(self, model: str) -> BatchingOverride:

@@ -57,7 +57,7 @@ class SidecarProcess:
         if entry.startswith("python "):
             # The embedded cluster runs jobs on this host: the job uses this Python (this environment),
             # whatever `python` on the PATH is.
-            data["drift"]["retrain_entrypoint"] = shlex.quote(sys.executable) + entry[len("python"):]
+            data["drift"]["retrain_entrypoint"] = shlex.quote(sys.executable) + entry[len("python") :]
         config.write_text(yaml.safe_dump(data))
         os.chmod(config, 0o600)
         self._config = config
@@ -65,9 +65,11 @@ class SidecarProcess:
 
     def _launch(self) -> None:
         # Output goes where the gateway's goes; a failing sidecar says why there.
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "drift", "run", "--config",
-                                      str(self._config), "--quiet"], start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "drift", "run", "--config", str(self._config), "--quiet"],
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
 
     async def watch(self, stopping: asyncio.Event, backoff_s: float = 5.0) -> None:
         """Starts the sidecar again if it exits while the gateway runs (it resumes from its checkpoint)."""

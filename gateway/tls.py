@@ -44,20 +44,30 @@ class TlsSettings(BaseModel):
 
     @model_validator(mode="after")
     def _complete_and_readable(self) -> TlsSettings:
-        for cert, key, what in ((self.cert_file, self.key_file, "cert_file and key_file"),
-                                (self.admin_cert_file, self.admin_key_file, "admin_cert_file and admin_key_file")):
+        for cert, key, what in (
+            (self.cert_file, self.key_file, "cert_file and key_file"),
+            (self.admin_cert_file, self.admin_key_file, "admin_cert_file and admin_key_file"),
+        ):
             if (cert is None) != (key is None):
                 raise ValueError(f"set both {what}, or neither")
-        for name in ("cert_file", "key_file", "client_ca_file", "admin_cert_file", "admin_key_file",
-                     "admin_client_ca_file"):
+        for name in (
+            "cert_file",
+            "key_file",
+            "client_ca_file",
+            "admin_cert_file",
+            "admin_key_file",
+            "admin_client_ca_file",
+        ):
             path: Path | None = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name}: {path} does not exist or is not a file")
         if self.client_ca_file is not None and not self.doors:
             raise ValueError("client_ca_file needs cert_file and key_file (client certificates ride on TLS)")
         if self.admin_client_ca_file is not None and self.admin_cert is None:
-            raise ValueError("admin_client_ca_file needs admin_cert_file and admin_key_file (or cert_file and "
-                             "key_file): client certificates ride on TLS")
+            raise ValueError(
+                "admin_client_ca_file needs admin_cert_file and admin_key_file (or cert_file and "
+                "key_file): client certificates ride on TLS"
+            )
         pairs = {self.admin_cert, (self.cert_file, self.key_file) if self.cert_file and self.key_file else None}
         for pair in pairs - {None}:
             assert pair is not None
@@ -81,8 +91,11 @@ def grpc_credentials(tls: TlsSettings) -> Any:
     import grpc
 
     ca = tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None
-    return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-                                       root_certificates=ca, require_client_auth=ca is not None)
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
 
 
 def _uvicorn(cert: Path, key: Path, ca: Path | None) -> dict[str, Any]:

@@ -7,8 +7,18 @@ from typing import Any
 
 from contract.tensors import Arrays, Tensor
 
-__all__ = ["Arrays", "InferRequest", "InferResponse", "ModelMetadata", "RequestRecord", "RequestedOutput", "Tensor",
-           "TensorSpec", "Timing", "VersionStatus"]
+__all__ = [
+    "Arrays",
+    "InferRequest",
+    "InferResponse",
+    "ModelMetadata",
+    "RequestRecord",
+    "RequestedOutput",
+    "Tensor",
+    "TensorSpec",
+    "Timing",
+    "VersionStatus",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,10 +37,16 @@ class Workers:
     """The extra processes of a multi-process gateway (settings.workers > 1), kept alive until drain."""
 
     def __init__(self, settings: GatewaySettings, endpoints: Endpoints, ray_address: str) -> None:
-        shared = settings.model_copy(update={
-            "http_port": endpoints.http_port, "grpc_port": endpoints.grpc_port,
-            "metrics_port": endpoints.metrics_port, "ray_address": ray_address, "workers": 1,
-            "example_models": False})
+        shared = settings.model_copy(
+            update={
+                "http_port": endpoints.http_port,
+                "grpc_port": endpoints.grpc_port,
+                "metrics_port": endpoints.metrics_port,
+                "ray_address": ray_address,
+                "workers": 1,
+                "example_models": False,
+            }
+        )
         self._dir = Path(tempfile.mkdtemp(prefix="gateway-worker-"))
         self._config = self._dir / "settings.yaml"
         self._config.write_text(yaml.safe_dump(shared.model_dump(mode="json")))
@@ -51,8 +57,20 @@ class Workers:
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         ready = self._dir / f"worker-{index}.ready"
         ready.unlink(missing_ok=True)
-        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--worker", "--config",
-                                 str(self._config), "--ready-file", str(ready)], env=self._env)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "serve",
+                "--worker",
+                "--config",
+                str(self._config),
+                "--ready-file",
+                str(ready),
+            ],
+            env=self._env,
+        )
 
     async def wait_ready(self, timeout_s: float) -> int:
         """Waits until every worker listens (so clients that connect now are spread over all of them);

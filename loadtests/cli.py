@@ -59,49 +59,91 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     what = parser.add_argument_group("target")
-    what.add_argument("--target", required=True,
-                      help="grpc://HOST:PORT or http://HOST:PORT (the only address contacted)")
+    what.add_argument(
+        "--target", required=True, help="grpc://HOST:PORT or http://HOST:PORT (the only address contacted)"
+    )
     what.add_argument("--model", help="model name (optional with --input-file)")
     what.add_argument("--model-version", default="", help="model version (default: server's)")
     load = parser.add_argument_group("load (pick one of --rate, --concurrency, --sweep)")
     mode = load.add_mutually_exclusive_group(required=True)
     mode.add_argument("--rate", type=float, metavar="QPS", help="open loop: requests per second")
-    mode.add_argument("--concurrency", type=int, metavar="N",
-                      help="closed loop: N requests always in flight")
-    mode.add_argument("--sweep", type=_sweep, metavar="START:STOP:STEP",
-                      help="open-loop rate steps, each --warmup + --duration long; reports the "
-                           "highest rate meeting --slo-p99-ms (stops after 2 misses in a row)")
-    load.add_argument("--slo-p99-ms", type=float, metavar="MS",
-                      help="p99 objective (required by --sweep; else checked, exit status 3)")
-    load.add_argument("--arrival", choices=("poisson", "constant"), default="poisson",
-                      help="open-loop spacing of requests (default: poisson)")
-    load.add_argument("--duration", type=_duration, default=30.0, metavar="TIME",
-                      help="measured window, per sweep step: 30s, 2m, 500ms (default: 30s)")
-    load.add_argument("--warmup", type=_duration, default=0.0, metavar="TIME",
-                      help="unmeasured load before the window (default: 0)")
-    load.add_argument("--max-requests", type=int, metavar="N",
-                      help="stop after sending N measured requests")
-    load.add_argument("--processes", type=int, default=1, metavar="N",
-                      help="generator OS processes; histograms are merged (default: 1)")
-    load.add_argument("--max-inflight", type=int, default=4096, metavar="N",
-                      help="open loop: due requests beyond N in flight are dropped and counted "
-                           "as late (default: 4096)")
-    load.add_argument("--connections", type=int, metavar="N",
-                      help="HTTP sockets / gRPC channels (default: from the load)")
-    load.add_argument("--timeout", type=_duration, default=30.0, metavar="TIME",
-                      help="per-request timeout (default: 30s)")
-    load.add_argument("--drain-timeout", type=_duration, default=5.0, metavar="TIME",
-                      help="wait for in-flight requests after the window; the rest count as "
-                           "TIMEOUT errors (default: 5s)")
+    mode.add_argument("--concurrency", type=int, metavar="N", help="closed loop: N requests always in flight")
+    mode.add_argument(
+        "--sweep",
+        type=_sweep,
+        metavar="START:STOP:STEP",
+        help="open-loop rate steps, each --warmup + --duration long; reports the "
+        "highest rate meeting --slo-p99-ms (stops after 2 misses in a row)",
+    )
+    load.add_argument(
+        "--slo-p99-ms",
+        type=float,
+        metavar="MS",
+        help="p99 objective (required by --sweep; else checked, exit status 3)",
+    )
+    load.add_argument(
+        "--arrival",
+        choices=("poisson", "constant"),
+        default="poisson",
+        help="open-loop spacing of requests (default: poisson)",
+    )
+    load.add_argument(
+        "--duration",
+        type=_duration,
+        default=30.0,
+        metavar="TIME",
+        help="measured window, per sweep step: 30s, 2m, 500ms (default: 30s)",
+    )
+    load.add_argument(
+        "--warmup", type=_duration, default=0.0, metavar="TIME", help="unmeasured load before the window (default: 0)"
+    )
+    load.add_argument("--max-requests", type=int, metavar="N", help="stop after sending N measured requests")
+    load.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="generator OS processes; histograms are merged (default: 1)",
+    )
+    load.add_argument(
+        "--max-inflight",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="open loop: due requests beyond N in flight are dropped and counted as late (default: 4096)",
+    )
+    load.add_argument(
+        "--connections", type=int, metavar="N", help="HTTP sockets / gRPC channels (default: from the load)"
+    )
+    load.add_argument(
+        "--timeout", type=_duration, default=30.0, metavar="TIME", help="per-request timeout (default: 30s)"
+    )
+    load.add_argument(
+        "--drain-timeout",
+        type=_duration,
+        default=5.0,
+        metavar="TIME",
+        help="wait for in-flight requests after the window; the rest count as TIMEOUT errors (default: 5s)",
+    )
     data = parser.add_argument_group("requests")
-    data.add_argument("--batch-rows", type=int, default=1, metavar="N",
-                      help="rows per request: replaces a variable first dimension (default: 1)")
-    data.add_argument("--input-file", metavar="PATH",
-                      help="replay JSON-lines requests instead of random tensors")
-    data.add_argument("--http-binary", action="store_true",
-                      help="HTTP: use the binary tensor extension (default: JSON tensors)")
-    data.add_argument("--pool-size", type=int, default=64, metavar="N",
-                      help="distinct random requests, built before the run (default: 64)")
+    data.add_argument(
+        "--batch-rows",
+        type=int,
+        default=1,
+        metavar="N",
+        help="rows per request: replaces a variable first dimension (default: 1)",
+    )
+    data.add_argument("--input-file", metavar="PATH", help="replay JSON-lines requests instead of random tensors")
+    data.add_argument(
+        "--http-binary", action="store_true", help="HTTP: use the binary tensor extension (default: JSON tensors)"
+    )
+    data.add_argument(
+        "--pool-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="distinct random requests, built before the run (default: 64)",
+    )
     data.add_argument("--seed", type=int, help="seed for inputs and Poisson arrivals")
     out = parser.add_argument_group("output")
     out.add_argument("--report", metavar="PATH", help="write the JSON report here")
@@ -111,14 +153,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
     return LoadConfig(
-        target=args.target, model=args.model, model_version=args.model_version,
-        rate=args.rate, arrival=args.arrival, concurrency=args.concurrency, sweep=args.sweep,
-        slo_p99_ms=args.slo_p99_ms, duration_s=args.duration, warmup_s=args.warmup,
-        max_requests=args.max_requests, processes=args.processes, batch_rows=args.batch_rows,
-        input_file=args.input_file, http_binary=args.http_binary,
-        max_inflight=args.max_inflight, connections=args.connections, timeout_s=args.timeout,
-        drain_timeout_s=args.drain_timeout, pool_size=args.pool_size, seed=args.seed,
-        progress=not args.no_progress, report_path=args.report, plot_path=args.plot,
+        target=args.target,
+        model=args.model,
+        model_version=args.model_version,
+        rate=args.rate,
+        arrival=args.arrival,
+        concurrency=args.concurrency,
+        sweep=args.sweep,
+        slo_p99_ms=args.slo_p99_ms,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        max_requests=args.max_requests,
+        processes=args.processes,
+        batch_rows=args.batch_rows,
+        input_file=args.input_file,
+        http_binary=args.http_binary,
+        max_inflight=args.max_inflight,
+        connections=args.connections,
+        timeout_s=args.timeout,
+        drain_timeout_s=args.drain_timeout,
+        pool_size=args.pool_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+        report_path=args.report,
+        plot_path=args.plot,
     )
 
 

@@ -34,8 +34,7 @@ class Behaviour:
     stall_after: int = 0  # ... when this infer request arrives (0: never)
     error_every: int = 0  # every N-th infer fails: gRPC UNAVAILABLE, HTTP 503
     validate: bool = False  # parse each request and reject malformed ones (costs CPU)
-    inputs: list[dict[str, Any]] = field(default_factory=lambda: [
-        {"name": "x", "datatype": "FP32", "shape": [-1, 4]}])
+    inputs: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}])
 
 
 class FakeServer:
@@ -50,16 +49,19 @@ class FakeServer:
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
         self._http: asyncio.Server | None = None
-        self.metadata: dict[str, Any] = {"name": model, "versions": ["1"], "platform": "fake",
-                         "inputs": self.behaviour.inputs,
-                         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]}
+        self.metadata: dict[str, Any] = {
+            "name": model,
+            "versions": ["1"],
+            "platform": "fake",
+            "inputs": self.behaviour.inputs,
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+        }
         reply = service_pb2.ModelInferResponse(model_name=model, model_version="1")
         reply.outputs.add(name="y", datatype="FP32", shape=[1, 1])
         reply.raw_output_contents.append(b"\0\0\0\0")
         self._infer_reply: bytes = reply.SerializeToString()
 
-    async def start(self, host: str = "127.0.0.1", grpc_port: int = 0,
-                    http_port: int = 0) -> None:
+    async def start(self, host: str = "127.0.0.1", grpc_port: int = 0, http_port: int = 0) -> None:
         self._grpc = grpc.aio.server()
         self._grpc.add_generic_rpc_handlers((_GrpcHandler(self),))
         self.grpc_port = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
@@ -91,8 +93,11 @@ class FakeServer:
     def valid_grpc(self, data: bytes) -> bool:
         request = service_pb2.ModelInferRequest.FromString(data)
         names = {t["name"] for t in self.behaviour.inputs}
-        return (request.model_name == self.model and {t.name for t in request.inputs} == names
-                and len(request.raw_input_contents) == len(request.inputs))
+        return (
+            request.model_name == self.model
+            and {t.name for t in request.inputs} == names
+            and len(request.raw_input_contents) == len(request.inputs)
+        )
 
     def valid_http(self, body: bytes, json_length: int | None) -> bool:
         doc = json.loads(body[:json_length] if json_length is not None else body)
@@ -114,7 +119,8 @@ class _GrpcHandler(grpc.GenericRpcHandler):
             return grpc.unary_unary_rpc_method_handler(
                 self._metadata,
                 request_deserializer=service_pb2.ModelMetadataRequest.FromString,
-                response_serializer=service_pb2.ModelMetadataResponse.SerializeToString)
+                response_serializer=service_pb2.ModelMetadataResponse.SerializeToString,
+            )
         return None
 
     async def _infer(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
@@ -130,8 +136,9 @@ class _GrpcHandler(grpc.GenericRpcHandler):
         if request.name != self._server.model:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.name}")
         meta = self._server.metadata
-        reply = service_pb2.ModelMetadataResponse(name=meta["name"], versions=meta["versions"],
-                                                  platform=meta["platform"])
+        reply = service_pb2.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"]
+        )
         for spec in meta["inputs"]:
             reply.inputs.add(name=spec["name"], datatype=spec["datatype"], shape=spec["shape"])
         for spec in meta["outputs"]:
@@ -167,8 +174,8 @@ class _HttpProtocol(asyncio.Protocol):
             length = int(headers.get(b"content-length", b"0"))
             if len(self._buffer) < end + 4 + length:
                 return
-            body = bytes(self._buffer[end + 4:end + 4 + length])
-            del self._buffer[:end + 4 + length]
+            body = bytes(self._buffer[end + 4 : end + 4 + length])
+            del self._buffer[: end + 4 + length]
             method, path = lines[0].decode("latin-1").split(" ")[:2]
             self._queue.put_nowait((method, path, headers, body))
 
@@ -176,13 +183,14 @@ class _HttpProtocol(asyncio.Protocol):
         while True:
             method, path, headers, body = await self._queue.get()
             status, extra, payload = await self._handle(method, path, headers, body)
-            head = (f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(payload)}\r\n{extra}\r\n")
+            head = (
+                f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n{extra}\r\n"
+            )
             if self._transport is not None and not self._transport.is_closing():
                 self._transport.write(head.encode("latin-1") + payload)
 
-    async def _handle(self, method: str, path: str, headers: dict[bytes, bytes],
-                      body: bytes) -> tuple[int, str, bytes]:
+    async def _handle(self, method: str, path: str, headers: dict[bytes, bytes], body: bytes) -> tuple[int, str, bytes]:
         server = self._server
         match = _PATH.match(path)
         if match is None or match.group(1) != server.model:
@@ -199,11 +207,20 @@ class _HttpProtocol(asyncio.Protocol):
             server.invalid += 1
             return 400, "", b'{"error":"malformed request"}'
         if json_length is None:
-            return 200, "", (b'{"model_name":"%s","outputs":[{"name":"y","datatype":"FP32",'
-                             b'"shape":[1,1],"data":[0.0]}]}' % server.model.encode())
-        header = json.dumps({"model_name": server.model, "outputs": [
-            {"name": "y", "datatype": "FP32", "shape": [1, 1],
-             "parameters": {"binary_data_size": 4}}]}).encode()
+            return (
+                200,
+                "",
+                (
+                    b'{"model_name":"%s","outputs":[{"name":"y","datatype":"FP32",'
+                    b'"shape":[1,1],"data":[0.0]}]}' % server.model.encode()
+                ),
+            )
+        header = json.dumps(
+            {
+                "model_name": server.model,
+                "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 1], "parameters": {"binary_data_size": 4}}],
+            }
+        ).encode()
         return 200, f"Inference-Header-Content-Length: {len(header)}\r\n", header + b"\0" * 4
 
 
@@ -231,21 +248,31 @@ def main() -> None:
     parser.add_argument("--http-port", type=int, default=9000)
     parser.add_argument("--model", default="m")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every infer")
-    parser.add_argument("--stall-ms", type=float, default=0.0,
-                        help="freeze the whole server this long, once (see --stall-after)")
-    parser.add_argument("--stall-after", type=int, default=0, metavar="N",
-                        help="freeze when the N-th infer request arrives")
-    parser.add_argument("--error-every", type=int, default=0, metavar="N",
-                        help="fail every N-th infer (gRPC UNAVAILABLE, HTTP 503)")
+    parser.add_argument(
+        "--stall-ms", type=float, default=0.0, help="freeze the whole server this long, once (see --stall-after)"
+    )
+    parser.add_argument(
+        "--stall-after", type=int, default=0, metavar="N", help="freeze when the N-th infer request arrives"
+    )
+    parser.add_argument(
+        "--error-every", type=int, default=0, metavar="N", help="fail every N-th infer (gRPC UNAVAILABLE, HTTP 503)"
+    )
     args = parser.parse_args()
-    behaviour = Behaviour(delay_s=args.delay_ms / 1000.0, stall_s=args.stall_ms / 1000.0,
-                          stall_after=args.stall_after, error_every=args.error_every)
+    behaviour = Behaviour(
+        delay_s=args.delay_ms / 1000.0,
+        stall_s=args.stall_ms / 1000.0,
+        stall_after=args.stall_after,
+        error_every=args.error_every,
+    )
 
     async def serve() -> None:
         server = FakeServer(behaviour, args.model)
         await server.start(args.host, args.grpc_port, args.http_port)
-        print(f"fake OIP server: model {args.model!r} on grpc://{args.host}:{server.grpc_port}"
-              f" and http://{args.host}:{server.http_port}", flush=True)
+        print(
+            f"fake OIP server: model {args.model!r} on grpc://{args.host}:{server.grpc_port}"
+            f" and http://{args.host}:{server.http_port}",
+            flush=True,
+        )
         await asyncio.Event().wait()
 
     asyncio.run(serve())

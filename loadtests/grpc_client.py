@@ -28,8 +28,9 @@ def _identity(data: bytes) -> bytes:
 class GrpcSender:
     """Sends pool payloads by index; ``send`` returns None on success or an error code name."""
 
-    def __init__(self, address: str, payloads: Sequence[bytes], *, max_channels: int,
-                 timeout_s: float, parse_every: int = 64) -> None:
+    def __init__(
+        self, address: str, payloads: Sequence[bytes], *, max_channels: int, timeout_s: float, parse_every: int = 64
+    ) -> None:
         self._address = address
         self._payloads = list(payloads)
         self._max_channels = max(1, max_channels)
@@ -48,17 +49,21 @@ class GrpcSender:
     def _add_channel(self) -> None:
         # A distinct channel arg stops gRPC core from sharing one subchannel (one TCP
         # connection) between channels that have identical arguments.
-        options = [("grpc.channel_id", len(self._channels)),
-                   ("grpc.use_local_subchannel_pool", 1),
-                   # Only the target is contacted (no proxy from the environment), and a
-                   # failed call is an error to count, not something to retry quietly.
-                   ("grpc.enable_http_proxy", 0), ("grpc.enable_retries", 0),
-                   ("grpc.max_receive_message_length", -1),
-                   ("grpc.max_send_message_length", -1)]
+        options = [
+            ("grpc.channel_id", len(self._channels)),
+            ("grpc.use_local_subchannel_pool", 1),
+            # Only the target is contacted (no proxy from the environment), and a
+            # failed call is an error to count, not something to retry quietly.
+            ("grpc.enable_http_proxy", 0),
+            ("grpc.enable_retries", 0),
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.max_send_message_length", -1),
+        ]
         channel = grpc.aio.insecure_channel(self._address, options=options)
         self._channels.append(channel)
-        self._methods.append(channel.unary_unary(
-            INFER_METHOD, request_serializer=_identity, response_deserializer=_identity))
+        self._methods.append(
+            channel.unary_unary(INFER_METHOD, request_serializer=_identity, response_deserializer=_identity)
+        )
 
     async def start(self, channels: int = 1, connect_timeout_s: float = 10.0) -> None:
         """Open ``channels`` channels now (more are added lazily as in-flight grows)."""

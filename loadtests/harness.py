@@ -23,12 +23,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def process(cmd: list[str], log: Path, env: dict[str, str] | None = None,
-            stop_timeout_s: float = 30) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, stop_timeout_s: float = 30
+) -> Iterator[subprocess.Popen[bytes]]:
     """Runs cmd with its output in `log`; on exit, SIGTERM (a graceful drain), then SIGKILL of its group."""
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
     try:
         yield proc
     finally:
@@ -62,8 +64,9 @@ def pids_running(fragment: str) -> list[int]:
     return found
 
 
-def wait_for_file(path: Path, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 300,
-                  poll_s: float = 0.5) -> dict[str, Any]:
+def wait_for_file(
+    path: Path, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 300, poll_s: float = 0.5
+) -> dict[str, Any]:
     """The JSON a starting process writes to `path` once it serves (its --ready-file); exits with the process's
     log when it dies or takes longer than timeout_s."""
     until = time.monotonic() + timeout_s

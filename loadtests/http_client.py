@@ -93,8 +93,16 @@ class _Connection(asyncio.Protocol):
 class HttpSender:
     """Sends pool payloads by index; ``send`` returns None on success or an error code."""
 
-    def __init__(self, host: str, port: int, payloads: Sequence[bytes], *,
-                 max_connections: int, timeout_s: float, parse_every: int = 64) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        payloads: Sequence[bytes],
+        *,
+        max_connections: int,
+        timeout_s: float,
+        parse_every: int = 64,
+    ) -> None:
         self._host = host.strip("[]")
         self._port = port
         self._payloads = list(payloads)

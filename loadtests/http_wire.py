@@ -67,7 +67,7 @@ def read_body(buffer: bytearray, head: ResponseHead) -> tuple[bytes, int] | None
         used = head.head_length + head.content_length
         if len(buffer) < used:
             return None
-        return bytes(buffer[head.head_length:used]), used
+        return bytes(buffer[head.head_length : used]), used
     return _read_chunked(buffer, head.head_length)
 
 
@@ -82,7 +82,7 @@ def _read_chunked(buffer: bytearray, start: int) -> tuple[bytes, int] | None:
         pos = line_end + 2
         if size == 0:
             # Optional trailers, then an empty line.
-            if buffer[pos:pos + 2] == b"\r\n":
+            if buffer[pos : pos + 2] == b"\r\n":
                 return b"".join(pieces), pos + 2
             trailer_end = buffer.find(b"\r\n\r\n", pos)
             if trailer_end < 0:
@@ -90,5 +90,5 @@ def _read_chunked(buffer: bytearray, start: int) -> tuple[bytes, int] | None:
             return b"".join(pieces), trailer_end + 4
         if len(buffer) < pos + size + 2:
             return None
-        pieces.append(bytes(buffer[pos:pos + size]))
+        pieces.append(bytes(buffer[pos : pos + size]))
         pos += size + 2

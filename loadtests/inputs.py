@@ -15,9 +15,19 @@ import numpy as np
 
 # BF16 has no numpy dtype: it travels as raw 16-bit words (the upper half of an FP32).
 NUMPY_DTYPES: dict[str, str] = {
-    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
-    "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
-    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BF16": "uint16",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BF16": "uint16",
 }
 DATATYPES = frozenset(NUMPY_DTYPES) | {"BYTES"}
 
@@ -43,13 +53,10 @@ class InferCall:
 
 def concrete_shape(shape: Sequence[int], batch_rows: int) -> tuple[int, ...]:
     """Replace variable (-1) dims: the first by ``batch_rows``, any other by 1."""
-    return tuple(
-        int(d) if int(d) >= 0 else (batch_rows if i == 0 else 1) for i, d in enumerate(shape)
-    )
+    return tuple(int(d) if int(d) >= 0 else (batch_rows if i == 0 else 1) for i, d in enumerate(shape))
 
 
-def random_tensor(name: str, datatype: str, shape: tuple[int, ...],
-                  rng: np.random.Generator) -> Tensor:
+def random_tensor(name: str, datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> Tensor:
     datatype = datatype.upper()
     if datatype == "BYTES":
         words = rng.integers(97, 123, size=(*shape, 8), dtype=np.uint8)
@@ -70,8 +77,15 @@ def random_tensor(name: str, datatype: str, shape: tuple[int, ...],
     return Tensor(name, datatype, shape, data)
 
 
-def random_calls(metadata: Mapping[str, Any], *, model: str, version: str = "",
-                 batch_rows: int = 1, count: int = 64, seed: int | None = None) -> list[InferCall]:
+def random_calls(
+    metadata: Mapping[str, Any],
+    *,
+    model: str,
+    version: str = "",
+    batch_rows: int = 1,
+    count: int = 64,
+    seed: int | None = None,
+) -> list[InferCall]:
     """``count`` distinct random requests shaped by a model's V2 metadata (HTTP JSON form)."""
     specs = metadata.get("inputs") or []
     if not specs:
@@ -80,8 +94,7 @@ def random_calls(metadata: Mapping[str, Any], *, model: str, version: str = "",
     calls = []
     for _ in range(count):
         tensors = tuple(
-            random_tensor(str(s["name"]), str(s["datatype"]),
-                          concrete_shape(s.get("shape", []), batch_rows), rng)
+            random_tensor(str(s["name"]), str(s["datatype"]), concrete_shape(s.get("shape", []), batch_rows), rng)
             for s in specs
         )
         calls.append(InferCall(model, version, tensors))
@@ -105,8 +118,7 @@ def tensor_from_json(spec: Mapping[str, Any]) -> Tensor:
     return Tensor(name, datatype, shape, data.reshape(shape))
 
 
-def parse_record(record: Mapping[str, Any], *, model: str | None = None,
-                 version: str = "") -> InferCall:
+def parse_record(record: Mapping[str, Any], *, model: str | None = None, version: str = "") -> InferCall:
     """One replay record; unknown fields are ignored (the request log writes a superset)."""
     request = record.get("request") if isinstance(record.get("request"), Mapping) else record
     assert isinstance(request, Mapping)
@@ -120,8 +132,7 @@ def parse_record(record: Mapping[str, Any], *, model: str | None = None,
     return InferCall(str(name), str(rec_version or ""), inputs)
 
 
-def read_replay(lines: Iterable[str], *, model: str | None = None,
-                version: str = "") -> tuple[list[InferCall], int]:
+def read_replay(lines: Iterable[str], *, model: str | None = None, version: str = "") -> tuple[list[InferCall], int]:
     """Calls from JSON lines, and how many lines were skipped as unusable.
 
     With ``model`` set, records for other models are skipped: a request log mixes models.

@@ -12,8 +12,7 @@ class MetadataError(RuntimeError):
     """The target could not describe the model, so no random inputs can be built."""
 
 
-def fetch_metadata(target: Target, model: str, version: str = "",
-                   timeout_s: float = 10.0) -> dict[str, Any]:
+def fetch_metadata(target: Target, model: str, version: str = "", timeout_s: float = 10.0) -> dict[str, Any]:
     """The model's metadata in the HTTP JSON shape: name, versions, platform, inputs, outputs."""
     if target.protocol == "grpc":
         return _grpc_metadata(target, model, version, timeout_s)
@@ -54,8 +53,7 @@ def _grpc_metadata(target: Target, model: str, version: str, timeout_s: float) -
         try:
             reply = method(request, timeout=timeout_s)
         except grpc.RpcError as exc:
-            reason = (f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.Call)
-                      else str(exc))
+            reason = f"{exc.code().name}: {exc.details()}" if isinstance(exc, grpc.Call) else str(exc)
             raise MetadataError(f"ModelMetadata({model!r}) on {target} failed: {reason}") from exc
 
     def tensors(items: Any) -> list[dict[str, Any]]:

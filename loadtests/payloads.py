@@ -61,8 +61,12 @@ def http_payload(target: Target, call: InferCall, *, binary: bool) -> bytes:
         raws = [raw_bytes(t) for t in call.inputs]
         header_json = {
             "inputs": [
-                {"name": t.name, "shape": list(t.shape), "datatype": t.datatype,
-                 "parameters": {"binary_data_size": len(raw)}}
+                {
+                    "name": t.name,
+                    "shape": list(t.shape),
+                    "datatype": t.datatype,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
                 for t, raw in zip(call.inputs, raws, strict=True)
             ],
             # Binary outputs keep the server from spending CPU on JSON numbers we never read.
@@ -70,14 +74,14 @@ def http_payload(target: Target, call: InferCall, *, binary: bool) -> bytes:
         }
         head = json.dumps(header_json, separators=(",", ":")).encode()
         body = head + b"".join(raws)
-        headers += ["Content-Type: application/octet-stream",
-                    f"Inference-Header-Content-Length: {len(head)}"]
+        headers += ["Content-Type: application/octet-stream", f"Inference-Header-Content-Length: {len(head)}"]
     else:
-        doc = {"inputs": [
-            {"name": t.name, "shape": list(t.shape), "datatype": t.datatype,
-             "data": _json_data(t)}
-            for t in call.inputs
-        ]}
+        doc = {
+            "inputs": [
+                {"name": t.name, "shape": list(t.shape), "datatype": t.datatype, "data": _json_data(t)}
+                for t in call.inputs
+            ]
+        }
         body = json.dumps(doc, separators=(",", ":")).encode()
         headers.append("Content-Type: application/json")
     headers.append(f"Content-Length: {len(body)}")

@@ -34,11 +34,17 @@ def _run_figure(plt: Any, report: Report) -> Any:
     _log_axis(lat_ax)
     lat_ax.grid(True, alpha=0.3)
     lat_ax.legend(loc="upper left")
-    load = (f"open loop {report.requested_rate:g} req/s ({report.arrival})"
-            if report.mode == "open" else f"closed loop, concurrency {report.concurrency}")
-    lat_ax.set_title(f"{report.target} {report.model or ''}: {load}\n"
-                     f"p50 {report.latency_ms['p50']:.2f} ms, p99 {report.latency_ms['p99']:.2f}"
-                     f" ms, {report.errors} errors", fontsize=10)
+    load = (
+        f"open loop {report.requested_rate:g} req/s ({report.arrival})"
+        if report.mode == "open"
+        else f"closed loop, concurrency {report.concurrency}"
+    )
+    lat_ax.set_title(
+        f"{report.target} {report.model or ''}: {load}\n"
+        f"p50 {report.latency_ms['p50']:.2f} ms, p99 {report.latency_ms['p99']:.2f}"
+        f" ms, {report.errors} errors",
+        fontsize=10,
+    )
     qps_ax.plot(seconds, [r["ok"] for r in rows], label="ok/s", color="tab:green")
     qps_ax.plot(seconds, [r["errors"] for r in rows], label="errors/s", color="tab:red")
     if report.requested_rate:
@@ -56,11 +62,9 @@ def _sweep_figure(plt: Any, sweep: SweepReport) -> Any:
     achieved = [s.achieved_qps for s in sweep.steps]
     ax.plot(achieved, [s.latency_ms["p50"] for s in sweep.steps], marker="o", label="p50")
     ax.plot(achieved, [s.latency_ms["p99"] for s in sweep.steps], marker="o", label="p99")
-    ax.axhline(sweep.slo_p99_ms, linestyle="--", color="tab:red",
-               label=f"SLO p99 {sweep.slo_p99_ms:g} ms")
+    ax.axhline(sweep.slo_p99_ms, linestyle="--", color="tab:red", label=f"SLO p99 {sweep.slo_p99_ms:g} ms")
     if sweep.best_rate is not None:
-        ax.axvline(sweep.best_rate, linestyle=":", color="gray",
-                   label=f"best {sweep.best_rate:g} req/s")
+        ax.axvline(sweep.best_rate, linestyle=":", color="gray", label=f"best {sweep.best_rate:g} req/s")
     ax.set_xlabel("achieved throughput (req/s)")
     ax.set_ylabel("latency (ms)")
     _log_axis(ax)

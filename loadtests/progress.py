@@ -14,8 +14,7 @@ class Progress:
     # A sweep makes a Progress per step: the note that tqdm is missing is printed once per process.
     _missing_said: ClassVar[bool] = False
 
-    def __init__(self, total_s: float, desc: str, enabled: bool = True,
-                 warmup_s: float = 0.0) -> None:
+    def __init__(self, total_s: float, desc: str, enabled: bool = True, warmup_s: float = 0.0) -> None:
         self._warmup_s = warmup_s
         self._latest: dict[int, dict[str, float]] = {}
         self._bar: Any = None
@@ -30,9 +29,14 @@ class Progress:
                     print(f"loadtest: no progress bar: {exc} (or pass --no-progress)", file=sys.stderr)
                 return
             self._bar = tqdm(
-                total=round(total_s, 1), desc=desc, unit="s", file=sys.stderr, leave=True,
+                total=round(total_s, 1),
+                desc=desc,
+                unit="s",
+                file=sys.stderr,
+                leave=True,
                 bar_format="{desc} |{bar:20}| {n:.1f}/{total:.0f}s{postfix}",
-                dynamic_ncols=True)
+                dynamic_ncols=True,
+            )
 
     def update(self, snapshot: dict[str, float], process: int = 0) -> None:
         if self._bar is None:
@@ -50,7 +54,9 @@ class Progress:
         self._bar.set_postfix_str(
             f"qps={total['qps']:.0f} p99={p99:.1f}ms sent={total['sent']:.0f} "
             f"err={total['errors']:.0f} late={total['late']:.0f} "
-            f"inflight={total['inflight']:.0f}", refresh=True)
+            f"inflight={total['inflight']:.0f}",
+            refresh=True,
+        )
 
     def close(self) -> None:
         if self._bar is not None:

@@ -78,10 +78,20 @@ class SweepReport:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def build_report(results: list[WorkerResult], *, target: str, model: str | None,
-                 model_version: str, mode: str, arrival: str | None,
-                 requested_rate: float | None, concurrency: int | None, warmup_s: float,
-                 batch_rows: int, started: datetime | None = None) -> Report:
+def build_report(
+    results: list[WorkerResult],
+    *,
+    target: str,
+    model: str | None,
+    model_version: str,
+    mode: str,
+    arrival: str | None,
+    requested_rate: float | None,
+    concurrency: int | None,
+    warmup_s: float,
+    batch_rows: int,
+    started: datetime | None = None,
+) -> Report:
     latency, lag = Histogram(), Histogram()
     errors: dict[str, int] = {}
     series: dict[int, SecondStats] = {}
@@ -114,26 +124,43 @@ def build_report(results: list[WorkerResult], *, target: str, model: str | None,
             warnings.append(f"{late} requests were dropped: in-flight reached --max-inflight")
         if lag_ms.get("p99", 0.0) > MAX_LAG_P99_MS:
             kept_up = False
-            warnings.append(f"generator fell behind schedule (send lag p99 "
-                            f"{lag_ms['p99']:.1f} ms > {MAX_LAG_P99_MS:.0f} ms)")
+            warnings.append(
+                f"generator fell behind schedule (send lag p99 {lag_ms['p99']:.1f} ms > {MAX_LAG_P99_MS:.0f} ms)"
+            )
     if cpu_percent > 85.0 * len(results):
-        warnings.append(f"generator CPU at {cpu_percent:.0f}% over {len(results)} process(es): "
-                        "add --processes or cores; latency may include generator delay")
+        warnings.append(
+            f"generator CPU at {cpu_percent:.0f}% over {len(results)} process(es): "
+            "add --processes or cores; latency may include generator delay"
+        )
     if ok + sum(errors.values()) != sent:
         warnings.append("internal: sent != ok + errors")
     return Report(
-        target=target, model=model, model_version=model_version, mode=mode,
+        target=target,
+        model=model,
+        model_version=model_version,
+        mode=mode,
         arrival=arrival if mode == "open" else None,
         requested_rate=requested_rate if mode == "open" else None,
         concurrency=concurrency if mode == "closed" else None,
-        duration_s=round(window, 3), warmup_s=warmup_s, processes=len(results),
-        batch_rows=batch_rows, scheduled=scheduled if mode == "open" else sent, sent=sent, ok=ok,
-        errors=sum(errors.values()), errors_by_code=dict(sorted(errors.items())), late=late,
-        achieved_qps=round(sent / window, 2), ok_qps=round(ok / window, 2),
-        latency_ms=latency_ms, schedule_lag_ms=lag_ms,
+        duration_s=round(window, 3),
+        warmup_s=warmup_s,
+        processes=len(results),
+        batch_rows=batch_rows,
+        scheduled=scheduled if mode == "open" else sent,
+        sent=sent,
+        ok=ok,
+        errors=sum(errors.values()),
+        errors_by_code=dict(sorted(errors.items())),
+        late=late,
+        achieved_qps=round(sent / window, 2),
+        ok_qps=round(ok / window, 2),
+        latency_ms=latency_ms,
+        schedule_lag_ms=lag_ms,
         peak_inflight=sum(r.peak_inflight for r in results),
-        per_second=_per_second(series), generator_cpu_percent=round(cpu_percent, 1),
-        kept_up=kept_up, warnings=warnings,
+        per_second=_per_second(series),
+        generator_cpu_percent=round(cpu_percent, 1),
+        kept_up=kept_up,
+        warnings=warnings,
         started_at=(started or datetime.now(UTC)).isoformat(timespec="seconds"),
     )
 
@@ -149,8 +176,11 @@ def _latency_ms(hist: Histogram) -> dict[str, float]:
 
 def _lag_ms(hist: Histogram) -> dict[str, float]:
     p50, p99 = hist.percentiles([50.0, 99.0])
-    return {"p50": round(p50 / 1000.0, 3), "p99": round(p99 / 1000.0, 3),
-            "max": round(hist.max_us / 1000.0, 3) if hist.total else 0.0}
+    return {
+        "p50": round(p50 / 1000.0, 3),
+        "p99": round(p99 / 1000.0, 3),
+        "max": round(hist.max_us / 1000.0, 3) if hist.total else 0.0,
+    }
 
 
 def _per_second(series: dict[int, SecondStats]) -> list[dict[str, float]]:
@@ -160,39 +190,58 @@ def _per_second(series: dict[int, SecondStats]) -> list[dict[str, float]]:
     for second in range(min(series), max(series) + 1):
         stats = series.get(second, SecondStats())
         # Coarse buckets can overshoot the exact max by half a bucket: clamp like Histogram.
-        p50, p99 = (min(v, stats.max_us) for v in
-                    percentiles_of(stats.coarse, [50.0, 99.0], coarse_value))
-        rows.append({"t": second, "qps": stats.ok + stats.errors, "ok": stats.ok,
-                     "errors": stats.errors, "p50_ms": round(p50 / 1000.0, 3),
-                     "p99_ms": round(p99 / 1000.0, 3), "max_ms": round(stats.max_us / 1000.0, 3)})
+        p50, p99 = (min(v, stats.max_us) for v in percentiles_of(stats.coarse, [50.0, 99.0], coarse_value))
+        rows.append(
+            {
+                "t": second,
+                "qps": stats.ok + stats.errors,
+                "ok": stats.ok,
+                "errors": stats.errors,
+                "p50_ms": round(p50 / 1000.0, 3),
+                "p99_ms": round(p99 / 1000.0, 3),
+                "max_ms": round(stats.max_us / 1000.0, 3),
+            }
+        )
     return rows
 
 
 def summary(report: Report) -> str:
     """The human-readable table printed at the end of a run."""
-    load = (f"open loop, {report.arrival} arrivals at {report.requested_rate:g} req/s"
-            if report.mode == "open" else f"closed loop, concurrency {report.concurrency}")
+    load = (
+        f"open loop, {report.arrival} arrivals at {report.requested_rate:g} req/s"
+        if report.mode == "open"
+        else f"closed loop, concurrency {report.concurrency}"
+    )
     lat = report.latency_ms
     rows = [
-        ("target", f"{report.target}  model={report.model or '(from file)'}"
-                   + (f" version={report.model_version}" if report.model_version else "")),
+        (
+            "target",
+            f"{report.target}  model={report.model or '(from file)'}"
+            + (f" version={report.model_version}" if report.model_version else ""),
+        ),
         ("load", f"{load}, {report.processes} process(es), {report.batch_rows} row(s)/request"),
         ("window", f"{report.duration_s:.1f} s measured after {report.warmup_s:g} s warmup"),
-        ("requests", f"sent {report.sent}  ok {report.ok}  errors {report.errors}"
-                     + (f"  late/dropped {report.late}" if report.mode == "open" else "")),
+        (
+            "requests",
+            f"sent {report.sent}  ok {report.ok}  errors {report.errors}"
+            + (f"  late/dropped {report.late}" if report.mode == "open" else ""),
+        ),
         ("throughput", f"{report.achieved_qps:.1f} req/s sent, {report.ok_qps:.1f} req/s ok"),
-        ("latency ms", "  ".join(f"{k} {lat[k]:.2f}"
-                                 for k in ("p50", "p90", "p99", "p999", "max", "mean"))),
+        ("latency ms", "  ".join(f"{k} {lat[k]:.2f}" for k in ("p50", "p90", "p99", "p999", "max", "mean"))),
     ]
     if report.errors_by_code:
         rows.append(("errors", "  ".join(f"{c} {n}" for c, n in report.errors_by_code.items())))
     if report.mode == "open":
         lag = report.schedule_lag_ms
-        rows.append(("send lag ms", f"p50 {lag['p50']:.2f}  p99 {lag['p99']:.2f}  "
-                                    f"max {lag['max']:.2f}  (kept up: "
-                                    f"{'yes' if report.kept_up else 'NO'})"))
-    rows.append(("generator", f"{report.generator_cpu_percent:.0f}% CPU, "
-                              f"peak in-flight {report.peak_inflight}"))
+        rows.append(
+            (
+                "send lag ms",
+                f"p50 {lag['p50']:.2f}  p99 {lag['p99']:.2f}  "
+                f"max {lag['max']:.2f}  (kept up: "
+                f"{'yes' if report.kept_up else 'NO'})",
+            )
+        )
+    rows.append(("generator", f"{report.generator_cpu_percent:.0f}% CPU, peak in-flight {report.peak_inflight}"))
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     lines += [f"warning: {w}" for w in report.warnings]
@@ -202,19 +251,24 @@ def summary(report: Report) -> str:
 def meets_slo(report: Report, slo_p99_ms: float) -> bool:
     """p99 within the objective, the generator kept up, and (almost) nothing failed."""
     error_ratio = report.errors / report.sent if report.sent else 1.0
-    return (report.ok > 0 and report.kept_up and error_ratio <= MAX_ERROR_RATIO
-            and report.latency_ms["p99"] <= slo_p99_ms)
+    return (
+        report.ok > 0 and report.kept_up and error_ratio <= MAX_ERROR_RATIO and report.latency_ms["p99"] <= slo_p99_ms
+    )
 
 
 def sweep_summary(sweep: SweepReport) -> str:
-    lines = [f"{'rate':>8} {'achieved':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-             f"{'kept up':>7}  SLO p99 <= {sweep.slo_p99_ms:g} ms"]
+    lines = [
+        f"{'rate':>8} {'achieved':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{'kept up':>7}  SLO p99 <= {sweep.slo_p99_ms:g} ms"
+    ]
     for step in sweep.steps:
         meets = meets_slo(step, sweep.slo_p99_ms)
-        lines.append(f"{step.requested_rate or 0:>8g} {step.achieved_qps:>9.1f} "
-                     f"{step.latency_ms['p50']:>8.2f} {step.latency_ms['p99']:>8.2f} "
-                     f"{step.errors:>7} {'yes' if step.kept_up else 'NO':>7}  "
-                     f"{'ok' if meets else 'FAIL'}")
+        lines.append(
+            f"{step.requested_rate or 0:>8g} {step.achieved_qps:>9.1f} "
+            f"{step.latency_ms['p50']:>8.2f} {step.latency_ms['p99']:>8.2f} "
+            f"{step.errors:>7} {'yes' if step.kept_up else 'NO':>7}  "
+            f"{'ok' if meets else 'FAIL'}"
+        )
     best = f"{sweep.best_rate:g} req/s" if sweep.best_rate is not None else "none"
     lines.append(f"highest rate meeting the objective: {best}")
     return "\n".join(lines)

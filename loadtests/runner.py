@@ -28,56 +28,76 @@ def prepare_calls(config: LoadConfig, target: Target) -> list[InferCall]:
         with open(config.input_file, encoding="utf-8") as lines:
             calls, skipped = read_replay(lines, model=config.model, version=config.model_version)
         if not calls:
-            raise ValueError(f"{config.input_file}: no usable request records "
-                             f"({skipped} skipped)")
+            raise ValueError(f"{config.input_file}: no usable request records ({skipped} skipped)")
         return calls
     assert config.model is not None
-    metadata = fetch_metadata(target, config.model, config.model_version,
-                              timeout_s=min(config.timeout_s, 10.0))
-    return random_calls(metadata, model=config.model, version=config.model_version,
-                        batch_rows=config.batch_rows, count=config.pool_size, seed=config.seed)
+    metadata = fetch_metadata(target, config.model, config.model_version, timeout_s=min(config.timeout_s, 10.0))
+    return random_calls(
+        metadata,
+        model=config.model,
+        version=config.model_version,
+        batch_rows=config.batch_rows,
+        count=config.pool_size,
+        seed=config.seed,
+    )
 
 
 def _split(total: int, parts: int, index: int) -> int:
     return total // parts + (1 if index < total % parts else 0)
 
 
-def make_plans(config: LoadConfig, target: Target, payloads: list[bytes],
-               rate: float | None) -> list[WorkerPlan]:
+def make_plans(config: LoadConfig, target: Target, payloads: list[bytes], rate: float | None) -> list[WorkerPlan]:
     shares = config.processes
     plans = []
     for share in range(shares):
-        plans.append(WorkerPlan(
-            protocol=target.protocol, host=target.host, port=target.port, payloads=payloads,
-            mode="open" if rate is not None else "closed", rate=rate or 0.0,
-            arrival=config.arrival, share=share, shares=shares,
-            concurrency=_split(config.concurrency or 0, shares, share),
-            warmup_s=config.warmup_s, duration_s=config.duration_s,
-            max_requests=(None if config.max_requests is None
-                          else max(1, _split(config.max_requests, shares, share))),
-            max_inflight=max(1, _split(config.max_inflight, shares, share)),
-            connections=math.ceil(config.connections / shares) if config.connections else 0,
-            timeout_s=config.timeout_s, drain_timeout_s=config.drain_timeout_s,
-            seed=config.seed,
-        ))
+        plans.append(
+            WorkerPlan(
+                protocol=target.protocol,
+                host=target.host,
+                port=target.port,
+                payloads=payloads,
+                mode="open" if rate is not None else "closed",
+                rate=rate or 0.0,
+                arrival=config.arrival,
+                share=share,
+                shares=shares,
+                concurrency=_split(config.concurrency or 0, shares, share),
+                warmup_s=config.warmup_s,
+                duration_s=config.duration_s,
+                max_requests=(
+                    None if config.max_requests is None else max(1, _split(config.max_requests, shares, share))
+                ),
+                max_inflight=max(1, _split(config.max_inflight, shares, share)),
+                connections=math.ceil(config.connections / shares) if config.connections else 0,
+                timeout_s=config.timeout_s,
+                drain_timeout_s=config.drain_timeout_s,
+                seed=config.seed,
+            )
+        )
     return plans
 
 
-def _run_once(config: LoadConfig, target: Target, payloads: list[bytes],
-              rate: float | None, label: str) -> Report:
+def _run_once(config: LoadConfig, target: Target, payloads: list[bytes], rate: float | None, label: str) -> Report:
     plans = make_plans(config, target, payloads, rate)
     started = datetime.now(UTC)
-    progress = Progress(config.warmup_s + config.duration_s, label, enabled=config.progress,
-                        warmup_s=config.warmup_s)
+    progress = Progress(config.warmup_s + config.duration_s, label, enabled=config.progress, warmup_s=config.warmup_s)
     try:
         results = run_plans(plans, progress)
     finally:
         progress.close()
     return build_report(
-        results, target=str(target), model=config.model, model_version=config.model_version,
-        mode=plans[0].mode, arrival=config.arrival, requested_rate=rate,
-        concurrency=config.concurrency, warmup_s=config.warmup_s,
-        batch_rows=config.batch_rows, started=started)
+        results,
+        target=str(target),
+        model=config.model,
+        model_version=config.model_version,
+        mode=plans[0].mode,
+        arrival=config.arrival,
+        requested_rate=rate,
+        concurrency=config.concurrency,
+        warmup_s=config.warmup_s,
+        batch_rows=config.batch_rows,
+        started=started,
+    )
 
 
 def run_load(config: LoadConfig) -> Report | SweepReport:
@@ -89,12 +109,10 @@ def run_load(config: LoadConfig) -> Report | SweepReport:
     """
     config.validate()
     target = parse_target(config.target)
-    payloads = build_payloads(target, prepare_calls(config, target),
-                              http_binary=config.http_binary)
+    payloads = build_payloads(target, prepare_calls(config, target), http_binary=config.http_binary)
     result: Report | SweepReport
     if config.sweep is None:
-        load = (f"{config.rate:g}/s" if config.rate is not None
-                else f"c={config.concurrency}")
+        load = f"{config.rate:g}/s" if config.rate is not None else f"c={config.concurrency}"
         result = _run_once(config, target, payloads, config.rate, f"{target.protocol} {load}")
     else:
         result = run_sweep(config, target, payloads)
@@ -110,8 +128,7 @@ def run_sweep(config: LoadConfig, target: Target, payloads: list[bytes]) -> Swee
     best: float | None = None
     misses = 0
     for number, rate in enumerate(rates, start=1):
-        step = _run_once(config, target, payloads, rate,
-                         f"step {number}/{len(rates)} {rate:g}/s")
+        step = _run_once(config, target, payloads, rate, f"step {number}/{len(rates)} {rate:g}/s")
         steps.append(step)
         if meets_slo(step, config.slo_p99_ms):
             best, misses = rate, 0
@@ -121,8 +138,9 @@ def run_sweep(config: LoadConfig, target: Target, payloads: list[bytes]) -> Swee
         # queues more, so stop rather than pile on.
         if misses == _SWEEP_PATIENCE:
             break
-    return SweepReport(target=str(target), model=config.model, slo_p99_ms=config.slo_p99_ms,
-                       best_rate=best, steps=steps)
+    return SweepReport(
+        target=str(target), model=config.model, slo_p99_ms=config.slo_p99_ms, best_rate=best, steps=steps
+    )
 
 
 def write_outputs(config: LoadConfig, result: Report | SweepReport) -> None:
@@ -132,4 +150,3 @@ def write_outputs(config: LoadConfig, result: Report | SweepReport) -> None:
         from loadtests.plot import plot_report
 
         plot_report(result, config.plot_path)
-

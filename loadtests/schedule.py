@@ -39,8 +39,7 @@ def poisson_offsets(rate: float, seed: int | None = None) -> Iterator[float]:
         base = float(times[-1])
 
 
-def offsets(arrival: str, rate: float, *, share: int = 0, shares: int = 1,
-            seed: int | None = None) -> Iterator[float]:
+def offsets(arrival: str, rate: float, *, share: int = 0, shares: int = 1, seed: int | None = None) -> Iterator[float]:
     """The schedule for process ``share`` of ``shares`` that together send ``rate`` per second."""
     if arrival == "constant":
         return constant_offsets(rate / shares, phase=share / shares)

@@ -64,20 +64,18 @@ class WorkerPlan:
 def make_sender(plan: WorkerPlan) -> Sender:
     """The client for the plan's protocol, sized for its load unless ``connections`` is set."""
     if plan.mode == "closed":
-        wanted = plan.connections or (
-            plan.concurrency if plan.protocol == "http" else math.ceil(plan.concurrency / 64))
+        wanted = plan.connections or (plan.concurrency if plan.protocol == "http" else math.ceil(plan.concurrency / 64))
     else:
-        wanted = plan.connections or (min(256, plan.max_inflight) if plan.protocol == "http"
-                                      else min(16, math.ceil(plan.max_inflight / 64)))
+        wanted = plan.connections or (
+            min(256, plan.max_inflight) if plan.protocol == "http" else min(16, math.ceil(plan.max_inflight / 64))
+        )
     if plan.protocol == "grpc":
         from loadtests.grpc_client import GrpcSender
 
-        return GrpcSender(f"{plan.host}:{plan.port}", plan.payloads, max_channels=wanted,
-                          timeout_s=plan.timeout_s)
+        return GrpcSender(f"{plan.host}:{plan.port}", plan.payloads, max_channels=wanted, timeout_s=plan.timeout_s)
     from loadtests.http_client import HttpSender
 
-    return HttpSender(plan.host, plan.port, plan.payloads, max_connections=wanted,
-                      timeout_s=plan.timeout_s)
+    return HttpSender(plan.host, plan.port, plan.payloads, max_connections=wanted, timeout_s=plan.timeout_s)
 
 
 class _Run:
@@ -123,8 +121,7 @@ class _Run:
         plan, rec, result = self.plan, self.rec, self.rec.result
         loop = asyncio.get_running_loop()
         since_yield = 0
-        for offset in offsets(plan.arrival, plan.rate, share=plan.share, shares=plan.shares,
-                              seed=plan.seed):
+        for offset in offsets(plan.arrival, plan.rate, share=plan.share, shares=plan.shares, seed=plan.seed):
             intended = start + offset
             if intended >= self.end:
                 break
@@ -211,9 +208,12 @@ async def _safe_send(sender: Sender, index: int) -> str | None:
         return f"CLIENT_{type(exc).__name__}"
 
 
-async def run_worker(plan: WorkerPlan, progress: ProgressFn | None = None,
-                     ready: Callable[[], Awaitable[float]] | None = None,
-                     progress_every_s: float = 0.5) -> WorkerResult:
+async def run_worker(
+    plan: WorkerPlan,
+    progress: ProgressFn | None = None,
+    ready: Callable[[], Awaitable[float]] | None = None,
+    progress_every_s: float = 0.5,
+) -> WorkerResult:
     """Run this process's share of the load.
 
     ``ready`` is awaited once connected and returns the wall-clock (time.time()) start, which
@@ -222,8 +222,7 @@ async def run_worker(plan: WorkerPlan, progress: ProgressFn | None = None,
     sender = make_sender(plan)
     # Open loop: enough sockets for this share of the rate at 10 ms per request; more open
     # on demand, but opening them mid-run would add connect time to early latencies.
-    expected = (plan.concurrency if plan.mode == "closed"
-                else math.ceil(plan.rate / plan.shares / 100))
+    expected = plan.concurrency if plan.mode == "closed" else math.ceil(plan.rate / plan.shares / 100)
     # --connections opens that many at once: a server of several processes sharing a port (SO_REUSEPORT)
     # spreads connections, not requests, so they must exist before the load starts.
     await sender.start(plan.connections or (expected if plan.protocol == "http" else math.ceil(expected / 64)))
@@ -236,8 +235,7 @@ async def run_worker(plan: WorkerPlan, progress: ProgressFn | None = None,
         await asyncio.sleep(max(0.0, await ready() - time.time()))
     start = time.perf_counter()
     run = _Run(plan, sender, start)
-    ticker = asyncio.get_running_loop().create_task(
-        _tick(run, start, progress, progress_every_s)) if progress else None
+    ticker = asyncio.get_running_loop().create_task(_tick(run, start, progress, progress_every_s)) if progress else None
     try:
         if plan.mode == "open":
             await run.open_loop(start)

@@ -42,23 +42,38 @@ def find_kubernetes_validate() -> str | None:
 def helm_checks(helm: str, kube_version: str) -> bool:
     validate = find_kubernetes_validate()
     if validate is None:
-        print(f"chart-check: kubernetes-validate is not installed; install it with: pip install {KUBERNETES_VALIDATE}",
-              file=sys.stderr)
+        print(
+            f"chart-check: kubernetes-validate is not installed; install it with: pip install {KUBERNETES_VALIDATE}",
+            file=sys.stderr,
+        )
         return False
     ok = True
     for values in [None, *sorted((CHART / "ci").glob("*.yaml"))]:
         name = values.name if values else "values.yaml (defaults)"
         extra = ["--values", str(values)] if values else []
         lint = run([helm, "lint", "--strict", str(CHART), *extra])
-        rendered = run([helm, "template", "model-gateway", str(CHART), "--namespace", "model-gateway",
-                        "--kube-version", kube_version, *extra], capture=True)
+        rendered = run(
+            [
+                helm,
+                "template",
+                "model-gateway",
+                str(CHART),
+                "--namespace",
+                "model-gateway",
+                "--kube-version",
+                kube_version,
+                *extra,
+            ],
+            capture=True,
+        )
         if rendered.returncode != 0:
             print(rendered.stderr, file=sys.stderr)
             print(f"chart-check: helm template failed for {name}", file=sys.stderr)
             ok = False
             continue
-        checked = run([validate, "--strict", "--kubernetes-version", kube_version, "-"], stdin=rendered.stdout,
-                      capture=True)
+        checked = run(
+            [validate, "--strict", "--kubernetes-version", kube_version, "-"], stdin=rendered.stdout, capture=True
+        )
         print(checked.stdout + checked.stderr, end="")
         if lint.returncode != 0 or checked.returncode != 0:
             print(f"chart-check: {name} failed", file=sys.stderr)
@@ -70,8 +85,11 @@ def helm_checks(helm: str, kube_version: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--kube-version", default=KUBE_VERSION,
-                        help=f"Kubernetes version to render and validate for (default {KUBE_VERSION})")
+    parser.add_argument(
+        "--kube-version",
+        default=KUBE_VERSION,
+        help=f"Kubernetes version to render and validate for (default {KUBE_VERSION})",
+    )
     args = parser.parse_args(argv)
 
     if not static_checks():
@@ -79,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     helm = os.environ.get("HELM") or shutil.which("helm")
     if helm is None:
-        print("chart-check: no helm binary on this machine (set HELM or put helm on PATH), so `helm lint` and\n"
-              "`helm template | kubernetes-validate` did NOT run. What ran instead: the static chart checks\n"
-              "above (values.yaml and helm/model-gateway/ci/*.yaml against values.schema.json, refused bad\n"
-              "values, Chart.yaml fields, every .Values path used by the templates present in values.yaml,\n"
-              "settings keys against GatewaySettings, yamllint).")
+        print(
+            "chart-check: no helm binary on this machine (set HELM or put helm on PATH), so `helm lint` and\n"
+            "`helm template | kubernetes-validate` did NOT run. What ran instead: the static chart checks\n"
+            "above (values.yaml and helm/model-gateway/ci/*.yaml against values.schema.json, refused bad\n"
+            "values, Chart.yaml fields, every .Values path used by the templates present in values.yaml,\n"
+            "settings keys against GatewaySettings, yamllint)."
+        )
         return 0
     return 0 if helm_checks(helm, args.kube_version) else 1
 

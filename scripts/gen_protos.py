@@ -110,17 +110,13 @@ def _postprocess(path: Path, local_modules: set[str]) -> None:
     if path.name.endswith("_pb2.py"):
         count = text.count(_DEFAULT_POOL_CALL)
         if count != 1:
-            raise GenerationError(
-                f"{path.name}: expected exactly one default-pool registration, found {count}"
-            )
+            raise GenerationError(f"{path.name}: expected exactly one default-pool registration, found {count}")
         text = text.replace(
             "DESCRIPTOR = " + _DEFAULT_POOL_CALL,
             _PRIVATE_POOL_NOTE + "DESCRIPTOR = " + _PRIVATE_POOL_CALL,
         )
         if _DEFAULT_POOL_CALL in text:
-            raise GenerationError(
-                f"{path.name}: could not switch to a private descriptor pool"
-            )
+            raise GenerationError(f"{path.name}: could not switch to a private descriptor pool")
 
     path.write_text(text, encoding="utf-8", newline="\n")
 
@@ -131,13 +127,9 @@ def generate(out_dir: Path, proto_dir: Path = PROTO_DIR) -> list[str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     _run_protoc(proto_dir, protos, out_dir)
 
-    local_modules = {f"{p.stem}_pb2" for p in protos} | {
-        f"{p.stem}_pb2_grpc" for p in protos
-    }
+    local_modules = {f"{p.stem}_pb2" for p in protos} | {f"{p.stem}_pb2_grpc" for p in protos}
     expected = sorted(
-        name
-        for p in protos
-        for name in (f"{p.stem}_pb2.py", f"{p.stem}_pb2.pyi", f"{p.stem}_pb2_grpc.py")
+        name for p in protos for name in (f"{p.stem}_pb2.py", f"{p.stem}_pb2.pyi", f"{p.stem}_pb2_grpc.py")
     )
     for name in expected:
         path = out_dir / name
@@ -152,11 +144,7 @@ def generate(out_dir: Path, proto_dir: Path = PROTO_DIR) -> list[str]:
 def _existing_files(directory: Path) -> set[str]:
     if not directory.is_dir():
         return set()
-    return {
-        p.name
-        for p in directory.iterdir()
-        if p.is_file() and p.suffix in {".py", ".pyi"}
-    }
+    return {p.name for p in directory.iterdir() if p.is_file() and p.suffix in {".py", ".pyi"}}
 
 
 def _compare(fresh_dir: Path, fresh: Sequence[str], out_dir: Path) -> list[str]:

@@ -47,8 +47,9 @@ class ModelVersionServer:
         return result
 
     # max_batch_size counts rows (batch_size_fn); the real limits are set from the manifest in __init__.
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0005,
-                 batch_size_fn=lambda items: sum(_rows(i) for i in items))
+    @serve.batch(
+        max_batch_size=256, batch_wait_timeout_s=0.0005, batch_size_fn=lambda items: sum(_rows(i) for i in items)
+    )
     async def _infer_batch(self, items: list[Arrays]) -> list[Arrays]:
         if len(items) == 1:
             return [await run_model(self.runtime, items[0])]
@@ -69,19 +70,34 @@ class ModelVersionServer:
         """
         m = self.manifest
         if request.method == "GET":
-            return JSONResponse({"name": m.name, "versions": [m.version], "platform": m.display_platform,
-                                 "inputs": [t.model_dump() for t in m.inputs],
-                                 "outputs": [t.model_dump() for t in m.outputs]})
+            return JSONResponse(
+                {
+                    "name": m.name,
+                    "versions": [m.version],
+                    "platform": m.display_platform,
+                    "inputs": [t.model_dump() for t in m.inputs],
+                    "outputs": [t.model_dump() for t in m.outputs],
+                }
+            )
         try:
             body = await request.json()
-            inputs = {i["name"]: np.asarray(i["data"], dtype=NUMPY_DTYPES[i["datatype"]]).reshape(i["shape"])
-                      for i in body["inputs"]}
+            inputs = {
+                i["name"]: np.asarray(i["data"], dtype=NUMPY_DTYPES[i["datatype"]]).reshape(i["shape"])
+                for i in body["inputs"]
+            }
         except (KeyError, TypeError, ValueError) as exc:
             return JSONResponse({"error": f"bad request: {exc}"}, status_code=400)
         out = await self.infer(inputs)
-        return JSONResponse({"model_name": m.name, "model_version": m.version, "outputs": [
-            {"name": k, "datatype": datatype_of(v), "shape": list(v.shape), "data": v.ravel().tolist()}
-            for k, v in out.items()]})
+        return JSONResponse(
+            {
+                "model_name": m.name,
+                "model_version": m.version,
+                "outputs": [
+                    {"name": k, "datatype": datatype_of(v), "shape": list(v.shape), "data": v.ravel().tolist()}
+                    for k, v in out.items()
+                ],
+            }
+        )
 
 
 def build_app(entry: VersionEntry, fpga_resource: str) -> serve.Application:

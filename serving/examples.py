@@ -31,8 +31,10 @@ def dense_onnx(mean: np.ndarray, scale: np.ndarray, layers: list[tuple[np.ndarra
     """Standardise, run dense layers (ReLU between), then turn the last logit into 2-class softmax + argmax."""
     f32 = np.float32
     inits = [numpy_helper.from_array(mean.astype(f32), "mean"), numpy_helper.from_array(scale.astype(f32), "scale")]
-    nodes = [helper.make_node("Sub", ["features", "mean"], ["centered"]),
-             helper.make_node("Div", ["centered", "scale"], ["h0"])]
+    nodes = [
+        helper.make_node("Sub", ["features", "mean"], ["centered"]),
+        helper.make_node("Div", ["centered", "scale"], ["h0"]),
+    ]
     for i, (w, b) in enumerate(layers):
         last = i == len(layers) - 1
         if last:  # a binary classifier's single logit z becomes logits [0, z]
@@ -49,8 +51,10 @@ def dense_onnx(mean: np.ndarray, scale: np.ndarray, layers: list[tuple[np.ndarra
         nodes,
         "dense_classifier",
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", mean.shape[0]])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2]),
-         helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
+        ],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -62,16 +66,22 @@ def dense_onnx(mean: np.ndarray, scale: np.ndarray, layers: list[tuple[np.ndarra
 def classifier_signature(n_features: int) -> dict[str, list[TensorSpecModel]]:
     return {
         "inputs": [TensorSpecModel(name="features", datatype="FP32", shape=[-1, n_features])],
-        "outputs": [TensorSpecModel(name="probabilities", datatype="FP32", shape=[-1, 2]),
-                    TensorSpecModel(name="label", datatype="INT64", shape=[-1])],
+        "outputs": [
+            TensorSpecModel(name="probabilities", datatype="FP32", shape=[-1, 2]),
+            TensorSpecModel(name="label", datatype="INT64", shape=[-1]),
+        ],
     }
 
 
-def write_reference(folder: Path, x: np.ndarray, p: np.ndarray, names: list[str],
-                    labels: np.ndarray | None = None) -> None:
+def write_reference(
+    folder: Path, x: np.ndarray, p: np.ndarray, names: list[str], labels: np.ndarray | None = None
+) -> None:
     """reference.npz: the training inputs, the model's predictions on them and, when known, their labels."""
-    arrays: dict[str, Any] = {"inputs": x.astype(np.float32), "predictions": p.astype(np.float32),
-                              "feature_names": np.array(names)}
+    arrays: dict[str, Any] = {
+        "inputs": x.astype(np.float32),
+        "predictions": p.astype(np.float32),
+        "feature_names": np.array(names),
+    }
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
     np.savez(folder / "reference.npz", **arrays)
@@ -81,8 +91,14 @@ KINDS = ("logistic", "mlp")
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {"logistic": {"C": 0.05}, "mlp": {"hidden": 16, "alpha": 1e-3}}
 
 
-def fit_classifier(kind: str, x: np.ndarray, y: np.ndarray, seed: int = 0, params: dict[str, Any] | None = None,
-                   sample_weight: np.ndarray | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def fit_classifier(
+    kind: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int = 0,
+    params: dict[str, Any] | None = None,
+    sample_weight: np.ndarray | None = None,
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """Standardise with x's statistics, fit a binary logistic regression or a one-layer MLP, export it as ONNX.
 
     Returns the model and the hyper-parameters it used (DEFAULT_PARAMS[kind] updated by params)."""
@@ -99,8 +115,9 @@ def fit_classifier(kind: str, x: np.ndarray, y: np.ndarray, seed: int = 0, param
         lr = LogisticRegression(C=float(used["C"]), max_iter=1000).fit(z, y, sample_weight=sample_weight)
         layers = [(lr.coef_.T, lr.intercept_)]
     else:
-        mlp = MLPClassifier(hidden_layer_sizes=(int(used["hidden"]),), alpha=float(used["alpha"]), max_iter=2000,
-                            random_state=seed)
+        mlp = MLPClassifier(
+            hidden_layer_sizes=(int(used["hidden"]),), alpha=float(used["alpha"]), max_iter=2000, random_state=seed
+        )
         mlp.fit(z, y, sample_weight=sample_weight)
         layers = list(zip(mlp.coefs_, mlp.intercepts_, strict=True))
     return dense_onnx(mean, scale, layers), used
@@ -115,8 +132,9 @@ def predict_proba(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(sess.run(["probabilities"], {"features": x.astype(np.float32)})[0])
 
 
-def write_classifier(repo: Repository, version: str, kind: str, seed: int = 0,
-                     parent: str | None = None) -> VersionEntry:
+def write_classifier(
+    repo: Repository, version: str, kind: str, seed: int = 0, parent: str | None = None
+) -> VersionEntry:
     require("sklearn", "train", PURPOSE)
     from sklearn.datasets import load_breast_cancer
     from sklearn.metrics import accuracy_score, roc_auc_score
@@ -124,17 +142,25 @@ def write_classifier(repo: Repository, version: str, kind: str, seed: int = 0,
 
     data = load_breast_cancer()
     x_train, x_test, y_train, y_test = train_test_split(
-        data.data, data.target, test_size=0.25, random_state=seed, stratify=data.target)
+        data.data, data.target, test_size=0.25, random_state=seed, stratify=data.target
+    )
     model, params = fit_classifier(kind, x_train, y_train, seed)
     proba = predict_proba(model, x_test)[:, 1]
     metrics = {"accuracy": float(accuracy_score(y_test, proba > 0.5)), "roc_auc": float(roc_auc_score(y_test, proba))}
     manifest = Manifest(
-        name=CLASSIFIER, version=version, runtime="onnx", artifact="model.onnx",
+        name=CLASSIFIER,
+        version=version,
+        runtime="onnx",
+        artifact="model.onnx",
         **classifier_signature(x_train.shape[1]),
         batching=Batching(max_batch_size=256),
         metrics=metrics,
-        lineage=Lineage(parent_version=parent, dataset=DATASET, params={"kind": kind, "seed": seed, **params},
-                        trained_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds")),
+        lineage=Lineage(
+            parent_version=parent,
+            dataset=DATASET,
+            params={"kind": kind, "seed": seed, **params},
+            trained_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        ),
         reference="reference.npz",
     )
 
@@ -149,8 +175,12 @@ def write_classifier(repo: Repository, version: str, kind: str, seed: int = 0,
 def write_echo(repo: Repository) -> VersionEntry:
     spec = [TensorSpecModel(name="INPUT0", datatype="FP32", shape=[-1, ECHO_WIDTH])]
     manifest = Manifest(
-        name=ECHO, version="1", runtime="array", options={"program": "identity"},
-        inputs=spec, outputs=[TensorSpecModel(name="OUTPUT0", datatype="FP32", shape=[-1, ECHO_WIDTH])],
+        name=ECHO,
+        version="1",
+        runtime="array",
+        options={"program": "identity"},
+        inputs=spec,
+        outputs=[TensorSpecModel(name="OUTPUT0", datatype="FP32", shape=[-1, ECHO_WIDTH])],
         batching=Batching(max_batch_size=512, max_queue_rows=16384),
     )
     return repo.write_version(manifest, lambda folder: None)
@@ -167,8 +197,10 @@ def ensure_examples(root: Path) -> list[VersionEntry]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m serving.examples",
-                                     description="Write the example models into a model repository that holds none.")
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.examples",
+        description="Write the example models into a model repository that holds none.",
+    )
     parser.add_argument("repository", type=Path, help="the model repository's root folder")
     args = parser.parse_args(argv)
     try:

@@ -34,11 +34,28 @@ GRPC_CODES = {
     "PERMISSION_DENIED": "UNAVAILABLE",
     "FAILED_PRECONDITION": "UNAVAILABLE",
 }
-HTTP_CODES = {400: "INVALID_ARGUMENT", 401: "UNAVAILABLE", 403: "UNAVAILABLE", 404: "UNAVAILABLE",
-              408: "DEADLINE_EXCEEDED", 413: "UNAVAILABLE", 429: "UNAVAILABLE", 502: "UNAVAILABLE",
-              503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
-_MISCONFIGURED = {"NOT_FOUND", "UNIMPLEMENTED", "UNAUTHENTICATED", "PERMISSION_DENIED", "FAILED_PRECONDITION",
-                  "401", "403", "404"}
+HTTP_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAVAILABLE",
+    403: "UNAVAILABLE",
+    404: "UNAVAILABLE",
+    408: "DEADLINE_EXCEEDED",
+    413: "UNAVAILABLE",
+    429: "UNAVAILABLE",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_MISCONFIGURED = {
+    "NOT_FOUND",
+    "UNIMPLEMENTED",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+    "FAILED_PRECONDITION",
+    "401",
+    "403",
+    "404",
+}
 
 
 def remote_status(status: str | None) -> str:
@@ -55,8 +72,11 @@ def fault_for(status: str, message: str, backend: RemoteBackend, model: str) -> 
     if code == "DEADLINE_EXCEEDED":
         return RuntimeFault(code, f"{where} did not answer within {backend.timeout_s:g} s")
     if status in _MISCONFIGURED:
-        return RuntimeFault(code, f"{where} cannot serve model '{model}' as configured ({status}); "
-                            "the operator must check the manifest's remote settings")
+        return RuntimeFault(
+            code,
+            f"{where} cannot serve model '{model}' as configured ({status}); "
+            "the operator must check the manifest's remote settings",
+        )
     if code == "UNAVAILABLE":
         return RuntimeFault(code, f"{where} is unreachable or overloaded ({status}); retry shortly")
     return RuntimeFault(code, f"{where} failed while running inference ({status or 'no status'})")
@@ -113,15 +133,18 @@ class RemoteRuntime:
         tensors, outputs = self._request(inputs)
         try:
             if b.protocol == "grpc":
-                result = await client.infer(self.model, tensors, model_version=b.model_version, outputs=outputs,
-                                            client_timeout=b.timeout_s)
+                result = await client.infer(
+                    self.model, tensors, model_version=b.model_version, outputs=outputs, client_timeout=b.timeout_s
+                )
             else:
                 result = await asyncio.wait_for(
-                    client.infer(self.model, tensors, model_version=b.model_version, outputs=outputs), b.timeout_s)
+                    client.infer(self.model, tensors, model_version=b.model_version, outputs=outputs), b.timeout_s
+                )
         except InferenceServerException as exc:
             status = remote_status(exc.status())
-            log.warning("remote %s server %s refused model %s: %s %s", b.protocol, b.url, self.model, status,
-                        exc.message())
+            log.warning(
+                "remote %s server %s refused model %s: %s %s", b.protocol, b.url, self.model, status, exc.message()
+            )
             raise fault_for(status, str(exc.message()), b, self.model) from None
         except TimeoutError:
             raise fault_for("DEADLINE_EXCEEDED", "", b, self.model) from None

@@ -51,14 +51,19 @@ class Rule:
     def decide(self, new: dict[str, float], parent: dict[str, float]) -> tuple[bool, str]:
         gain = new["accuracy"] - parent["accuracy"]
         if gain < self.min_gain - 1e-12:
-            return False, (f"held-out accuracy {new['accuracy']:.4f} vs parent {parent['accuracy']:.4f}: "
-                           f"gain {gain:+.4f} is under min_gain {self.min_gain:g}")
+            return False, (
+                f"held-out accuracy {new['accuracy']:.4f} vs parent {parent['accuracy']:.4f}: "
+                f"gain {gain:+.4f} is under min_gain {self.min_gain:g}"
+            )
         if not self.allow_worse_log_loss and new["log_loss"] > parent["log_loss"]:
-            return False, (f"held-out log-loss {new['log_loss']:.4f} is worse than the parent's "
-                           f"{parent['log_loss']:.4f}")
-        return True, (f"held-out accuracy {new['accuracy']:.4f} vs parent {parent['accuracy']:.4f} "
-                      f"(gain {gain:+.4f} >= {self.min_gain:g}); log-loss {new['log_loss']:.4f} vs "
-                      f"{parent['log_loss']:.4f}")
+            return False, (
+                f"held-out log-loss {new['log_loss']:.4f} is worse than the parent's {parent['log_loss']:.4f}"
+            )
+        return True, (
+            f"held-out accuracy {new['accuracy']:.4f} vs parent {parent['accuracy']:.4f} "
+            f"(gain {gain:+.4f} >= {self.min_gain:g}); log-loss {new['log_loss']:.4f} vs "
+            f"{parent['log_loss']:.4f}"
+        )
 
 
 def evaluate(model: onnx.ModelProto | Path, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -68,29 +73,53 @@ def evaluate(model: onnx.ModelProto | Path, x: np.ndarray, y: np.ndarray) -> dic
 
     proba = predict_proba(model, x).astype(np.float64)
     proba /= proba.sum(axis=1, keepdims=True)  # float32 softmax rows sum to 1 only within float32 precision
-    return {"accuracy": float(np.mean(proba.argmax(axis=1) == y)),
-            "log_loss": float(log_loss(y, proba, labels=list(range(proba.shape[1]))))}
+    return {
+        "accuracy": float(np.mean(proba.argmax(axis=1) == y)),
+        "log_loss": float(log_loss(y, proba, labels=list(range(proba.shape[1])))),
+    }
 
 
-def lineage_for(parent: VersionEntry, params: dict[str, Any], seed: int, window: dict[str, Any],
-                counts: dict[str, int], metrics: dict[str, dict[str, float]], held_out: str, rule: Rule,
-                drift_report: str | None, drift_source: str | None) -> Lineage:
+def lineage_for(
+    parent: VersionEntry,
+    params: dict[str, Any],
+    seed: int,
+    window: dict[str, Any],
+    counts: dict[str, int],
+    metrics: dict[str, dict[str, float]],
+    held_out: str,
+    rule: Rule,
+    drift_report: str | None,
+    drift_source: str | None,
+) -> Lineage:
     p = parent.manifest
     return Lineage(
         parent_version=p.version,
         dataset=f"reference data of {p.name}/{p.version} + labelled request log",
         params={"kind": p.lineage.params["kind"], "seed": seed, **params},
         trained_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        data_window=window, rows=counts, held_out=held_out,
-        evaluation={"new": metrics["new"], "parent": metrics["parent"],
-                    "rule": {"min_gain": rule.min_gain, "allow_worse_log_loss": rule.allow_worse_log_loss}},
-        drift_report=drift_report, drift_report_source=drift_source,
+        data_window=window,
+        rows=counts,
+        held_out=held_out,
+        evaluation={
+            "new": metrics["new"],
+            "parent": metrics["parent"],
+            "rule": {"min_gain": rule.min_gain, "allow_worse_log_loss": rule.allow_worse_log_loss},
+        },
+        drift_report=drift_report,
+        drift_report_source=drift_source,
     )
 
 
-def register(repo: Repository, parent: VersionEntry, model: onnx.ModelProto, lineage: Lineage,
-             metrics: dict[str, float], x_train: np.ndarray, y_train: np.ndarray,
-             drift_report: Path | None) -> VersionEntry:
+def register(
+    repo: Repository,
+    parent: VersionEntry,
+    model: onnx.ModelProto,
+    lineage: Lineage,
+    metrics: dict[str, float],
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    drift_report: Path | None,
+) -> VersionEntry:
     """Writes the next version (immutable) with its model, reference data of its own training set and the report."""
     with np.load(parent.path / str(parent.manifest.reference)) as ref:
         names = [str(n) for n in ref["feature_names"]] if "feature_names" in ref else []
@@ -102,9 +131,15 @@ def register(repo: Repository, parent: VersionEntry, model: onnx.ModelProto, lin
             shutil.copyfile(drift_report, folder / str(lineage.model_extra["drift_report"]))
 
     for _ in range(5):  # another job may take the number between reading it and the rename
-        manifest = parent.manifest.model_copy(update={
-            "version": repo.next_version(parent.manifest.name), "artifact": "model.onnx", "metrics": metrics,
-            "lineage": lineage, "reference": "reference.npz"})
+        manifest = parent.manifest.model_copy(
+            update={
+                "version": repo.next_version(parent.manifest.name),
+                "artifact": "model.onnx",
+                "metrics": metrics,
+                "lineage": lineage,
+                "reference": "reference.npz",
+            }
+        )
         try:
             return repo.write_version(manifest, artifacts)
         except RepositoryError:
@@ -113,16 +148,31 @@ def register(repo: Repository, parent: VersionEntry, model: onnx.ModelProto, lin
     raise RepositoryError(f"could not find a free version number for {parent.manifest.name}")
 
 
-def ramp_plan(version: str, steps: Sequence[int], every_s: float, max_error_rate: float | None,
-              max_p99_ms: float | None, min_requests: int, parent: str) -> dict[str, Any]:
+def ramp_plan(
+    version: str,
+    steps: Sequence[int],
+    every_s: float,
+    max_error_rate: float | None,
+    max_p99_ms: float | None,
+    min_requests: int,
+    parent: str,
+) -> dict[str, Any]:
     """The plan for the table's start_ramp (contract/ramp.py). `base` only counts when the model has no split
     yet: then the ramp starts from the parent taking all traffic, as it did when the drift was seen."""
-    return {"version": version, "steps": list(steps), "every_s": every_s, "max_error_rate": max_error_rate,
-            "max_p99_ms": max_p99_ms, "min_requests": min_requests, "base": {parent: 100}}
+    return {
+        "version": version,
+        "steps": list(steps),
+        "every_s": every_s,
+        "max_error_rate": max_error_rate,
+        "max_p99_ms": max_p99_ms,
+        "min_requests": min_requests,
+        "base": {parent: 100},
+    }
 
 
-def propose_canary(table: Any, model: str, plan: dict[str, Any], who: str, reason: str,
-                   get: Callable[[Any], Any] | None = None) -> Any:
+def propose_canary(
+    table: Any, model: str, plan: dict[str, Any], who: str, reason: str, get: Callable[[Any], Any] | None = None
+) -> Any:
     """Asks the cluster's traffic table to start the ramp plan; returns what the table answers."""
     if get is None:
         import ray
@@ -133,9 +183,11 @@ def propose_canary(table: Any, model: str, plan: dict[str, Any], who: str, reaso
     try:
         start_ramp = table.start_ramp
     except AttributeError:
-        raise RuntimeError("this cluster's traffic table takes no ramp plans (it has no start_ramp): the version "
-                           "is registered and deployed; upgrade the gateway, or move traffic with "
-                           "`gateway traffic`") from None
+        raise RuntimeError(
+            "this cluster's traffic table takes no ramp plans (it has no start_ramp): the version "
+            "is registered and deployed; upgrade the gateway, or move traffic with "
+            "`gateway traffic`"
+        ) from None
     return get(start_ramp.remote(model, plan, who, reason))
 
 
@@ -151,13 +203,22 @@ def deploy(entry: VersionEntry, ray_address: str | None, fpga_resource: str, tim
     from serving.deployment import build_app
 
     if not ray.is_initialized():
-        ray.init(address=ray_address, namespace="gateway", logging_level=logging.WARNING, log_to_driver=False,
-                 configure_logging=False)
-    serve.start(proxy_location=ProxyLocation.Disabled,
-                logging_config={"enable_access_log": False, "log_level": "WARNING"})
+        ray.init(
+            address=ray_address,
+            namespace="gateway",
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    serve.start(
+        proxy_location=ProxyLocation.Disabled, logging_config={"enable_access_log": False, "log_level": "WARNING"}
+    )
     name = app_name(entry.manifest.name, entry.manifest.version)
-    serve.run_many([serve.RunTarget(build_app(entry, fpga_resource), name=name, route_prefix=None)],
-                   wait_for_ingress_deployment_creation=True, wait_for_applications_running=False)
+    serve.run_many(
+        [serve.RunTarget(build_app(entry, fpga_resource), name=name, route_prefix=None)],
+        wait_for_ingress_deployment_creation=True,
+        wait_for_applications_running=False,
+    )
     until = time.monotonic() + timeout_s
     last = ""
     while True:
@@ -189,8 +250,10 @@ def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
     m = parent.manifest
     kind = m.lineage.params.get("kind")
     if m.runtime != "onnx" or kind not in KINDS or m.reference is None or len(m.inputs) != 1:
-        raise JobError(f"{m.name}/{m.version} is not a classifier this job can retrain: it needs an ONNX model "
-                       f"with one input, reference data and lineage.params.kind in {', '.join(KINDS)}")
+        raise JobError(
+            f"{m.name}/{m.version} is not a classifier this job can retrain: it needs an ONNX model "
+            f"with one input, reference data and lineage.params.kind in {', '.join(KINDS)}"
+        )
     if a.drift_report is not None and not a.drift_report.is_file():
         raise JobError(f"drift report {a.drift_report} does not exist")
     n_features, n_classes = m.inputs[0].shape[-1], m.outputs[0].shape[-1]
@@ -206,14 +269,17 @@ def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
     until = a.until if a.until is not None else time.time()
     since = until - a.window_s
     say(f"reading request log {a.log_dir} for {m.name} (window {a.window_s:g} s) and its feedback labels...")
-    data: Labelled = load_labelled(a.log_dir, m.name, m.inputs[0].name, n_features, n_classes, since, until,
-                                   a.max_rows)
+    data: Labelled = load_labelled(a.log_dir, m.name, m.inputs[0].name, n_features, n_classes, since, until, a.max_rows)
     window = data.window(since, until)
     summary["data_window"] = window
     say(f"  {data.scanned} request record(s) in the window, {data.labelled_requests} labelled, {data.rows} row(s)")
     if data.rows < a.min_labelled:
-        return EXIT_OK, {**summary, "outcome": "skipped", "reason": f"{data.rows} labelled row(s) in the window; "
-                         f"at least {a.min_labelled} are needed (--min-labelled)"}
+        return EXIT_OK, {
+            **summary,
+            "outcome": "skipped",
+            "reason": f"{data.rows} labelled row(s) in the window; "
+            f"at least {a.min_labelled} are needed (--min-labelled)",
+        }
     try:
         train_idx, test_idx = split_held_out(data.y, a.held_out, a.seed)
     except ValueError as exc:
@@ -223,12 +289,12 @@ def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
     y_train = np.concatenate([y_ref, data.y[train_idx]])
     weights = np.concatenate([np.ones(len(y_ref)), np.full(len(train_idx), a.recent_weight)])
     x_test, y_test = data.x[test_idx], data.y[test_idx]
-    counts = {"reference": len(y_ref), "logged_train": len(train_idx), "train": len(y_train),
-              "held_out": len(test_idx)}
-    say(f"training a {kind} model on {len(y_train)} row(s) ({len(y_ref)} reference + {len(train_idx)} logged, "
-        f"weight {a.recent_weight:g}); {len(test_idx)} held out...")
-    model, params = fit_classifier(str(kind), x_train.astype(np.float64), y_train, a.seed, m.lineage.params,
-                                   weights)
+    counts = {"reference": len(y_ref), "logged_train": len(train_idx), "train": len(y_train), "held_out": len(test_idx)}
+    say(
+        f"training a {kind} model on {len(y_train)} row(s) ({len(y_ref)} reference + {len(train_idx)} logged, "
+        f"weight {a.recent_weight:g}); {len(test_idx)} held out..."
+    )
+    model, params = fit_classifier(str(kind), x_train.astype(np.float64), y_train, a.seed, m.lineage.params, weights)
     metrics = {"new": evaluate(model, x_test, y_test), "parent": evaluate(parent.path / m.artifact, x_test, y_test)}
     rule = Rule(a.min_gain, a.allow_worse_log_loss)
     better, reason = rule.decide(metrics["new"], metrics["parent"])
@@ -237,21 +303,31 @@ def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
     if not better:
         return EXIT_OK, {**summary, "outcome": "not_better", "seconds": round(time.monotonic() - started, 1)}
 
-    held_out = (f"a stratified {a.held_out:.0%} of the labelled logged rows of the window (seed {a.seed}); "
-                "reference rows are never held out")
+    held_out = (
+        f"a stratified {a.held_out:.0%} of the labelled logged rows of the window (seed {a.seed}); "
+        "reference rows are never held out"
+    )
     report_name = f"drift_report{a.drift_report.suffix}" if a.drift_report is not None else None
-    lineage = lineage_for(parent, params, a.seed, window, counts, metrics, held_out, rule, report_name,
-                          str(a.drift_report.resolve()) if a.drift_report is not None else None)
-    entry = register(repo, parent, model, lineage, metrics["new"],
-                     x_train, y_train, a.drift_report)
+    lineage = lineage_for(
+        parent,
+        params,
+        a.seed,
+        window,
+        counts,
+        metrics,
+        held_out,
+        rule,
+        report_name,
+        str(a.drift_report.resolve()) if a.drift_report is not None else None,
+    )
+    entry = register(repo, parent, model, lineage, metrics["new"], x_train, y_train, a.drift_report)
     version = entry.manifest.version
     summary.update(outcome="registered", version=version, path=str(entry.path))
     say(f"registered {m.name}/{version} at {entry.path}")
     if a.no_deploy:
         return EXIT_OK, {**summary, "deployed": False, "seconds": round(time.monotonic() - started, 1)}
 
-    plan = ramp_plan(version, a.ramp_steps, a.ramp_every_s, a.max_error_rate, a.max_p99_ms, a.min_requests,
-                     m.version)
+    plan = ramp_plan(version, a.ramp_steps, a.ramp_every_s, a.max_error_rate, a.max_p99_ms, a.min_requests, m.version)
     try:
         say(f"deploying {m.name}/{version} on Ray Serve...")
         deploy(entry, a.ray_address, a.fpga_resource, a.deploy_timeout_s, say)
@@ -263,11 +339,17 @@ def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
         answer = propose_canary(table, m.name, plan, WHO, f"retrained from {m.version}: {reason}")
     except Exception as exc:  # noqa: BLE001 - the version is registered; say what failed after it
         summary.setdefault("deployed", False)
-        return EXIT_NOT_DEPLOYED, {**summary, "error": f"{type(exc).__name__}: {exc}"[:1000],
-                                   "seconds": round(time.monotonic() - started, 1)}
+        return EXIT_NOT_DEPLOYED, {
+            **summary,
+            "error": f"{type(exc).__name__}: {exc}"[:1000],
+            "seconds": round(time.monotonic() - started, 1),
+        }
     if isinstance(answer, dict):  # the whole table: keep what concerns this model
-        answer = {"revision": answer.get("revision"), "weights": answer.get("models", {}).get(m.name),
-                  "ramp": answer.get("ramps", {}).get(m.name)}
+        answer = {
+            "revision": answer.get("revision"),
+            "weights": answer.get("models", {}).get(m.name),
+            "ramp": answer.get("ramps", {}).get(m.name),
+        }
     summary.update(outcome="canary_started", ramp=plan, table=_jsonable(answer))
     return EXIT_OK, {**summary, "seconds": round(time.monotonic() - started, 1)}
 
@@ -294,11 +376,12 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m serving.retrain",
         description="Retrain a model version on its reference data plus labelled logged requests; register the "
-                    "result as a new version only if it beats the parent on held-out recent data, then deploy it "
-                    "and start it as a canary. Prints a JSON summary on stdout, progress on stderr.",
+        "result as a new version only if it beats the parent on held-out recent data, then deploy it "
+        "and start it as a canary. Prints a JSON summary on stdout, progress on stderr.",
         epilog="Exit status: 0 done (a new version, or none and the reason why), 1 unexpected failure, "
-               "2 bad arguments or inputs (or scikit-learn, the train extra, is not installed), 3 version registered "
-               "but deploying or proposing the canary failed.")
+        "2 bad arguments or inputs (or scikit-learn, the train extra, is not installed), 3 version registered "
+        "but deploying or proposing the canary failed.",
+    )
     g = p.add_argument_group("what to retrain")
     g.add_argument("--model", required=True, help="model name in the repository")
     g.add_argument("--parent-version", required=True, help="the serving version to improve on")
@@ -306,26 +389,37 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--log-dir", required=True, type=Path, help="request log root (feedback is in its feedback/)")
     g.add_argument("--drift-report", type=Path, help="the drift report that triggered the job (copied into lineage)")
     d = p.add_argument_group("data")
-    d.add_argument("--window-s", type=float, default=7 * 24 * 3600.0, help="use requests received this long before "
-                   "--until (default: 7 days)")
+    d.add_argument(
+        "--window-s",
+        type=float,
+        default=7 * 24 * 3600.0,
+        help="use requests received this long before --until (default: 7 days)",
+    )
     d.add_argument("--until", type=float, help="end of the window, unix seconds (default: now)")
     d.add_argument("--max-rows", type=int, default=200_000, help="newest labelled rows used at most")
     d.add_argument("--min-labelled", type=int, default=40, help="fewer labelled rows than this: no training")
     d.add_argument("--held-out", type=float, default=0.3, help="fraction of labelled rows held out for evaluation")
-    d.add_argument("--recent-weight", type=float, default=3.0, help="training weight of a logged row "
-                   "(a reference row weighs 1)")
+    d.add_argument(
+        "--recent-weight", type=float, default=3.0, help="training weight of a logged row (a reference row weighs 1)"
+    )
     d.add_argument("--seed", type=int, default=0, help="seed of the split and of the model's initialisation")
     r = p.add_argument_group("decision")
     r.add_argument("--min-gain", type=float, default=0.01, help="held-out accuracy gain the new version needs")
-    r.add_argument("--allow-worse-log-loss", action="store_true", help="accept a new version whose held-out "
-                   "log-loss is worse than the parent's")
+    r.add_argument(
+        "--allow-worse-log-loss",
+        action="store_true",
+        help="accept a new version whose held-out log-loss is worse than the parent's",
+    )
     c = p.add_argument_group("deploy and canary")
     c.add_argument("--no-deploy", action="store_true", help="register only: no deployment, no canary")
     c.add_argument("--ray-address", help="Ray cluster to deploy on (default: the job's own cluster)")
     c.add_argument("--fpga-resource", default="FPGA", help="Ray resource name FPGA versions ask for")
     c.add_argument("--deploy-timeout-s", type=float, default=300.0, help="how long to wait for RUNNING")
-    c.add_argument("--traffic-file", default="traffic_table.json",
-                   help="the traffic table's file (only used if the table's actor must be created)")
+    c.add_argument(
+        "--traffic-file",
+        default="traffic_table.json",
+        help="the traffic table's file (only used if the table's actor must be created)",
+    )
     c.add_argument("--ramp-steps", type=_steps, default=[5, 25, 50, 100], help="canary percents, e.g. 5,25,50,100")
     c.add_argument("--ramp-every-s", type=float, default=300.0, help="seconds between ramp steps")
     c.add_argument("--max-error-rate", type=float, default=0.01, help="roll back above this error rate")
@@ -342,19 +436,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[retrain {time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     if not 0 < a.held_out < 1 or a.min_labelled < 2 or a.recent_weight <= 0 or a.max_rows < 1:
-        print("--held-out must be between 0 and 1, --min-labelled at least 2, --recent-weight positive, "
-              "--max-rows at least 1", file=sys.stderr)
+        print(
+            "--held-out must be between 0 and 1, --min-labelled at least 2, --recent-weight positive, "
+            "--max-rows at least 1",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
         code, summary = retrain(a, say)
     except JobError as exc:
-        code, summary = EXIT_USAGE, {"outcome": "error", "model": a.model, "parent_version": a.parent_version,
-                                     "error": str(exc)}
+        code, summary = (
+            EXIT_USAGE,
+            {"outcome": "error", "model": a.model, "parent_version": a.parent_version, "error": str(exc)},
+        )
         say(f"error: {exc}")
     except Exception as exc:  # noqa: BLE001 - the summary on stdout says what failed, whatever it was
         say(f"failed: {type(exc).__name__}: {exc}")
-        code, summary = EXIT_FAILED, {"outcome": "error", "model": a.model, "parent_version": a.parent_version,
-                                      "error": f"{type(exc).__name__}: {exc}"[:1000]}
+        code, summary = (
+            EXIT_FAILED,
+            {
+                "outcome": "error",
+                "model": a.model,
+                "parent_version": a.parent_version,
+                "error": f"{type(exc).__name__}: {exc}"[:1000],
+            },
+        )
     print(json.dumps(summary, indent=2, default=str), flush=True)
     return code
 

@@ -36,11 +36,16 @@ class Labelled:
 
     def window(self, since: float, until: float) -> dict[str, Any]:
         """The data window as lineage records it."""
-        return {"since": since, "until": until,
-                "first_request_time": float(self.times.min()) if self.rows else None,
-                "last_request_time": float(self.times.max()) if self.rows else None,
-                "request_records": self.scanned, "labelled_requests": self.labelled_requests,
-                "labelled_rows": self.rows, "skipped_requests": dict(sorted(self.skipped.items()))}
+        return {
+            "since": since,
+            "until": until,
+            "first_request_time": float(self.times.min()) if self.rows else None,
+            "last_request_time": float(self.times.max()) if self.rows else None,
+            "request_records": self.scanned,
+            "labelled_requests": self.labelled_requests,
+            "labelled_rows": self.rows,
+            "skipped_requests": dict(sorted(self.skipped.items())),
+        }
 
 
 def row_labels(label: Any, rows: int, n_classes: int) -> np.ndarray | None:
@@ -54,8 +59,16 @@ def row_labels(label: Any, rows: int, n_classes: int) -> np.ndarray | None:
     return out.astype(np.int64)
 
 
-def load_labelled(log_dir: Path | str, model: str, input_name: str, n_features: int, n_classes: int,
-                  since: float, until: float, max_rows: int) -> Labelled:
+def load_labelled(
+    log_dir: Path | str,
+    model: str,
+    input_name: str,
+    n_features: int,
+    n_classes: int,
+    since: float,
+    until: float,
+    max_rows: int,
+) -> Labelled:
     """Logged, answered requests of `model` received in [since, until) that have a feedback label.
 
     Shadow calls are left out (they repeat a request's inputs). A request id labelled more than once
@@ -100,12 +113,26 @@ def load_labelled(log_dir: Path | str, model: str, input_name: str, n_features: 
         times.extend([float(rec["time"])] * len(x))
         ids.extend([rid] * len(x))
     if not xs:
-        return Labelled(np.empty((0, n_features), np.float32), np.empty((0,), np.int64), np.empty((0,)), [],
-                        scanned, 0, dict(skipped))
+        return Labelled(
+            np.empty((0, n_features), np.float32),
+            np.empty((0,), np.int64),
+            np.empty((0,)),
+            [],
+            scanned,
+            0,
+            dict(skipped),
+        )
     t = np.asarray(times)
     order = np.argsort(t, kind="stable")[-max_rows:]
-    return Labelled(np.concatenate(xs)[order], np.concatenate(ys)[order], t[order], [ids[i] for i in order],
-                    scanned, len(seen), dict(skipped))
+    return Labelled(
+        np.concatenate(xs)[order],
+        np.concatenate(ys)[order],
+        t[order],
+        [ids[i] for i in order],
+        scanned,
+        len(seen),
+        dict(skipped),
+    )
 
 
 def split_held_out(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,6 @@ __all__ = ["Arrays", "AsyncRuntime", "Runtime", "RuntimeFault", "load_runtime", 
 log = logging.getLogger(__name__)
 
 
-
 class Runtime(Protocol):
     device: str
 

@@ -65,8 +65,12 @@ class TrafficTable:
 
     # --- reading ---------------------------------------------------------------------------
     def get(self) -> dict[str, Any]:
-        return {"revision": self.revision, "models": self.models, "shadows": self.shadows,
-                "ramps": {m: r.public() for m, r in self.ramps.items()}}
+        return {
+            "revision": self.revision,
+            "models": self.models,
+            "shadows": self.shadows,
+            "ramps": {m: r.public() for m, r in self.ramps.items()},
+        }
 
     def model_history(self, model: str) -> list[dict[str, Any]]:
         return list(self.history.get(model, []))
@@ -95,8 +99,9 @@ class TrafficTable:
         if any(not 0 < s <= 1 for s in clean.values()):
             raise PlanError("a shadow's sample rate is a fraction in (0, 1]")
         before = {"shadows": self.shadows.get(model, {})}
-        self.shadows = {**self.shadows, model: clean} if clean else {
-            m: s for m, s in self.shadows.items() if m != model}
+        self.shadows = (
+            {**self.shadows, model: clean} if clean else {m: s for m, s in self.shadows.items() if m != model}
+        )
         return self._commit(model, who, reason, before, {"shadows": clean})
 
     async def start_ramp(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]:
@@ -110,8 +115,10 @@ class TrafficTable:
             raise PlanError(f"model '{model}' has no split to ramp from; set one first or give the plan a base")
         base = _check_weights(base)
         if model in self.ramps and self.ramps[model].plan.version != parsed.version:
-            raise PlanError(f"model '{model}' is already ramping version {self.ramps[model].plan.version}; "
-                            "promote or roll it back first")
+            raise PlanError(
+                f"model '{model}' is already ramping version {self.ramps[model].plan.version}; "
+                "promote or roll it back first"
+            )
         if model in self.ramps:  # the same version again: restart from its base, not from a ramped split
             base = self.ramps[model].base
         ramp = Ramp(parsed, base, 0, time.time())
@@ -120,8 +127,9 @@ class TrafficTable:
         self.ramps = {**self.ramps, model: ramp}
         self.models = {**self.models, model: weights}
         self._ensure_ticker()
-        return self._commit(model, who, reason or f"ramp of version {parsed.version} started", before, weights,
-                            ramp=ramp.public())
+        return self._commit(
+            model, who, reason or f"ramp of version {parsed.version} started", before, weights, ramp=ramp.public()
+        )
 
     async def rollback(self, model: str, who: str, reason: str) -> dict[str, Any]:
         """Ends a running ramp at the split it started from; with no ramp, undoes the last split change."""
@@ -131,9 +139,14 @@ class TrafficTable:
             after = ramp.base
             why = reason or f"ramp of version {ramp.plan.version} rolled back"
         else:
-            previous = next((e["before"] for e in reversed(self.history.get(model, []))
-                             if e.get("after") == before and isinstance(e.get("before"), dict)
-                             and "shadows" not in e["before"]), None)
+            previous = next(
+                (
+                    e["before"]
+                    for e in reversed(self.history.get(model, []))
+                    if e.get("after") == before and isinstance(e.get("before"), dict) and "shadows" not in e["before"]
+                ),
+                None,
+            )
             if not previous:
                 raise PlanError(f"model '{model}' has no earlier split to roll back to")
             after, why = previous, reason or "rolled back to the previous split"
@@ -188,8 +201,15 @@ class TrafficTable:
     # --- bookkeeping -------------------------------------------------------------------------
     def _commit(self, model: str, who: str, reason: str, before: Any, after: Any, **extra: Any) -> dict[str, Any]:
         self.revision += 1
-        entry = {"revision": self.revision, "time": time.time(), "who": who, "reason": reason,
-                 "before": before, "after": after, **extra}
+        entry = {
+            "revision": self.revision,
+            "time": time.time(),
+            "who": who,
+            "reason": reason,
+            "before": before,
+            "after": after,
+            **extra,
+        }
         self.history[model] = [*self.history.get(model, []), entry][-MAX_HISTORY:]
         self._save()
         # Wake every waiting gateway, then arm a fresh event for the next change.
@@ -208,9 +228,17 @@ class TrafficTable:
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"revision": self.revision, "models": self.models, "shadows": self.shadows,
-                                   "ramps": {m: r.to_dict() for m, r in self.ramps.items()},
-                                   "history": self.history}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "revision": self.revision,
+                    "models": self.models,
+                    "shadows": self.shadows,
+                    "ramps": {m: r.to_dict() for m, r in self.ramps.items()},
+                    "history": self.history,
+                }
+            )
+        )
         os.replace(tmp, self.path)
 
 
@@ -221,5 +249,10 @@ def connect(path: str) -> Any:
     """The cluster's table actor, created on first use (detached: it outlives the gateway that made it)."""
     actor_class: Any = TrafficTableActor  # ray.remote hides .options from the type checker
     # On the head node (its special resource): the table must not die with the gateway (pod) that created it.
-    return actor_class.options(name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-                               resources={"node:__internal_head__": 0.001}).remote(path)
+    return actor_class.options(
+        name=ACTOR_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        resources={"node:__internal_head__": 0.001},
+    ).remote(path)

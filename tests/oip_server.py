@@ -33,13 +33,37 @@ import uvicorn
 from gateway._proto import inference_pb2 as pb
 from gateway._proto import inference_pb2_grpc as pb_grpc
 
-DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-          "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
-          "FP32": np.float32, "FP64": np.float64}
-ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64", "tensor(int32)": "INT32",
-             "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(float16)": "FP16"}
-TYPED_FIELDS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "INT64": "int64_contents", "INT32": "int_contents",
-                "BOOL": "bool_contents", "UINT8": "uint_contents"}
+DTYPES = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+ORT_TYPES = {
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(int64)": "INT64",
+    "tensor(int32)": "INT32",
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(float16)": "FP16",
+}
+TYPED_FIELDS = {
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "INT64": "int64_contents",
+    "INT32": "int_contents",
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+}
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "INTERNAL": 500}
 _PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(/infer|/ready)?$")
 
@@ -65,19 +89,32 @@ class Model:
 
     def metadata(self) -> dict[str, Any]:
         def specs(items: list[Any]) -> list[dict[str, Any]]:
-            return [{"name": i.name, "datatype": ORT_TYPES.get(i.type, i.type),
-                     "shape": [d if isinstance(d, int) else -1 for d in i.shape]} for i in items]
+            return [
+                {
+                    "name": i.name,
+                    "datatype": ORT_TYPES.get(i.type, i.type),
+                    "shape": [d if isinstance(d, int) else -1 for d in i.shape],
+                }
+                for i in items
+            ]
 
-        return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx",
-                "inputs": specs(self.session.get_inputs()), "outputs": specs(self.session.get_outputs())}
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": specs(self.session.get_inputs()),
+            "outputs": specs(self.session.get_outputs()),
+        }
 
 
 class Models:
     def __init__(self, paths: dict[str, Path], delay_s: float = 0.0) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
-        self.models = {name: Model(name, ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]))
-                       for name, p in paths.items()}
+        self.models = {
+            name: Model(name, ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]))
+            for name, p in paths.items()
+        }
         self.delay_s = delay_s
         self.infer_count = 0
 
@@ -87,8 +124,9 @@ class Models:
             raise OipError("NOT_FOUND", f"model '{name}' version '{version or 'default'}' is not served here")
         return model
 
-    async def infer(self, name: str, version: str, inputs: dict[str, np.ndarray],
-                    wanted: list[str]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, name: str, version: str, inputs: dict[str, np.ndarray], wanted: list[str]
+    ) -> dict[str, np.ndarray]:
         model = self.get(name, version)
         self.infer_count += 1
         if self.delay_s:
@@ -106,6 +144,7 @@ class Models:
 
 
 # --- gRPC --------------------------------------------------------------------------------------------------
+
 
 class GrpcService(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, models: Models) -> None:
@@ -144,11 +183,13 @@ class GrpcService(pb_grpc.GRPCInferenceServiceServicer):
                 else:
                     flat = np.array(getattr(t.contents, TYPED_FIELDS[t.datatype]), dtype=dtype)
                 if flat.size != int(np.prod(t.shape)):
-                    raise OipError("INVALID_ARGUMENT",
-                                   f"input '{t.name}': {flat.size} values for shape {list(t.shape)}")
+                    raise OipError(
+                        "INVALID_ARGUMENT", f"input '{t.name}': {flat.size} values for shape {list(t.shape)}"
+                    )
                 inputs[t.name] = flat.reshape(tuple(t.shape))
-            out = await self.models.infer(request.model_name, request.model_version, inputs,
-                                          [o.name for o in request.outputs])
+            out = await self.models.infer(
+                request.model_name, request.model_version, inputs, [o.name for o in request.outputs]
+            )
         except OipError as exc:
             await context.abort(grpc.StatusCode[exc.code], exc.message)
         reply = pb.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
@@ -159,6 +200,7 @@ class GrpcService(pb_grpc.GRPCInferenceServiceServicer):
 
 
 # --- HTTP --------------------------------------------------------------------------------------------------
+
 
 class HttpApp:
     """The HTTP/REST protocol as a bare ASGI app: JSON tensors and the binary tensor data extension."""
@@ -180,13 +222,22 @@ class HttpApp:
             status, extra, payload = await self.handle(scope["method"], scope["path"], headers, body)
         except OipError as exc:
             status, extra, payload = HTTP_STATUS.get(exc.code, 500), [], json.dumps({"error": exc.message}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode()), *extra]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    *extra,
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
-    async def handle(self, method: str, path: str, headers: dict[str, str],
-                     body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def handle(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         if path in ("/v2/health/live", "/v2/health/ready"):
             return 200, [], b"{}"
         match = _PATH.match(path)
@@ -212,7 +263,7 @@ class HttpApp:
                 raise OipError("INVALID_ARGUMENT", f"input '{t['name']}': unsupported datatype {t['datatype']}")
             size = t.get("parameters", {}).get("binary_data_size")
             if size is not None:
-                flat = np.frombuffer(body[offset:offset + size], dtype=dtype)
+                flat = np.frombuffer(body[offset : offset + size], dtype=dtype)
                 offset += size
             else:
                 flat = np.asarray(t["data"], dtype=dtype).ravel()
@@ -232,14 +283,16 @@ class HttpApp:
             else:
                 spec["data"] = array.ravel().tolist()
             outputs.append(spec)
-        header = json.dumps({"model_name": name, "model_version": "1", "id": doc.get("id", ""),
-                             "outputs": outputs}).encode()
+        header = json.dumps(
+            {"model_name": name, "model_version": "1", "id": doc.get("id", ""), "outputs": outputs}
+        ).encode()
         if not blobs:
             return 200, [], header
         return 200, [(b"inference-header-content-length", str(len(header)).encode())], header + b"".join(blobs)
 
 
 # --- process -----------------------------------------------------------------------------------------------
+
 
 class OipServer:
     def __init__(self, models: Models) -> None:
@@ -261,8 +314,9 @@ class OipServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, http_port))
         self.http_port = sock.getsockname()[1]
-        self._http = uvicorn.Server(uvicorn.Config(HttpApp(self.models), lifespan="off", log_level="warning",
-                                                   access_log=False))
+        self._http = uvicorn.Server(
+            uvicorn.Config(HttpApp(self.models), lifespan="off", log_level="warning", access_log=False)
+        )
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
         while not self._http.started:
             await asyncio.sleep(0.01)
@@ -294,8 +348,13 @@ def serve_in_thread(paths: dict[str, Path], delay_s: float = 0.0) -> Iterator[Oi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
-                        help="serve the ONNX file PATH as model NAME (repeatable)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="serve the ONNX file PATH as model NAME (repeatable)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--grpc-port", type=int, default=0)
     parser.add_argument("--http-port", type=int, default=0)

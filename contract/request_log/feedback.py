@@ -33,4 +33,3 @@ def latest_labels(records: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> d
         if rid not in out or float(r["time"]) >= float(out[rid]["time"]):
             out[rid] = r
     return out
-

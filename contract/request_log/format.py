@@ -19,11 +19,28 @@ from contract.tensors import Tensor
 FORMAT_VERSION = 1
 # Every key of a version-1 record, in the order they are written.
 SCALAR_FIELDS: tuple[str, ...] = (
-    "format_version", "gateway_id", "request_id", "time", "model", "version", "role", "routing_reason",
-    "code", "error", "queue_ms", "model_ms", "total_ms", "batch_rows", "client", "protocol", "trace_id",
-    "truncated")
+    "format_version",
+    "gateway_id",
+    "request_id",
+    "time",
+    "model",
+    "version",
+    "role",
+    "routing_reason",
+    "code",
+    "error",
+    "queue_ms",
+    "model_ms",
+    "total_ms",
+    "batch_rows",
+    "client",
+    "protocol",
+    "trace_id",
+    "truncated",
+)
 TENSOR_FIELDS: tuple[str, ...] = ("inputs", "outputs")
 FIELDS = SCALAR_FIELDS + TENSOR_FIELDS
+
 
 class FormatVersionError(Exception):
     """A record of a format version this code does not know: stop rather than misread it."""
@@ -36,8 +53,10 @@ def decode_line(line: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ValueError("a request log line must hold a JSON object")
     if obj.get("format_version") != FORMAT_VERSION:
-        raise FormatVersionError(f"request log record of format_version {obj.get('format_version')!r}; this "
-                                 f"gateway reads version {FORMAT_VERSION}: upgrade it to read this log")
+        raise FormatVersionError(
+            f"request log record of format_version {obj.get('format_version')!r}; this "
+            f"gateway reads version {FORMAT_VERSION}: upgrade it to read this log"
+        )
     return obj
 
 

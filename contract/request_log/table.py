@@ -16,8 +16,15 @@ from contract.request_log.format import FIELDS, SCALAR_FIELDS, TENSOR_FIELDS
 if TYPE_CHECKING:
     import pyarrow as pa  # type: ignore[import-untyped]  # pyarrow ships no type information
 
-_TYPES = {"format_version": "int64", "time": "float64", "queue_ms": "float64", "model_ms": "float64",
-          "total_ms": "float64", "batch_rows": "int64", "truncated": "bool"}
+_TYPES = {
+    "format_version": "int64",
+    "time": "float64",
+    "queue_ms": "float64",
+    "model_ms": "float64",
+    "total_ms": "float64",
+    "batch_rows": "int64",
+    "truncated": "bool",
+}
 COLUMNS: tuple[str, ...] = (*SCALAR_FIELDS, *TENSOR_FIELDS, "extra")
 _KNOWN = frozenset(FIELDS)
 

@@ -90,8 +90,13 @@ class AdminApi:
             return
         status, payload = await self._handle(scope, receive)
         body = orjson.dumps(payload)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*JSON, (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*JSON, (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def _handle(self, scope: Scope, receive: Any) -> tuple[int, Any]:
@@ -151,6 +156,3 @@ def _who(scope: Scope) -> str:
 
 
 MAX_BODY_BYTES = 1 << 20
-
-
-

@@ -55,11 +55,11 @@ def limited_http_protocol(max_header_bytes: int) -> type[HttpToolsProtocol]:
             if not self._too_large:
                 super().send_400_response(msg)
                 return
-            body = orjson.dumps({"error": f"request line and headers are over the limit of {max_header_bytes} "
-                                          "bytes"})
-            self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json"
-                                 b"\r\nconnection: close\r\ncontent-length: " + str(len(body)).encode()
-                                 + b"\r\n\r\n" + body)
+            body = orjson.dumps({"error": f"request line and headers are over the limit of {max_header_bytes} bytes"})
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json"
+                b"\r\nconnection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
             self.transport.close()
 
     return LimitedHttpToolsProtocol
@@ -69,8 +69,9 @@ async def read_body(scope: Scope, receive: Any, max_bytes: int) -> bytes:
     """An ASGI request body, refused with RESOURCE_EXHAUSTED past max_bytes before it is all read."""
     for key, value in scope["headers"]:
         if key == b"content-length" and value.isdigit() and int(value) > max_bytes:
-            raise GatewayError(Code.RESOURCE_EXHAUSTED,
-                               f"request body of {int(value)} bytes is over the limit of {max_bytes}")
+            raise GatewayError(
+                Code.RESOURCE_EXHAUSTED, f"request body of {int(value)} bytes is over the limit of {max_bytes}"
+            )
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -38,9 +38,15 @@ def decode_parameters(params: Any) -> dict[str, Any]:
     return out
 
 
-_FIELD_DTYPES = {"bool_contents": np.bool_, "int_contents": np.int32, "int64_contents": np.int64,
-                 "uint_contents": np.uint32, "uint64_contents": np.uint64, "fp32_contents": np.float32,
-                 "fp64_contents": np.float64}
+_FIELD_DTYPES = {
+    "bool_contents": np.bool_,
+    "int_contents": np.int32,
+    "int64_contents": np.int64,
+    "uint_contents": np.uint32,
+    "uint64_contents": np.uint64,
+    "fp32_contents": np.float32,
+    "fp64_contents": np.float64,
+}
 
 
 def decode_tensor(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, max_elements: int) -> Tensor:
@@ -54,8 +60,9 @@ def decode_tensor(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, m
     count = codec.element_count(t.name, shape, max_elements)
     values = getattr(t.contents, field)
     if len(values) != count:
-        raise invalid(f"input '{t.name}': shape {list(shape)} needs {count} values, "
-                      f"contents.{field} holds {len(values)}")
+        raise invalid(
+            f"input '{t.name}': shape {list(shape)} needs {count} values, contents.{field} holds {len(values)}"
+        )
     if t.datatype == "BYTES":
         arr = np.empty(count, dtype=np.object_)
         arr[:] = list(values)
@@ -65,28 +72,51 @@ def decode_tensor(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, m
         if dtype.kind in "iu" and wide.size:
             info = np.iinfo(dtype)
             if wide.min() < info.min or wide.max() > info.max:
-                raise invalid(f"input '{t.name}': contents.{field} holds values outside {t.datatype}'s range "
-                              f"{info.min}..{info.max}")
+                raise invalid(
+                    f"input '{t.name}': contents.{field} holds values outside {t.datatype}'s range "
+                    f"{info.min}..{info.max}"
+                )
         arr = wide.astype(dtype)
     return Tensor(t.name, t.datatype, arr.reshape(shape))
 
 
-def decode_request(req: pb.ModelInferRequest, max_elements: int, *, received_at: float,
-                   deadline: float | None, routing_key: str | None, client: str = "", traceparent: str = "",
-                   tracestate: str = "") -> InferRequest:
+def decode_request(
+    req: pb.ModelInferRequest,
+    max_elements: int,
+    *,
+    received_at: float,
+    deadline: float | None,
+    routing_key: str | None,
+    client: str = "",
+    traceparent: str = "",
+    tracestate: str = "",
+) -> InferRequest:
     raw = req.raw_input_contents
     if raw and len(raw) != len(req.inputs):
-        raise invalid(f"raw_input_contents holds {len(raw)} entries for {len(req.inputs)} inputs; "
-                      "send one entry per input, in order, or none")
+        raise invalid(
+            f"raw_input_contents holds {len(raw)} entries for {len(req.inputs)} inputs; "
+            "send one entry per input, in order, or none"
+        )
     if raw:
         inputs = tuple([decode_tensor(t, raw[i], max_elements) for i, t in enumerate(req.inputs)])
     else:
         inputs = tuple([decode_tensor(t, None, max_elements) for t in req.inputs])
     outputs = tuple([RequestedOutput(o.name) for o in req.outputs]) if req.outputs else ()
-    return InferRequest(model=req.model_name, version=req.model_version or None, id=req.id, inputs=inputs,
-                        outputs=outputs, parameters=decode_parameters(req.parameters) if req.parameters else {},
-                        routing_key=routing_key, deadline=deadline, received_at=received_at, client=client,
-                        protocol="grpc", traceparent=traceparent, tracestate=tracestate)
+    return InferRequest(
+        model=req.model_name,
+        version=req.model_version or None,
+        id=req.id,
+        inputs=inputs,
+        outputs=outputs,
+        parameters=decode_parameters(req.parameters) if req.parameters else {},
+        routing_key=routing_key,
+        deadline=deadline,
+        received_at=received_at,
+        client=client,
+        protocol="grpc",
+        traceparent=traceparent,
+        tracestate=tracestate,
+    )
 
 
 def encode_response(resp: InferResponse) -> pb.ModelInferResponse:
@@ -98,8 +128,14 @@ def encode_response(resp: InferResponse) -> pb.ModelInferResponse:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, plane: DataPlane, max_elements: int, default_timeout_s: float,
-                 routing_header: str = "x-routing-key", max_rows: int = 65536) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        max_elements: int,
+        default_timeout_s: float,
+        routing_header: str = "x-routing-key",
+        max_rows: int = 65536,
+    ) -> None:
         self.plane = plane
         self.max_elements = max_elements
         self.max_rows = max_rows
@@ -138,6 +174,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
         async def run() -> pb.ModelReadyResponse:
             return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version or None))
+
         return await self._guard(context, run)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
@@ -145,16 +182,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             md = self.plane.model_metadata(request.name, request.version or None)
             tm = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
-                name=md.name, versions=md.versions, platform=md.platform,
+                name=md.name,
+                versions=md.versions,
+                platform=md.platform,
                 inputs=[tm(name=t.name, datatype=t.datatype, shape=t.shape) for t in md.inputs],
-                outputs=[tm(name=t.name, datatype=t.datatype, shape=t.shape) for t in md.outputs])
+                outputs=[tm(name=t.name, datatype=t.datatype, shape=t.shape) for t in md.outputs],
+            )
+
         return await self._guard(context, run)
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
         idx = pb.RepositoryIndexResponse.ModelIndex
-        return pb.RepositoryIndexResponse(models=[
-            idx(name=s.model, version=s.version, state=s.state, reason=s.reason)
-            for s in self.plane.repository_index(request.ready)])
+        return pb.RepositoryIndexResponse(
+            models=[
+                idx(name=s.model, version=s.version, state=s.state, reason=s.reason)
+                for s in self.plane.repository_index(request.ready)
+            ]
+        )
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         # The hot path: no closure or _guard indirection per call.
@@ -171,11 +215,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     traceparent = parse_traceparent(value if isinstance(value, str) else value.decode())
                 elif key == "tracestate":
                     tracestate = value if isinstance(value, str) else value.decode()
-            self.plane.check_rows(request.model_name, request.model_version or None,
-                                ((t.name, t.shape) for t in request.inputs), self.max_rows)
-            req = decode_request(request, self.max_elements, received_at=received, deadline=deadline,
-                                 routing_key=routing_key, client=context.peer(), traceparent=traceparent,
-                                 tracestate=tracestate)
+            self.plane.check_rows(
+                request.model_name,
+                request.model_version or None,
+                ((t.name, t.shape) for t in request.inputs),
+                self.max_rows,
+            )
+            req = decode_request(
+                request,
+                self.max_elements,
+                received_at=received,
+                deadline=deadline,
+                routing_key=routing_key,
+                client=context.peer(),
+                traceparent=traceparent,
+                tracestate=tracestate,
+            )
             resp = await self.plane.infer(req)
             if resp.traceparent:  # only when tracing is on
                 context.set_trailing_metadata((("traceparent", resp.traceparent),))
@@ -203,41 +258,55 @@ def _raw_handler(method: Callable[[Any, Any], Awaitable[Any]], request_cls: Any,
         try:
             request = request_cls.FromString(raw)
         except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"request is not a valid {request_cls.DESCRIPTOR.full_name} message")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {request_cls.DESCRIPTOR.full_name} message"
+            )
         return await method(request, context)
 
-    return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=None,
-                                               response_serializer=response_cls.SerializeToString)
+    return grpc.unary_unary_rpc_method_handler(
+        handle, request_deserializer=None, response_serializer=response_cls.SerializeToString
+    )
 
 
 class GrpcDoor:
     """Owns the grpc.aio server: inference, health and reflection services."""
 
-    def __init__(self, servicer: InferenceServicer, max_message_bytes: int, max_metadata_bytes: int = 16 * 1024,
-                 credentials: grpc.ServerCredentials | None = None) -> None:
+    def __init__(
+        self,
+        servicer: InferenceServicer,
+        max_message_bytes: int,
+        max_metadata_bytes: int = 16 * 1024,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
         self.servicer = servicer
         self.credentials = credentials  # None: plaintext
-        self.server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            # Metadata past the limit is refused by the transport before the call reaches a handler.
-            ("grpc.max_metadata_size", max_metadata_bytes),
-            ("grpc.absolute_max_metadata_size", max_metadata_bytes),
-            ("grpc.so_reuseport", 1),
-        ])
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                # Metadata past the limit is refused by the transport before the call reaches a handler.
+                ("grpc.max_metadata_size", max_metadata_bytes),
+                ("grpc.absolute_max_metadata_size", max_metadata_bytes),
+                ("grpc.so_reuseport", 1),
+            ]
+        )
         handlers = {name: _raw_handler(getattr(servicer, name), req, resp) for name, (req, resp) in _METHODS.items()}
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server, pool=_reflection_pool())
+            self.server,
+            pool=_reflection_pool(),
+        )
 
     def bind(self, host: str, port: int) -> int:
         address = f"{host}:{port}"
-        bound: int = (self.server.add_insecure_port(address) if self.credentials is None
-                      else self.server.add_secure_port(address, self.credentials))
+        bound: int = (
+            self.server.add_insecure_port(address)
+            if self.credentials is None
+            else self.server.add_secure_port(address, self.credentials)
+        )
         if bound == 0:
             raise OSError(f"cannot bind gRPC to {host}:{port}; is the port in use?")
         return bound

@@ -44,9 +44,17 @@ class HttpError(GatewayError):
 
 
 class HttpDoor:
-    def __init__(self, plane: DataPlane, *, max_body_bytes: int, max_elements: int, default_timeout_s: float,
-                 routing_header: str = "x-routing-key", feedback: FeedbackLog | None = None,
-                 max_rows: int = 65536) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        *,
+        max_body_bytes: int,
+        max_elements: int,
+        default_timeout_s: float,
+        routing_header: str = "x-routing-key",
+        feedback: FeedbackLog | None = None,
+        max_rows: int = 65536,
+    ) -> None:
         self.plane = plane
         self.feedback = feedback
         self.max_rows = max_rows
@@ -97,8 +105,12 @@ class HttpDoor:
             self._method(method, "POST")
             body = await self._body(scope, receive)
             ready = parse_json(IndexBody, body).ready if body.strip() else False
-            return _json([{"name": s.model, "version": s.version, "state": s.state, "reason": s.reason}
-                          for s in self.plane.repository_index(ready)])
+            return _json(
+                [
+                    {"name": s.model, "version": s.version, "state": s.state, "reason": s.reason}
+                    for s in self.plane.repository_index(ready)
+                ]
+            )
         if rest[0] == "models" and len(rest) >= 2:
             model, tail = rest[1], rest[2:]
             version: str | None = None
@@ -126,27 +138,35 @@ class HttpDoor:
 
     def _metadata(self, model: str, version: str | None) -> dict[str, Any]:
         md = self.plane.model_metadata(model, version)
-        return {"name": md.name, "versions": list(md.versions), "platform": md.platform,
-                "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.inputs],
-                "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.outputs]}
+        return {
+            "name": md.name,
+            "versions": list(md.versions),
+            "platform": md.platform,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.inputs],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in md.outputs],
+        }
 
     async def _body(self, scope: Scope, receive: Any, limit: int | None = None) -> bytes:
         return await read_body(scope, receive, self.max_body_bytes if limit is None else limit)
 
-    async def _feedback(self, scope: Scope, receive: Any, model: str, version: str | None
-                        ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def _feedback(
+        self, scope: Scope, receive: Any, model: str, version: str | None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         if version is not None:
             raise not_found(f"feedback is keyed by request id, not version: POST it to /v2/models/{model}/feedback")
         self.plane.require_model(model)  # NOT_FOUND for a model this gateway does not serve
         if self.feedback is None:
-            raise GatewayError(Code.UNIMPLEMENTED, "feedback is off: it is written beside the request log; "
-                               "set request_log.enabled to accept it")
+            raise GatewayError(
+                Code.UNIMPLEMENTED,
+                "feedback is off: it is written beside the request log; set request_log.enabled to accept it",
+            )
         items = parse_body(await self._body(scope, receive, min(self.max_body_bytes, FEEDBACK_MAX_BYTES)))
         accepted = await self.feedback.submit(model, items, client_address(scope), "http")
         return _json({"model": model, "accepted": accepted})
 
-    async def _infer(self, scope: Scope, receive: Any, model: str, version: str | None
-                     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def _infer(
+        self, scope: Scope, receive: Any, model: str, version: str | None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         received = time.monotonic()
         body = await self._body(scope, receive)
         header_len: int | None = None
@@ -171,16 +191,35 @@ class HttpDoor:
                 tracestate = value.decode("latin-1")
         view = memoryview(body)
         parsed: InferBody = parse_json(InferBody, view[:header_len] if header_len is not None else body)
-        binary = view[header_len:] if header_len is not None else view[len(body):]
-        self.plane.check_rows(model, version, ((i.name, i.shape) for i in parsed.inputs),
-                            self.max_rows)
-        request = self._decode(parsed, binary, model, version, received, received + timeout_s, routing_key,
-                               client_address(scope), traceparent, tracestate)
+        binary = view[header_len:] if header_len is not None else view[len(body) :]
+        self.plane.check_rows(model, version, ((i.name, i.shape) for i in parsed.inputs), self.max_rows)
+        request = self._decode(
+            parsed,
+            binary,
+            model,
+            version,
+            received,
+            received + timeout_s,
+            routing_key,
+            client_address(scope),
+            traceparent,
+            tracestate,
+        )
         return self._encode(await self.plane.infer(request), parsed)
 
-    def _decode(self, body: InferBody, binary: memoryview, model: str, version: str | None, received: float,
-                deadline: float, routing_key: str | None, client: str = "", traceparent: str = "",
-                tracestate: str = "") -> InferRequest:
+    def _decode(
+        self,
+        body: InferBody,
+        binary: memoryview,
+        model: str,
+        version: str | None,
+        received: float,
+        deadline: float,
+        routing_key: str | None,
+        client: str = "",
+        traceparent: str = "",
+        tracestate: str = "",
+    ) -> InferRequest:
         offset = 0
         inputs = []
         for inp in body.inputs:
@@ -188,7 +227,9 @@ class HttpDoor:
             if size is not None:
                 if offset + size > len(binary):
                     raise invalid(f"input '{inp.name}': binary_data_size {size} runs past the end of the body")
-                arr = codec.from_raw(inp.name, inp.datatype, inp.shape, binary[offset:offset + size], self.max_elements)
+                arr = codec.from_raw(
+                    inp.name, inp.datatype, inp.shape, binary[offset : offset + size], self.max_elements
+                )
                 offset += size
             else:
                 if inp.data is None:
@@ -198,10 +239,21 @@ class HttpDoor:
         if offset != len(binary):
             raise invalid(f"the body holds {len(binary) - offset} bytes of binary data that no input claims")
         outputs = tuple(RequestedOutput(o.name, _flag(o.parameters, "binary_data")) for o in body.outputs)
-        return InferRequest(model=model, version=version, id=body.id, inputs=tuple(inputs), outputs=outputs,
-                            parameters=body.parameters, routing_key=routing_key, deadline=deadline,
-                            received_at=received, client=client, protocol="http", traceparent=traceparent,
-                            tracestate=tracestate)
+        return InferRequest(
+            model=model,
+            version=version,
+            id=body.id,
+            inputs=tuple(inputs),
+            outputs=outputs,
+            parameters=body.parameters,
+            routing_key=routing_key,
+            deadline=deadline,
+            received_at=received,
+            client=client,
+            protocol="http",
+            traceparent=traceparent,
+            tracestate=tracestate,
+        )
 
     def _encode(self, resp: InferResponse, body: InferBody) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         binary_default = bool(_flag(body.parameters, "binary_data_output"))
@@ -226,8 +278,11 @@ class HttpDoor:
         if not blobs:
             headers, body_out = [*JSON, version_header], header
         else:
-            headers = [(b"content-type", b"application/octet-stream"), (HEADER_LENGTH, str(len(header)).encode()),
-                       version_header]
+            headers = [
+                (b"content-type", b"application/octet-stream"),
+                (HEADER_LENGTH, str(len(header)).encode()),
+                version_header,
+            ]
             body_out = header + b"".join(blobs)
         if resp.traceparent:  # only when tracing is on
             headers.append((b"traceparent", resp.traceparent.encode()))

@@ -17,8 +17,10 @@ if TYPE_CHECKING:
     from gateway.drift.settings import DriftSettings
     from gateway.drift.sidecar import Sidecar
 
-DESCRIPTION = ("Watch live inputs and predictions in the request log for drift from each version's reference "
-               "statistics, export the scores, and submit a retraining job to Ray when the policy fires.")
+DESCRIPTION = (
+    "Watch live inputs and predictions in the request log for drift from each version's reference "
+    "statistics, export the scores, and submit a retraining job to Ray when the policy fires."
+)
 EPILOG = """\
 examples:
   gateway drift run --config gateway.yaml            # the sidecar, with the gateway's settings file
@@ -38,17 +40,26 @@ SIGTERM; it saves the checkpoint on the way out.
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("drift", help="watch the request log for drift; alarms and retraining jobs",
-                       description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
+    p = sub.add_parser(
+        "drift",
+        help="watch the request log for drift; alarms and retraining jobs",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=fmt,
+    )
     cmds = p.add_subparsers(dest="drift_command", metavar="SUBCOMMAND")
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--config", type=Path, help="the gateway's YAML settings file (same as `gateway serve`)")
         q.add_argument("--reports-dir", type=Path, help="drift reports folder (default: drift.reports_dir)")
 
-    run = cmds.add_parser("run", help="run the sidecar (tail the log, score windows, alarm, retrain)",
-                          description="Run the drift sidecar in the foreground.", epilog=_RUN_EPILOG,
-                          formatter_class=fmt)
+    run = cmds.add_parser(
+        "run",
+        help="run the sidecar (tail the log, score windows, alarm, retrain)",
+        description="Run the drift sidecar in the foreground.",
+        epilog=_RUN_EPILOG,
+        formatter_class=fmt,
+    )
     common(run)
     run.add_argument("--repository", type=Path, help="model repository root (default: the gateway's repository)")
     run.add_argument("--log-dir", type=Path, help="request log root (default: drift.log_dir or request_log.dir)")
@@ -60,14 +71,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     run.add_argument("--once", action="store_true", help="read the log to its end, checkpoint and exit")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
 
-    st = cmds.add_parser("status", help="last window, statistics over threshold and alarms per (model, version)",
-                         description="Show the newest window of every watched (model, version), the statistics "
-                         "over their thresholds, and the alarms with their retraining jobs.", formatter_class=fmt)
+    st = cmds.add_parser(
+        "status",
+        help="last window, statistics over threshold and alarms per (model, version)",
+        description="Show the newest window of every watched (model, version), the statistics "
+        "over their thresholds, and the alarms with their retraining jobs.",
+        formatter_class=fmt,
+    )
     common(st)
 
-    rp = cmds.add_parser("report", help="print the latest drift report of a model and the path of its PNG",
-                         description="Print the newest drift report of a model (each version, or one).",
-                         formatter_class=fmt)
+    rp = cmds.add_parser(
+        "report",
+        help="print the latest drift report of a model and the path of its PNG",
+        description="Print the newest drift report of a model (each version, or one).",
+        formatter_class=fmt,
+    )
     rp.add_argument("model")
     rp.add_argument("--version", help="only this version")
     rp.add_argument("--json", action="store_true", help="print the report's JSON")
@@ -110,17 +128,22 @@ def _settings(args: argparse.Namespace, configured: Configured) -> tuple[DriftSe
     from gateway.drift.settings import DriftSettings
 
     base, base_repository, base_log = configured(args.config)
-    flags = {"reports_dir": getattr(args, "reports_dir", None), "state_file": getattr(args, "state_file", None),
-             "metrics_port": getattr(args, "metrics_port", None), "jobs_address": getattr(args, "jobs_address", None),
-             "log_dir": getattr(args, "log_dir", None)}
+    flags = {
+        "reports_dir": getattr(args, "reports_dir", None),
+        "state_file": getattr(args, "state_file", None),
+        "metrics_port": getattr(args, "metrics_port", None),
+        "jobs_address": getattr(args, "jobs_address", None),
+        "log_dir": getattr(args, "log_dir", None),
+    }
     if getattr(args, "no_retrain", False):
         flags["retrain"] = False
     try:
-        drift = DriftSettings.model_validate({**base.model_dump(), **{k: v for k, v in flags.items()
-                                                                          if v is not None}})
+        drift = DriftSettings.model_validate({**base.model_dump(), **{k: v for k, v in flags.items() if v is not None}})
     except ValidationError as exc:
-        raise ValueError("invalid drift settings: " + "; ".join(
-            f"drift.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())) from None
+        raise ValueError(
+            "invalid drift settings: "
+            + "; ".join(f"drift.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        ) from None
     repository = getattr(args, "repository", None) or base_repository
     return drift, Path(repository), Path(drift.log_dir or base_log)
 
@@ -134,8 +157,11 @@ def _run(args: argparse.Namespace, settings: DriftSettings, repository: Path, lo
 
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = DriftMetrics()
-    submitter = (RayJobSubmitter(settings.jobs_address, settings.retrain_runtime_env, settings.jobs_token)
-                 if settings.retrain else None)
+    submitter = (
+        RayJobSubmitter(settings.jobs_address, settings.retrain_runtime_env, settings.jobs_token)
+        if settings.retrain
+        else None
+    )
     try:
         sidecar = Sidecar(settings, repository, log_dir, submitter, metrics)
     except ValueError as exc:
@@ -146,14 +172,20 @@ def _run(args: argparse.Namespace, settings: DriftSettings, repository: Path, lo
         try:
             port = metrics.serve(settings.metrics_host, settings.metrics_port)
         except OSError as exc:
-            print(f"gateway drift: cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}; "
-                  "set drift.metrics_port or pass --metrics-port", file=sys.stderr)
+            print(
+                f"gateway drift: cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}; "
+                "set drift.metrics_port or pass --metrics-port",
+                file=sys.stderr,
+            )
             return 1
         where = f"metrics http://{settings.metrics_host}:{port}/metrics"
     jobs = f"jobs {settings.jobs_address}" if settings.retrain else "retraining off"
     if not args.quiet:
-        print(f"drift sidecar: log {log_dir}, repository {repository}, reports {settings.reports_dir}, {where}, "
-              f"{jobs}", file=sys.stderr, flush=True)
+        print(
+            f"drift sidecar: log {log_dir}, repository {repository}, reports {settings.reports_dir}, {where}, {jobs}",
+            file=sys.stderr,
+            flush=True,
+        )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -168,15 +200,21 @@ def _run(args: argparse.Namespace, settings: DriftSettings, repository: Path, lo
         p = s.progress
         rate = (p.records - seen) / (now - last)
         last, seen = now, p.records
-        print(f"records {p.records} ({rate:,.0f}/s)  windows {p.windows}  alarms {p.alarms}  jobs {p.jobs}",
-              file=sys.stderr, flush=True)
+        print(
+            f"records {p.records} ({rate:,.0f}/s)  windows {p.windows}  alarms {p.alarms}  jobs {p.jobs}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     sidecar.run(stop, progress, once=args.once)
     p = sidecar.progress
     if not args.quiet:
         took = time.monotonic() - start
-        print(f"drift sidecar stopped: {p.records} records in {took:.1f} s, {p.windows} windows, {p.alarms} alarms, "
-              f"{p.jobs} jobs submitted; skipped {_skips(sidecar.counts)}", file=sys.stderr)
+        print(
+            f"drift sidecar stopped: {p.records} records in {took:.1f} s, {p.windows} windows, {p.alarms} alarms, "
+            f"{p.jobs} jobs submitted; skipped {_skips(sidecar.counts)}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -208,8 +246,10 @@ def _status(settings: DriftSettings) -> int:
         over = _over(r)
         shown = ", ".join(over[:4]) + (f" (+{len(over) - 4} more)" if len(over) > 4 else "")
         v = r["verdict"]
-        print(f"{r['model']:<20} {r['version']:<8} {r['window']:>7} {r['rows']:>6}  {v['status']:<12} "
-              f"{v['streak']:>6}  {shown or '-'}")
+        print(
+            f"{r['model']:<20} {r['version']:<8} {r['window']:>7} {r['rows']:>6}  {v['status']:<12} "
+            f"{v['streak']:>6}  {shown or '-'}"
+        )
     jobs: dict[str, dict[str, Any]] = {}
     for a in alarms:
         if a.get("event") == "job":
@@ -220,8 +260,10 @@ def _status(settings: DriftSettings) -> int:
         job = jobs.get(a["submission_id"])
         state = f"job {job['outcome']}" if job else "no job"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(a.get("time") or 0))
-        print(f"  {when}Z  {a['model']} v{a['version']} window {a['window']}  {a['submission_id']}  {state}  "
-              f"{a.get('reason', '')}")
+        print(
+            f"  {when}Z  {a['model']} v{a['version']} window {a['window']}  {a['submission_id']}  {state}  "
+            f"{a.get('reason', '')}"
+        )
     return 0
 
 
@@ -247,19 +289,26 @@ def _report(args: argparse.Namespace, settings: DriftSettings) -> int:
             print(orjson.dumps(r, option=orjson.OPT_INDENT_2).decode())
             continue
         v = r["verdict"]
-        print(f"{r['model']} version {r['version']}  window {r['window']}  {r['rows']} rows "
-              f"(reference {r['reference_rows']})")
+        print(
+            f"{r['model']} version {r['version']}  window {r['window']}  {r['rows']} rows "
+            f"(reference {r['reference_rows']})"
+        )
         print(f"verdict: {v['status']}: {v['reason']}")
         if r.get("alarm"):
             print(f"alarm: retraining job {r['alarm']['submission_id']}")
         stats = ("psi", "ks_stat", "ks_pvalue", "js_distance", "chi2_stat", "chi2_pvalue")
-        feats = sorted(r["features"], key=lambda f: -(f["scores"].get("psi") or 0.0))[:args.top]
+        feats = sorted(r["features"], key=lambda f: -(f["scores"].get("psi") or 0.0))[: args.top]
         print(f"\n{'FEATURE':<28} {'KIND':<11} " + " ".join(f"{s:>11}" for s in stats) + "  BREACHED")
         for f in feats:
-            print(f"{f['feature'][:28]:<28} {f['kind']:<11} " +
-                  " ".join(f"{_fmt(f['scores'].get(s)):>11}" for s in stats) + f"  {','.join(f['breached']) or '-'}")
+            print(
+                f"{f['feature'][:28]:<28} {f['kind']:<11} "
+                + " ".join(f"{_fmt(f['scores'].get(s)):>11}" for s in stats)
+                + f"  {','.join(f['breached']) or '-'}"
+            )
         print(f"\nreport {path}")
-        print(f"plot   {r['plot'] or '(none for this window: windows that do not breach are drawn at most every '}"
-              + ("" if r["plot"] else f"{settings.plot_interval_s:g} s)"))
+        print(
+            f"plot   {r['plot'] or '(none for this window: windows that do not breach are drawn at most every '}"
+            + ("" if r["plot"] else f"{settings.plot_interval_s:g} s)")
+        )
         print()
     return 0

@@ -45,15 +45,23 @@ class Submitter(Protocol):
     def submit(self, request: RetrainRequest) -> SubmitResult: ...
 
 
-def build_entrypoint(template: str, *, model: str, version: str, window: int, repository: Path, log_dir: Path,
-                     report: Path) -> str:
-    values = {"model": model, "version": version, "window": str(window), "repository": str(repository.resolve()),
-              "log_dir": str(log_dir.resolve()), "report": str(report.resolve())}
+def build_entrypoint(
+    template: str, *, model: str, version: str, window: int, repository: Path, log_dir: Path, report: Path
+) -> str:
+    values = {
+        "model": model,
+        "version": version,
+        "window": str(window),
+        "repository": str(repository.resolve()),
+        "log_dir": str(log_dir.resolve()),
+        "report": str(report.resolve()),
+    }
     try:
         return template.format(**{k: shlex.quote(v) for k, v in values.items()})
     except (KeyError, IndexError) as exc:
-        raise SubmitError(f"drift.retrain_entrypoint has an unknown placeholder {exc}; "
-                          f"use {', '.join('{' + k + '}' for k in values)}") from None
+        raise SubmitError(
+            f"drift.retrain_entrypoint has an unknown placeholder {exc}; use {', '.join('{' + k + '}' for k in values)}"
+        ) from None
 
 
 def cluster_token(explicit: str = "") -> str:
@@ -94,8 +102,11 @@ class RayJobSubmitter:
         """A job of another alarm that still retrains this (model, version), if any."""
         for job in client.list_jobs():
             meta = job.metadata or {}
-            if (meta.get("drift_model") == model and meta.get("drift_version") == version
-                    and str(getattr(job.status, "value", job.status)) not in TERMINAL):
+            if (
+                meta.get("drift_model") == model
+                and meta.get("drift_version") == version
+                and str(getattr(job.status, "value", job.status)) not in TERMINAL
+            ):
                 return str(job.submission_id)
         return None
 
@@ -107,10 +118,18 @@ class RayJobSubmitter:
             other = self.active_job(client, request.model, request.version)
             if other is not None:
                 return SubmitResult("exists" if other == request.submission_id else "active", other)
-            meta = {"drift_model": request.model, "drift_version": request.version,
-                    "drift_window": str(request.window), **request.metadata}
-            job = client.submit_job(entrypoint=request.entrypoint, submission_id=request.submission_id,
-                                    runtime_env=self.runtime_env or None, metadata=meta)
+            meta = {
+                "drift_model": request.model,
+                "drift_version": request.version,
+                "drift_window": str(request.window),
+                **request.metadata,
+            }
+            job = client.submit_job(
+                entrypoint=request.entrypoint,
+                submission_id=request.submission_id,
+                runtime_env=self.runtime_env or None,
+                metadata=meta,
+            )
             return SubmitResult("submitted", str(job))
         except RuntimeError as exc:
             if "already exists" in str(exc):

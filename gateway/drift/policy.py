@@ -48,29 +48,50 @@ def breached(scores: dict[str, float], thresholds: dict[str, float]) -> list[str
     return out
 
 
-def judge(policy: DriftPolicySettings, state: PolicyState, features: list[FeatureScore], rows: int,
-          window: int, end_time: float) -> Verdict:
+def judge(
+    policy: DriftPolicySettings,
+    state: PolicyState,
+    features: list[FeatureScore],
+    rows: int,
+    window: int,
+    end_time: float,
+) -> Verdict:
     """The window's verdict; updates state (the streak, and the alarm bookkeeping when it fires)."""
     thresholds: dict[str, float] = {str(k): v for k, v in policy.thresholds.items()}
     if rows < policy.min_samples:
-        return Verdict("insufficient", streak=state.streak,
-                       reason=f"{rows} rows, fewer than min_samples {policy.min_samples}: not judged")
+        return Verdict(
+            "insufficient",
+            streak=state.streak,
+            reason=f"{rows} rows, fewer than min_samples {policy.min_samples}: not judged",
+        )
     inputs = [f.feature for f in features if f.kind != "prediction" and breached(f.scores, thresholds)]
     pred = any(breached(f.scores, thresholds) for f in features if f.kind == "prediction")
     is_breach = len(inputs) >= policy.min_features or (policy.prediction_alone and pred)
     if not is_breach:
         state.streak = 0
-        return Verdict("ok", inputs, pred, 0, f"{len(inputs)} feature(s) over threshold, fewer than "
-                       f"min_features {policy.min_features}" + ("" if not pred else "; prediction drifted"))
+        return Verdict(
+            "ok",
+            inputs,
+            pred,
+            0,
+            f"{len(inputs)} feature(s) over threshold, fewer than "
+            f"min_features {policy.min_features}" + ("" if not pred else "; prediction drifted"),
+        )
     state.streak += 1
     what = f"{len(inputs)} feature(s)" + (" and the prediction" if pred else "") + " over threshold"
     if state.streak < policy.consecutive_windows:
-        return Verdict("breach", inputs, pred, state.streak,
-                       f"{what}; {state.streak} of {policy.consecutive_windows} consecutive windows")
+        return Verdict(
+            "breach",
+            inputs,
+            pred,
+            state.streak,
+            f"{what}; {state.streak} of {policy.consecutive_windows} consecutive windows",
+        )
     if state.last_alarm_time is not None and end_time - state.last_alarm_time < policy.cooldown_s:
         left = policy.cooldown_s - (end_time - state.last_alarm_time)
-        return Verdict("cooldown", inputs, pred, state.streak,
-                       f"{what}; alarm held back by the cooldown ({left:.0f} s left)")
+        return Verdict(
+            "cooldown", inputs, pred, state.streak, f"{what}; alarm held back by the cooldown ({left:.0f} s left)"
+        )
     streak = state.streak
     state.streak = 0
     state.last_alarm_time = end_time

@@ -74,10 +74,21 @@ def _numeric_scores(block: NumericBlock, live: F64, kind: str) -> list[FeatureSc
     for j, name in enumerate(block.names):
         finite = block.edges[j][np.isfinite(block.edges[j])]
         nb = finite.shape[0] + 1  # the bins that can hold values (repeated edges made the rest empty)
-        out.append(FeatureScore(name, kind, {"psi": float(psi[j]), "ks_stat": float(ks[j]), "ks_pvalue": float(ks_p[j]),
-                                             "js_distance": float(js[j])},
-                                [int(c) for c in block.ref_counts[j][:nb]], [int(c) for c in counts[j][:nb]],
-                                [float(e) for e in finite]))
+        out.append(
+            FeatureScore(
+                name,
+                kind,
+                {
+                    "psi": float(psi[j]),
+                    "ks_stat": float(ks[j]),
+                    "ks_pvalue": float(ks_p[j]),
+                    "js_distance": float(js[j]),
+                },
+                [int(c) for c in block.ref_counts[j][:nb]],
+                [int(c) for c in counts[j][:nb]],
+                [float(e) for e in finite],
+            )
+        )
     return out
 
 
@@ -90,10 +101,21 @@ def _categorical_scores(block: CategoricalBlock, live: F64) -> list[FeatureScore
     for j, name in enumerate(block.names):
         k = len(block.categories[j])
         keep = [*range(k), counts.shape[1] - 1]  # its categories, then 'other'
-        out.append(FeatureScore(name, "categorical", {"psi": float(psi[j]), "js_distance": float(js[j]),
-                                                      "chi2_stat": float(chi[j]), "chi2_pvalue": float(chi_p[j])},
-                                [int(block.ref_counts[j][i]) for i in keep], [int(counts[j][i]) for i in keep],
-                                [float(c) for c in block.categories[j]]))
+        out.append(
+            FeatureScore(
+                name,
+                "categorical",
+                {
+                    "psi": float(psi[j]),
+                    "js_distance": float(js[j]),
+                    "chi2_stat": float(chi[j]),
+                    "chi2_pvalue": float(chi_p[j]),
+                },
+                [int(block.ref_counts[j][i]) for i in keep],
+                [int(counts[j][i]) for i in keep],
+                [float(c) for c in block.categories[j]],
+            )
+        )
     return out
 
 
@@ -134,9 +156,17 @@ def _width(shape: list[int]) -> int | None:
     return int(np.prod(rest)) if rest else 1
 
 
-def load_profile(repository: Path, model: str, version: str, *, bins: int = 10, max_rows: int = 100_000,
-                 max_categories: int = 50, categorical: list[str] | None = None,
-                 prediction_output: str | None = None) -> ReferenceProfile:
+def load_profile(
+    repository: Path,
+    model: str,
+    version: str,
+    *,
+    bins: int = 10,
+    max_rows: int = 100_000,
+    max_categories: int = 50,
+    categorical: list[str] | None = None,
+    prediction_output: str | None = None,
+) -> ReferenceProfile:
     """Reads and precomputes a version's reference; ReferenceError says why it cannot be used."""
     try:
         entry = Repository(repository).load(model, version)
@@ -156,8 +186,10 @@ def load_profile(repository: Path, model: str, version: str, *, bins: int = 10, 
     ref_x = ref_x.reshape(ref_x.shape[0], -1)
     widths = [_width(t.shape) for t in manifest.inputs]
     if any(w is None for w in widths) or sum(w or 0 for w in widths) != ref_x.shape[1]:
-        raise ReferenceError(f"{model}/{version}: the reference has {ref_x.shape[1]} columns per row, the inputs "
-                             f"{[t.shape for t in manifest.inputs]} do not have that many fixed columns")
+        raise ReferenceError(
+            f"{model}/{version}: the reference has {ref_x.shape[1]} columns per row, the inputs "
+            f"{[t.shape for t in manifest.inputs]} do not have that many fixed columns"
+        )
     if ref_x.shape[0] > max_rows:
         pick = np.sort(np.random.default_rng(0).choice(ref_x.shape[0], max_rows, replace=False))
         if ref_p is not None and ref_p.shape[0] == ref_x.shape[0]:
@@ -180,13 +212,22 @@ def load_profile(repository: Path, model: str, version: str, *, bins: int = 10, 
             pred_cols = list(range(w))
         elif ref_pred.shape[1] == 1 and w == 2:
             pred_cols = [1]  # a binary classifier's reference keeps the positive class's probability
-    pred_names = ([out_name] if len(pred_cols) == 1 else [f"{out_name}[{c}]" for c in pred_cols])
+    pred_names = [out_name] if len(pred_cols) == 1 else [f"{out_name}[{c}]" for c in pred_cols]
     return ReferenceProfile(
-        model=model, version=version, input_names=[t.name for t in manifest.inputs], width=ref_x.shape[1],
-        feature_names=names, numeric_idx=num_idx, categorical_idx=cat_idx,
+        model=model,
+        version=version,
+        input_names=[t.name for t in manifest.inputs],
+        width=ref_x.shape[1],
+        feature_names=names,
+        numeric_idx=num_idx,
+        categorical_idx=cat_idx,
         numeric=NumericBlock.build([names[i] for i in num_idx], ref_x[:, num_idx], bins),
         categorical=CategoricalBlock.build([names[i] for i in cat_idx], ref_x[:, cat_idx], max_categories),
-        prediction_output=out_name, prediction_columns=pred_cols, prediction_width=pred_width,
-        prediction=NumericBlock.build(pred_names if pred_cols else [], ref_pred if pred_cols else np.zeros((0, 0)),
-                                      bins),
-        reference_rows=ref_x.shape[0])
+        prediction_output=out_name,
+        prediction_columns=pred_cols,
+        prediction_width=pred_width,
+        prediction=NumericBlock.build(
+            pred_names if pred_cols else [], ref_pred if pred_cols else np.zeros((0, 0)), bins
+        ),
+        reference_rows=ref_x.shape[0],
+    )

@@ -111,8 +111,9 @@ def plot_window(path: Path, report: dict[str, Any], features: list[FeatureScore]
     import matplotlib.pyplot as plt
     import numpy as np
 
-    ranked = sorted((f for f in features if not math.isnan(f.scores.get("psi", math.nan))),
-                    key=lambda f: -f.scores["psi"])[:top]
+    ranked = sorted(
+        (f for f in features if not math.isnan(f.scores.get("psi", math.nan))), key=lambda f: -f.scores["psi"]
+    )[:top]
     if not ranked:
         return
     cols = min(3, len(ranked))
@@ -130,18 +131,27 @@ def plot_window(path: Path, report: dict[str, Any], features: list[FeatureScore]
             labels = [f"{c:g}" for c in f.edges] + ["other"]
         else:
             labels = [f"<{e:.3g}" for e in f.edges] + ([f">={f.edges[-1]:.3g}"] if f.edges else ["all"])
-        ax.set_xticks(pos, labels[:len(pos)], rotation=60, fontsize=7)
+        ax.set_xticks(pos, labels[: len(pos)], rotation=60, fontsize=7)
         mark = " (breach)" if f.feature in report["verdict"]["breaching"] else ""
         ax.set_title(f"{f.feature}{mark}\nPSI {f.scores['psi']:.3f}", fontsize=9)
         ax.set_ylabel("share of rows", fontsize=8)
-    for ax in axes.ravel()[len(ranked):]:
+    for ax in axes.ravel()[len(ranked) :]:
         ax.axis("off")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{report['model']} v{report['version']} window {report['window']}: {report['rows']} rows, "
-                 f"{report['verdict']['status']}", fontsize=11)
+    fig.suptitle(
+        f"{report['model']} v{report['version']} window {report['window']}: {report['rows']} rows, "
+        f"{report['verdict']['status']}",
+        fontsize=11,
+    )
     # Fixed margins: tight_layout measures every label and would double the cost of a plot.
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.86 if rows == 1 else 0.9, bottom=0.22 if rows == 1 else 0.12,
-                        hspace=0.9, wspace=0.3)
+    fig.subplots_adjust(
+        left=0.07,
+        right=0.98,
+        top=0.86 if rows == 1 else 0.9,
+        bottom=0.22 if rows == 1 else 0.12,
+        hspace=0.9,
+        wspace=0.3,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)

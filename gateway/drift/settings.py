@@ -16,8 +16,10 @@ STATISTICS: tuple[str, ...] = ("psi", "ks_stat", "ks_pvalue", "js_distance", "ch
 LOWER_IS_DRIFT: frozenset[str] = frozenset({"ks_pvalue", "chi2_pvalue"})
 """Statistics that breach when they fall below their threshold (p-values); the others breach above it."""
 
-DEFAULT_ENTRYPOINT = ("python -m serving.retrain --model {model} --parent-version {version} "
-                      "--repository {repository} --log-dir {log_dir} --drift-report {report}")
+DEFAULT_ENTRYPOINT = (
+    "python -m serving.retrain --model {model} --parent-version {version} "
+    "--repository {repository} --log-dir {log_dir} --drift-report {report}"
+)
 
 
 def _default_thresholds() -> dict[Statistic, float]:

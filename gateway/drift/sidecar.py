@@ -43,8 +43,15 @@ class Progress:
 
 
 class Sidecar:
-    def __init__(self, settings: DriftSettings, repository: Path, log_dir: Path, submitter: Submitter | None = None,
-                 metrics: DriftMetrics | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: DriftSettings,
+        repository: Path,
+        log_dir: Path,
+        submitter: Submitter | None = None,
+        metrics: DriftMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.settings = settings
         self.repository = Path(repository)
         self.log_dir = Path(log_dir)
@@ -63,14 +70,25 @@ class Sidecar:
         self._can_plot = True  # False once matplotlib turned out missing: said once, not every window
         self._last_commit = clock()
         self._last_retry = 0.0
-        self._recorded = {a.get("submission_id") for a in reports.read_alarms(self.reports_dir)
-                          if a.get("event") == "alarm"}
+        self._recorded = {
+            a.get("submission_id") for a in reports.read_alarms(self.reports_dir) if a.get("event") == "alarm"
+        }
         saved = state.load(settings.state_file)
         self.tailer = Tailer(self.log_dir)
         self.tailer.positions = {k: Position(**v) for k, v in saved.positions.items()}
         for w in saved.windows:
-            ow = OpenWindow(w["model"], w["version"], w["index"], w["width"], w["pwidth"], w["rows"],
-                            w["x"].ravel().tolist(), w["p"].ravel().tolist(), w["first_time"], w["last_time"])
+            ow = OpenWindow(
+                w["model"],
+                w["version"],
+                w["index"],
+                w["width"],
+                w["pwidth"],
+                w["rows"],
+                w["x"].ravel().tolist(),
+                w["p"].ravel().tolist(),
+                w["first_time"],
+                w["last_time"],
+            )
             self.windows[(ow.model, ow.version)] = ow
         self.policy = {tuple(k.split("/", 1)): PolicyState(**v) for k, v in saved.policy.items()}  # type: ignore[misc]
         self.pending = saved.pending
@@ -146,9 +164,16 @@ class Sidecar:
             return None
         s = self.settings
         try:
-            profile = load_profile(self.repository, key[0], key[1], bins=s.bins, max_rows=s.max_reference_rows,
-                                   max_categories=s.max_categories, categorical=s.categorical_features.get(key[0]),
-                                   prediction_output=s.prediction_output.get(key[0]))
+            profile = load_profile(
+                self.repository,
+                key[0],
+                key[1],
+                bins=s.bins,
+                max_rows=s.max_reference_rows,
+                max_categories=s.max_categories,
+                categorical=s.categorical_features.get(key[0]),
+                prediction_output=s.prediction_output.get(key[0]),
+            )
         except ReferenceError as exc:
             if missing is None:
                 log.warning("drift: not watching %s/%s: %s", key[0], key[1], exc)
@@ -168,11 +193,19 @@ class Sidecar:
         verdict = judge(self.settings.policy, pstate, features, w.rows, w.index, w.last_time)
         thresholds = {str(k): v for k, v in self.settings.policy.thresholds.items()}
         report: dict[str, Any] = {
-            "model": w.model, "version": w.version, "window": w.index, "rows": w.rows,
-            "first_time": w.first_time, "last_time": w.last_time, "reference_rows": profile.reference_rows,
-            "verdict": verdict.to_json(), "thresholds": thresholds,
+            "model": w.model,
+            "version": w.version,
+            "window": w.index,
+            "rows": w.rows,
+            "first_time": w.first_time,
+            "last_time": w.last_time,
+            "reference_rows": profile.reference_rows,
+            "verdict": verdict.to_json(),
+            "thresholds": thresholds,
             "features": [_feature_json(f, thresholds) for f in features],
-            "alarm": None, "plot": None}
+            "alarm": None,
+            "plot": None,
+        }
         sid = submission_id(w.model, w.version, w.index)
         if verdict.status == "alarm":
             report["alarm"] = {"submission_id": sid}
@@ -200,24 +233,47 @@ class Sidecar:
         self.progress.alarms += 1
         self.metrics.alarms.labels(w.model, w.version).inc()
         if sid not in self._recorded:
-            reports.append_alarm(self.reports_dir, {
-                "event": "alarm", "submission_id": sid, "model": w.model, "version": w.version, "window": w.index,
-                "time": w.last_time, "breaching": report["verdict"]["breaching"],
-                "prediction_breach": report["verdict"]["prediction_breach"], "reason": report["verdict"]["reason"],
-                "report": str(path)})
+            reports.append_alarm(
+                self.reports_dir,
+                {
+                    "event": "alarm",
+                    "submission_id": sid,
+                    "model": w.model,
+                    "version": w.version,
+                    "window": w.index,
+                    "time": w.last_time,
+                    "breaching": report["verdict"]["breaching"],
+                    "prediction_breach": report["verdict"]["prediction_breach"],
+                    "reason": report["verdict"]["reason"],
+                    "report": str(path),
+                },
+            )
             self._recorded.add(sid)
         if not self.settings.retrain:
             return
         s = self.settings
         try:
-            entry = build_entrypoint(s.retrain_entrypoint, model=w.model, version=w.version, window=w.index,
-                                     repository=self.repository, log_dir=self.log_dir, report=path)
+            entry = build_entrypoint(
+                s.retrain_entrypoint,
+                model=w.model,
+                version=w.version,
+                window=w.index,
+                repository=self.repository,
+                log_dir=self.log_dir,
+                report=path,
+            )
         except SubmitError as exc:
             log.error("drift: %s", exc)
             self._job_event(sid, w.model, w.version, "error", str(exc))
             return
-        job = {"submission_id": sid, "model": w.model, "version": w.version, "window": w.index, "entrypoint": entry,
-               "report": str(path)}
+        job = {
+            "submission_id": sid,
+            "model": w.model,
+            "version": w.version,
+            "window": w.index,
+            "entrypoint": entry,
+            "report": str(path),
+        }
         if not self._submit(job):
             # At most one waiting job per (model, version): a newer alarm's job replaces an older one, so the
             # list stays bounded however long the Jobs API is away.
@@ -229,8 +285,14 @@ class Sidecar:
         """True once the job is known to the cluster (submitted now, or before)."""
         if self.submitter is None:
             return True
-        request = RetrainRequest(job["submission_id"], job["model"], job["version"], job["window"], job["entrypoint"],
-                                 {"drift_report": job["report"]})
+        request = RetrainRequest(
+            job["submission_id"],
+            job["model"],
+            job["version"],
+            job["window"],
+            job["entrypoint"],
+            {"drift_report": job["report"]},
+        )
         try:
             result = self.submitter.submit(request)
         except SubmitError as exc:
@@ -245,9 +307,18 @@ class Sidecar:
 
     def _job_event(self, sid: str, model: str, version: str, outcome: str, detail: str) -> None:
         self.metrics.jobs.labels(model, version, outcome).inc()
-        reports.append_alarm(self.reports_dir, {"event": "job", "submission_id": sid, "model": model,
-                                                "version": version, "outcome": outcome, "detail": detail,
-                                                "at": time.time()})
+        reports.append_alarm(
+            self.reports_dir,
+            {
+                "event": "job",
+                "submission_id": sid,
+                "model": model,
+                "version": version,
+                "outcome": outcome,
+                "detail": detail,
+                "at": time.time(),
+            },
+        )
 
     def _retry_pending(self) -> None:
         self.pending = [job for job in self.pending if not self._submit(job)]
@@ -259,17 +330,35 @@ class Sidecar:
         windows = []
         for w in self.windows.values():
             x, p = w.arrays()
-            windows.append({"model": w.model, "version": w.version, "index": w.index, "width": w.width,
-                            "pwidth": w.pwidth, "rows": w.rows, "first_time": w.first_time, "last_time": w.last_time,
-                            "x": x, "p": p})
-        state.save(self.settings.state_file, state.SavedState(
-            positions={k: asdict(v) for k, v in sorted(self.tailer.positions.items())}, windows=windows,
-            policy={f"{m}/{v}": s.to_json() for (m, v), s in self.policy.items()}, pending=self.pending,
-            counts=self.counts))
+            windows.append(
+                {
+                    "model": w.model,
+                    "version": w.version,
+                    "index": w.index,
+                    "width": w.width,
+                    "pwidth": w.pwidth,
+                    "rows": w.rows,
+                    "first_time": w.first_time,
+                    "last_time": w.last_time,
+                    "x": x,
+                    "p": p,
+                }
+            )
+        state.save(
+            self.settings.state_file,
+            state.SavedState(
+                positions={k: asdict(v) for k, v in sorted(self.tailer.positions.items())},
+                windows=windows,
+                policy={f"{m}/{v}": s.to_json() for (m, v), s in self.policy.items()},
+                pending=self.pending,
+                counts=self.counts,
+            ),
+        )
         self._last_commit = self.clock()
 
-    def run(self, stop: threading.Event, on_progress: Callable[[Sidecar], None] | None = None,
-            once: bool = False) -> None:
+    def run(
+        self, stop: threading.Event, on_progress: Callable[[Sidecar], None] | None = None, once: bool = False
+    ) -> None:
         """Polls until stop is set (or, with once, until the log is read to its end); checkpoints on the way out."""
         try:
             while not stop.is_set():
@@ -287,5 +376,12 @@ class Sidecar:
 def _feature_json(f: FeatureScore, thresholds: dict[str, float]) -> dict[str, Any]:
     from gateway.drift.policy import breached
 
-    return {"feature": f.feature, "kind": f.kind, "scores": f.scores, "breached": breached(f.scores, thresholds),
-            "ref_hist": f.ref_hist, "live_hist": f.live_hist, "edges": f.edges}
+    return {
+        "feature": f.feature,
+        "kind": f.kind,
+        "scores": f.scores,
+        "breached": breached(f.scores, thresholds),
+        "ref_hist": f.ref_hist,
+        "live_hist": f.live_hist,
+        "edges": f.edges,
+    }

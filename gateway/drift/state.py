@@ -37,8 +37,14 @@ def save(path: Path, state: SavedState) -> None:
         arrays[f"x{i}"] = np.asarray(w["x"], dtype=np.float64)
         arrays[f"p{i}"] = np.asarray(w["p"], dtype=np.float64)
         windows.append({k: v for k, v in w.items() if k not in ("x", "p")})
-    meta = {"version": STATE_VERSION, "positions": state.positions, "windows": windows, "policy": state.policy,
-            "pending": state.pending, "counts": state.counts}
+    meta = {
+        "version": STATE_VERSION,
+        "positions": state.positions,
+        "windows": windows,
+        "policy": state.policy,
+        "pending": state.pending,
+        "counts": state.counts,
+    }
     arrays["meta"] = np.frombuffer(orjson.dumps(meta), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

@@ -119,8 +119,10 @@ def ks_2samp(ref_sorted: list[F64], live: F64) -> tuple[F64, F64]:
         ref_upto[j] = np.searchsorted(r, xs[j], side="right")
         ref_below[j] = np.searchsorted(r, xs[j], side="left")
     with np.errstate(invalid="ignore", divide="ignore"):
-        gap = np.maximum(np.abs(ref_upto / n1s[:, None] - upto / n2s[:, None]),
-                         np.abs(ref_below / n1s[:, None] - below / n2s[:, None]))
+        gap = np.maximum(
+            np.abs(ref_upto / n1s[:, None] - upto / n2s[:, None]),
+            np.abs(ref_below / n1s[:, None] - below / n2s[:, None]),
+        )
     gap = np.where(valid, gap, 0.0)  # NaN (sorted last) takes no part
     ok = (n1s > 0) & (n2s > 0)
     stat[ok] = gap.max(axis=1)[ok]

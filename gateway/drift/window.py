@@ -81,7 +81,7 @@ def extract(record: dict[str, Any], profile: ReferenceProfile) -> Rows | str:
         if len(cols) == w:
             p = pdata
         elif len(cols) == 1:
-            p = pdata[cols[0]::w]
+            p = pdata[cols[0] :: w]
         else:
             p = np.asarray(pdata, dtype=np.float64).reshape(n, w)[:, cols].ravel().tolist()
     return Rows(n, x, p)
@@ -137,11 +137,13 @@ class OpenWindow:
             if not self.rows:
                 self.first_time = t
             take = min(rows.n - start, window_rows - self.rows)
-            self.x.extend(rows.x[start * self.width:(start + take) * self.width] if (start or take < rows.n)
-                          else rows.x)
+            self.x.extend(
+                rows.x[start * self.width : (start + take) * self.width] if (start or take < rows.n) else rows.x
+            )
             if self.pwidth:
-                self.p.extend(rows.p[start * self.pwidth:(start + take) * self.pwidth] if (start or take < rows.n)
-                              else rows.p)
+                self.p.extend(
+                    rows.p[start * self.pwidth : (start + take) * self.pwidth] if (start or take < rows.n) else rows.p
+                )
             self.rows += take
             self.last_time = t
             start += take

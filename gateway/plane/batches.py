@@ -34,5 +34,5 @@ def split(out: Arrays, rows: Sequence[int]) -> Iterator[Arrays]:
         return
     start = 0
     for n in rows:
-        yield {k: v[start:start + n] for k, v in out.items()}
+        yield {k: v[start : start + n] for k, v in out.items()}
         start += n

@@ -72,14 +72,17 @@ class Batcher:
     def inflight(self) -> int:
         return len(self._tasks)
 
-    async def submit(self, inputs: Arrays, rows: int, deadline: float | None = None,
-                     timing: Timing | None = None) -> Arrays:
+    async def submit(
+        self, inputs: Arrays, rows: int, deadline: float | None = None, timing: Timing | None = None
+    ) -> Arrays:
         """Queues one request and returns its rows of the batch's outputs; fills `timing` if given."""
         if self._closed:
             raise GatewayError(Code.UNAVAILABLE, f"{self.name} is shutting down")
         if rows > self.max_batch_size:
-            raise GatewayError(Code.INVALID_ARGUMENT, f"{rows} rows is over {self.name}'s max_batch_size "
-                               f"{self.max_batch_size}; split the request")
+            raise GatewayError(
+                Code.INVALID_ARGUMENT,
+                f"{rows} rows is over {self.name}'s max_batch_size {self.max_batch_size}; split the request",
+            )
         if self._queued_rows + rows > self.max_queue_rows:
             raise overloaded(self.name)
         if self._loop_task is None:
@@ -141,8 +144,9 @@ class Batcher:
             if item.deadline is not None and now >= item.deadline:
                 self._queued_rows -= item.rows
                 dropped += 1
-                item.future.set_exception(GatewayError(
-                    Code.DEADLINE_EXCEEDED, f"deadline passed while queued for {self.name}"))
+                item.future.set_exception(
+                    GatewayError(Code.DEADLINE_EXCEEDED, f"deadline passed while queued for {self.name}")
+                )
                 continue
             if key is None:
                 key = item.key
@@ -191,7 +195,11 @@ class Batcher:
                     if it.timing is not None:
                         t = it.timing
                         t.queue_s, t.model_s, t.batch_rows, t.batch_requests = (
-                            started - it.enqueued_at, took, rows, len(batch))
+                            started - it.enqueued_at,
+                            took,
+                            rows,
+                            len(batch),
+                        )
                 self._split(batch, out)
                 return
             except Exception as exc:  # noqa: BLE001 - every caller must hear of any failure
@@ -207,8 +215,9 @@ class Batcher:
     def _split(self, batch: list[_Item], out: Arrays) -> None:
         total = sum(it.rows for it in batch)
         if not rows_match(out, total):
-            err = GatewayError(Code.INTERNAL, f"{self.name} returned outputs whose first dimension is not "
-                               f"the batch size {total}")
+            err = GatewayError(
+                Code.INTERNAL, f"{self.name} returned outputs whose first dimension is not the batch size {total}"
+            )
             for it in batch:
                 if not it.future.done():
                     it.future.set_exception(err)

@@ -40,9 +40,17 @@ class VersionInfo:
             batching = batching.model_copy(update={"max_inflight_batches": m.replicas})
         inputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in m.inputs)
         outputs = tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in m.outputs)
-        return cls(m.name, m.version, m.display_platform, inputs, outputs, batching,
-                   input_index={t.name: t for t in inputs}, output_index={t.name: t for t in outputs},
-                   nan_policy=m.nan_policy)
+        return cls(
+            m.name,
+            m.version,
+            m.display_platform,
+            inputs,
+            outputs,
+            batching,
+            input_index={t.name: t for t in inputs},
+            output_index={t.name: t for t in outputs},
+            nan_policy=m.nan_policy,
+        )
 
 
 class Catalog:
@@ -66,8 +74,7 @@ class Catalog:
         try:
             return versions[version]
         except KeyError:
-            raise not_found(f"model '{model}' has no version '{version}' "
-                            f"(it has {', '.join(versions)})") from None
+            raise not_found(f"model '{model}' has no version '{version}' (it has {', '.join(versions)})") from None
 
     def default_version(self, model: str) -> VersionInfo:
         """The newest ready version; with none ready, the request is refused as unavailable."""
@@ -85,8 +92,10 @@ class Catalog:
             return
         merged = {**versions, info.version: info}
         # Swap in a new dict: a request iterating the old one never sees it change under it.
-        self._models = {**self._models,
-                        info.model: dict(sorted(merged.items(), key=lambda kv: version_sort_key(kv[0])))}
+        self._models = {
+            **self._models,
+            info.model: dict(sorted(merged.items(), key=lambda kv: version_sort_key(kv[0]))),
+        }
 
     def model_names(self) -> list[str]:
         return list(self._models)

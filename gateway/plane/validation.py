@@ -21,22 +21,24 @@ def validate_inputs(info: VersionInfo, inputs: tuple[Tensor, ...]) -> tuple[dict
     for t in inputs:
         spec = info.input_index.get(t.name)
         if spec is None:
-            raise invalid(f"model '{info.model}' has no input '{t.name}' "
-                          f"(inputs: {', '.join(info.input_index)})")
+            raise invalid(f"model '{info.model}' has no input '{t.name}' (inputs: {', '.join(info.input_index)})")
         if t.name in arrays:
             raise invalid(f"input '{t.name}' appears twice")
         if t.datatype != spec.datatype:
             raise invalid(f"input '{t.name}': datatype {t.datatype} given, model expects {spec.datatype}")
         shape = t.shape
         if len(shape) != len(spec.shape) or any(s != -1 and s != d for s, d in zip(spec.shape, shape, strict=True)):
-            raise invalid(f"input '{t.name}': shape {_fmt(shape)} does not match the model's {_fmt(spec.shape)} "
-                          "(-1 is any size)")
+            raise invalid(
+                f"input '{t.name}': shape {_fmt(shape)} does not match the model's {_fmt(spec.shape)} (-1 is any size)"
+            )
         arrays[t.name] = t.data
     if info.nan_policy == "reject":
         for name, a in arrays.items():
             if a.dtype.kind in "fc" and a.size and not np.isfinite(a).all():
-                raise invalid(f"input '{name}' holds NaN or infinite values, which model '{info.model}' "
-                              f"version '{info.version}' refuses (nan_policy: reject)")
+                raise invalid(
+                    f"input '{name}' holds NaN or infinite values, which model '{info.model}' "
+                    f"version '{info.version}' refuses (nan_policy: reject)"
+                )
     missing = [name for name in info.input_index if name not in arrays]
     if missing:
         raise invalid(f"missing input(s) {', '.join(repr(m) for m in missing)} for model '{info.model}'")
@@ -57,12 +59,12 @@ def validate_inputs(info: VersionInfo, inputs: tuple[Tensor, ...]) -> tuple[dict
 def validate_outputs(info: VersionInfo, requested: tuple[RequestedOutput, ...]) -> None:
     for r in requested:
         if r.name not in info.output_index:
-            raise invalid(f"model '{info.model}' has no output '{r.name}' "
-                          f"(outputs: {', '.join(info.output_index)})")
+            raise invalid(f"model '{info.model}' has no output '{r.name}' (outputs: {', '.join(info.output_index)})")
 
 
-def check_declared_rows(catalog: Catalog, model: str, version: str | None,
-                        shapes: Iterable[tuple[str, Sequence[int]]], max_rows: int) -> None:
+def check_declared_rows(
+    catalog: Catalog, model: str, version: str | None, shapes: Iterable[tuple[str, Sequence[int]]], max_rows: int
+) -> None:
     """Refuses too many rows from the declared shapes alone, before any tensor is decoded.
 
     `max_rows` caps every request; a batched model's `max_batch_size` caps its own (for an unpinned
@@ -79,7 +81,10 @@ def check_declared_rows(catalog: Catalog, model: str, version: str | None,
         if not isinstance(rows, int) or rows <= 0:
             continue  # the codec names a bad dimension; zero rows are refused after decoding
         if rows > max_rows:
-            raise GatewayError(Code.RESOURCE_EXHAUSTED, f"input '{name}': {rows} rows, over the limit of "
-                               f"{max_rows} rows per request (max_request_rows); split the request")
+            raise GatewayError(
+                Code.RESOURCE_EXHAUSTED,
+                f"input '{name}': {rows} rows, over the limit of "
+                f"{max_rows} rows per request (max_request_rows); split the request",
+            )
         if limit and rows > limit:
             raise invalid(f"batch size {rows} is outside 1..{limit} for model '{model}'; split the request")

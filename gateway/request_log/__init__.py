@@ -24,17 +24,37 @@ if TYPE_CHECKING:
     from gateway.request_log.writer import RequestLogWriter
 
 _WHERE = {
-    "Compacted": "compaction", "compact_closed": "compaction", "compact_segment": "compaction",
-    "RequestLogReader": "contract.request_log.reader", "read_segment": "contract.request_log.reader",
-    "FORMAT_VERSION": "record", "FormatVersionError": "record", "RecordEncoder": "record", "decode_line": "record",
+    "Compacted": "compaction",
+    "compact_closed": "compaction",
+    "compact_segment": "compaction",
+    "RequestLogReader": "contract.request_log.reader",
+    "read_segment": "contract.request_log.reader",
+    "FORMAT_VERSION": "record",
+    "FormatVersionError": "record",
+    "RecordEncoder": "record",
+    "decode_line": "record",
     "to_request_record": "record",
     "RequestLogSettings": "settings",
-    "Position": "tailer", "Tailer": "tailer",
+    "Position": "tailer",
+    "Tailer": "tailer",
     "RequestLogWriter": "writer",
 }
-__all__ = ["FORMAT_VERSION", "Compacted", "FormatVersionError", "Position", "RecordEncoder", "RequestLogReader",
-           "RequestLogSettings", "RequestLogWriter", "Tailer", "compact_closed", "compact_segment", "decode_line",
-           "read_segment", "to_request_record"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Compacted",
+    "FormatVersionError",
+    "Position",
+    "RecordEncoder",
+    "RequestLogReader",
+    "RequestLogSettings",
+    "RequestLogWriter",
+    "Tailer",
+    "compact_closed",
+    "compact_segment",
+    "decode_line",
+    "read_segment",
+    "to_request_record",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -46,35 +46,58 @@ example:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Adds `logs` and its subcommands to the `gateway` command's subparsers."""
     fmt = argparse.RawDescriptionHelpFormatter
-    logs = sub.add_parser("logs", help="tail, query and compact the request log", description=DESCRIPTION,
-                          epilog=EPILOG, formatter_class=fmt)
+    logs = sub.add_parser(
+        "logs",
+        help="tail, query and compact the request log",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=fmt,
+    )
     cmds = logs.add_subparsers(dest="logs_command", metavar="SUBCOMMAND")
 
     def with_dir(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--dir", type=Path, default=Path(DEFAULT_DIR),
-                       help=f"request log root (default {DEFAULT_DIR})")
+        p.add_argument("--dir", type=Path, default=Path(DEFAULT_DIR), help=f"request log root (default {DEFAULT_DIR})")
 
-    tail = cmds.add_parser("tail", help="print records, one line each", description="Print request log records.",
-                           epilog=_TAIL_EPILOG, formatter_class=fmt)
+    tail = cmds.add_parser(
+        "tail",
+        help="print records, one line each",
+        description="Print request log records.",
+        epilog=_TAIL_EPILOG,
+        formatter_class=fmt,
+    )
     with_dir(tail)
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records until interrupted")
-    tail.add_argument("-n", "--lines", type=int, default=10, metavar="N",
-                      help="print the last N records first (default 10; 0: only new ones)")
+    tail.add_argument(
+        "-n",
+        "--lines",
+        type=int,
+        default=10,
+        metavar="N",
+        help="print the last N records first (default 10; 0: only new ones)",
+    )
     tail.add_argument("--model", help="only this model's records")
     tail.add_argument("--json", action="store_true", help="print each record as its JSON line")
     tail.add_argument("--checkpoint", type=Path, help="resume from, and save positions to, this file")
     tail.add_argument("--interval", type=float, default=0.5, help="seconds between polls with -f (default 0.5)")
 
-    q = cmds.add_parser("query", help="run SQL over the view `requests` (DuckDB)",
-                        description="Run one SQL statement over the request log with DuckDB.",
-                        epilog=_QUERY_EPILOG, formatter_class=fmt)
+    q = cmds.add_parser(
+        "query",
+        help="run SQL over the view `requests` (DuckDB)",
+        description="Run one SQL statement over the request log with DuckDB.",
+        epilog=_QUERY_EPILOG,
+        formatter_class=fmt,
+    )
     q.add_argument("sql", help='for example "SELECT version, avg(total_ms) FROM requests GROUP BY 1"')
     with_dir(q)
     q.add_argument("--csv", action="store_true", help="print CSV instead of an aligned table")
 
-    c = cmds.add_parser("compact", help="turn closed .jsonl segments into .parquet",
-                        description="Compact every closed .jsonl segment under the log root to Parquet. "
-                        "Safe while gateways write and tailers read.", formatter_class=fmt)
+    c = cmds.add_parser(
+        "compact",
+        help="turn closed .jsonl segments into .parquet",
+        description="Compact every closed .jsonl segment under the log root to Parquet. "
+        "Safe while gateways write and tailers read.",
+        formatter_class=fmt,
+    )
     with_dir(c)
     c.add_argument("--dry-run", action="store_true", help="only list the segments that would be compacted")
     logs.set_defaults(logs_parser=logs)
@@ -101,11 +124,13 @@ def run(args: argparse.Namespace) -> int:
 def summary(r: dict[str, Any]) -> str:
     """One human-readable line per record."""
     when = datetime.fromtimestamp(float(r.get("time") or 0.0), UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    line = (f"{when}  {r.get('gateway_id', '')}  {r.get('model', '')}/{r.get('version') or '-'}  "
-            f"{r.get('role', '')}  {r.get('code', '')}  {float(r.get('total_ms') or 0.0):.1f} ms "
-            f"(queue {float(r.get('queue_ms') or 0.0):.1f}, model {float(r.get('model_ms') or 0.0):.1f})  "
-            f"rows {r.get('batch_rows', 0)}  {r.get('protocol', '')} {r.get('client', '')}  "
-            f"id {r.get('request_id', '')}")
+    line = (
+        f"{when}  {r.get('gateway_id', '')}  {r.get('model', '')}/{r.get('version') or '-'}  "
+        f"{r.get('role', '')}  {r.get('code', '')}  {float(r.get('total_ms') or 0.0):.1f} ms "
+        f"(queue {float(r.get('queue_ms') or 0.0):.1f}, model {float(r.get('model_ms') or 0.0):.1f})  "
+        f"rows {r.get('batch_rows', 0)}  {r.get('protocol', '')} {r.get('client', '')}  "
+        f"id {r.get('request_id', '')}"
+    )
     if r.get("error"):
         line += f"  error: {r['error']}"
     if r.get("truncated"):
@@ -131,7 +156,7 @@ def _tail(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         if args.model is not None:
             first = [r for r in first if r.get("model") == args.model]
-        first = first[-args.lines:] if args.lines > 0 else []
+        first = first[-args.lines :] if args.lines > 0 else []
     show(first)
     while args.follow:
         time.sleep(args.interval)

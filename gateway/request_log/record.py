@@ -20,8 +20,17 @@ from contract.request_log.format import (
 )
 from gateway.types import RequestRecord, Tensor
 
-__all__ = ["FIELDS", "FORMAT_VERSION", "SCALAR_FIELDS", "TENSOR_FIELDS", "FormatVersionError", "RecordEncoder",
-           "decode_line", "tensor_from_json", "to_request_record"]
+__all__ = [
+    "FIELDS",
+    "FORMAT_VERSION",
+    "SCALAR_FIELDS",
+    "TENSOR_FIELDS",
+    "FormatVersionError",
+    "RecordEncoder",
+    "decode_line",
+    "tensor_from_json",
+    "to_request_record",
+]
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 _MAX_ERROR_CHARS = 1024  # the second truncation step shortens a runaway error message
@@ -48,8 +57,9 @@ def _bytes_data(arr: np.ndarray) -> tuple[list[str], bool]:
 class RecordEncoder:
     """Turns RequestRecords into JSON lines; runs on the writer thread, never on the event loop."""
 
-    def __init__(self, gateway_id: str, redact_inputs: Mapping[str, str] | None = None,
-                 max_record_bytes: int = 1024 * 1024) -> None:
+    def __init__(
+        self, gateway_id: str, redact_inputs: Mapping[str, str] | None = None, max_record_bytes: int = 1024 * 1024
+    ) -> None:
         self.gateway_id = gateway_id
         self.redact = dict(redact_inputs or {})
         self.max_record_bytes = max_record_bytes
@@ -79,12 +89,28 @@ class RecordEncoder:
 
     def to_dict(self, r: RequestRecord, with_data: bool = True) -> dict[str, Any]:
         inputs, outputs = self._tensors(r, with_data)
-        return {"format_version": FORMAT_VERSION, "gateway_id": self.gateway_id, "request_id": r.request_id,
-                "time": r.time, "model": r.model, "version": r.version, "role": r.role,
-                "routing_reason": r.routing_reason, "code": r.code, "error": r.error, "queue_ms": r.queue_ms,
-                "model_ms": r.model_ms, "total_ms": r.total_ms, "batch_rows": r.batch_rows, "client": r.client,
-                "protocol": r.protocol, "trace_id": r.trace_id, "truncated": False, "inputs": inputs,
-                "outputs": outputs}
+        return {
+            "format_version": FORMAT_VERSION,
+            "gateway_id": self.gateway_id,
+            "request_id": r.request_id,
+            "time": r.time,
+            "model": r.model,
+            "version": r.version,
+            "role": r.role,
+            "routing_reason": r.routing_reason,
+            "code": r.code,
+            "error": r.error,
+            "queue_ms": r.queue_ms,
+            "model_ms": r.model_ms,
+            "total_ms": r.total_ms,
+            "batch_rows": r.batch_rows,
+            "client": r.client,
+            "protocol": r.protocol,
+            "trace_id": r.trace_id,
+            "truncated": False,
+            "inputs": inputs,
+            "outputs": outputs,
+        }
 
     def encode(self, r: RequestRecord) -> tuple[bytes, bool]:
         """One line, newline included, at most max_record_bytes when it can be; True when truncated."""
@@ -109,8 +135,21 @@ class RecordEncoder:
 def to_request_record(d: Mapping[str, Any]) -> RequestRecord:
     """A logged record back as a RequestRecord (format_version, gateway_id and truncated are not part of it)."""
     return RequestRecord(
-        request_id=d["request_id"], time=d["time"], model=d["model"], version=d["version"], role=d["role"],
-        routing_reason=d["routing_reason"], inputs=tuple(tensor_from_json(t) for t in d["inputs"]),
-        outputs=tuple(tensor_from_json(t) for t in d["outputs"]), code=d["code"], error=d["error"],
-        queue_ms=d["queue_ms"], model_ms=d["model_ms"], total_ms=d["total_ms"], batch_rows=d["batch_rows"],
-        client=d["client"], protocol=d["protocol"], trace_id=d.get("trace_id", ""))
+        request_id=d["request_id"],
+        time=d["time"],
+        model=d["model"],
+        version=d["version"],
+        role=d["role"],
+        routing_reason=d["routing_reason"],
+        inputs=tuple(tensor_from_json(t) for t in d["inputs"]),
+        outputs=tuple(tensor_from_json(t) for t in d["outputs"]),
+        code=d["code"],
+        error=d["error"],
+        queue_ms=d["queue_ms"],
+        model_ms=d["model_ms"],
+        total_ms=d["total_ms"],
+        batch_rows=d["batch_rows"],
+        client=d["client"],
+        protocol=d["protocol"],
+        trace_id=d.get("trace_id", ""),
+    )

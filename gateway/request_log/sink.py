@@ -16,8 +16,16 @@ from contract.request_log.segments import acquire_gateway_dir, list_gateway, seg
 
 
 class SegmentSink:
-    def __init__(self, root: Path, gateway_id: str, *, rotate_bytes: int, rotate_s: float, sync_dirs: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        root: Path,
+        gateway_id: str,
+        *,
+        rotate_bytes: int,
+        rotate_s: float,
+        sync_dirs: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.root = root
         self.requested_id = gateway_id
         self.gateway_id = gateway_id  # the effective id once prepare() has locked a folder

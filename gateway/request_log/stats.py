@@ -21,20 +21,31 @@ class LogStats:
         self.written = self.bytes = self.rejected = self.sampled_out = self.truncated = self.batches = 0
         self.segments_closed = 0
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
-        self._written = Counter("gateway_request_log_records_written", "Records written to the request log",
-                                registry=r)
+        self._written = Counter("gateway_request_log_records_written", "Records written to the request log", registry=r)
         self._bytes = Counter("gateway_request_log_bytes_written", "Bytes written to the request log", registry=r)
-        self._dropped = Counter("gateway_request_log_records_dropped",
-                                "Records not logged although their request was answered, by reason",
-                                ["reason"], registry=r)
-        self._rejected = Counter("gateway_request_log_records_rejected",
-                                 "Requests answered UNAVAILABLE because their record could not be logged",
-                                 registry=r)
-        self.queue_gauge = Gauge("gateway_request_log_queue_depth", "Records accepted but not yet written",
-                                 registry=r, multiprocess_mode="livesum")
-        self.healthy_gauge = Gauge("gateway_request_log_healthy",
-                                   "1 while the request log's directory is writable", registry=r,
-                                   multiprocess_mode="livemin")
+        self._dropped = Counter(
+            "gateway_request_log_records_dropped",
+            "Records not logged although their request was answered, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self._rejected = Counter(
+            "gateway_request_log_records_rejected",
+            "Requests answered UNAVAILABLE because their record could not be logged",
+            registry=r,
+        )
+        self.queue_gauge = Gauge(
+            "gateway_request_log_queue_depth",
+            "Records accepted but not yet written",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.healthy_gauge = Gauge(
+            "gateway_request_log_healthy",
+            "1 while the request log's directory is writable",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self._dropped_children = {reason: self._dropped.labels(reason) for reason in DROP_REASONS}
         self.healthy_gauge.set(1)
 
@@ -59,6 +70,13 @@ class LogStats:
 
     def as_dict(self) -> dict[str, Any]:
         with self._lock:
-            return {"written": self.written, "bytes": self.bytes, "dropped": dict(self.dropped),
-                    "rejected": self.rejected, "sampled_out": self.sampled_out, "truncated": self.truncated,
-                    "batches": self.batches, "segments_closed": self.segments_closed}
+            return {
+                "written": self.written,
+                "bytes": self.bytes,
+                "dropped": dict(self.dropped),
+                "rejected": self.rejected,
+                "sampled_out": self.sampled_out,
+                "truncated": self.truncated,
+                "batches": self.batches,
+                "segments_closed": self.segments_closed,
+            }

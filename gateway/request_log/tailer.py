@@ -121,8 +121,9 @@ class Tailer:
         """Writes the positions atomically (temp file, fsync, rename)."""
         if self.checkpoint is None:
             return
-        data = orjson.dumps({"version": CHECKPOINT_VERSION,
-                             "segments": {k: asdict(v) for k, v in sorted(self.positions.items())}})
+        data = orjson.dumps(
+            {"version": CHECKPOINT_VERSION, "segments": {k: asdict(v) for k, v in sorted(self.positions.items())}}
+        )
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.checkpoint.parent, prefix=f".{self.checkpoint.name}.")
         try:

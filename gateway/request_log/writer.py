@@ -52,14 +52,26 @@ def _settle(futures: list[asyncio.Future[None]], error: str | None) -> None:
 
 
 class RequestLogWriter:
-    def __init__(self, settings: RequestLogSettings, registry: CollectorRegistry | None = None, *,
-                 clock: Callable[[], float] = time.time, sink: SegmentSink | None = None,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: RequestLogSettings,
+        registry: CollectorRegistry | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        sink: SegmentSink | None = None,
+        seed: int | None = None,
+    ) -> None:
         """clock: wall-clock seconds (rotation age, retention); sink and seed let tests steer the disk and sampling."""
         self.settings = s = settings
         self._clock = clock
-        self._sink = sink or SegmentSink(s.dir, s.gateway_id or socket.gethostname(), rotate_bytes=s.rotate_bytes,
-                                         rotate_s=s.rotate_s, sync_dirs=s.durability == "fsync", clock=clock)
+        self._sink = sink or SegmentSink(
+            s.dir,
+            s.gateway_id or socket.gethostname(),
+            rotate_bytes=s.rotate_bytes,
+            rotate_s=s.rotate_s,
+            sync_dirs=s.durability == "fsync",
+            clock=clock,
+        )
         self._encoder = RecordEncoder(self._sink.gateway_id, s.redact_inputs, s.max_record_bytes)
         self._sampler = Sampler(s.sample, seed)
         self._wait = s.durability != "async"
@@ -144,10 +156,16 @@ class RequestLogWriter:
             self._stats.add_dropped(reason)
             return
         self._stats.add_rejected()
-        what = {"closed": "is closed", "io_error": f"cannot write: {self.last_error}",
-                "queue_full": f"is full ({self._max} records waiting to be written)"}[reason]
-        raise GatewayError(Code.UNAVAILABLE, f"request log {what}; the request is refused so that no answered "
-                           "request goes unlogged: retry later", retry_after_s=1.0)
+        what = {
+            "closed": "is closed",
+            "io_error": f"cannot write: {self.last_error}",
+            "queue_full": f"is full ({self._max} records waiting to be written)",
+        }[reason]
+        raise GatewayError(
+            Code.UNAVAILABLE,
+            f"request log {what}; the request is refused so that no answered request goes unlogged: retry later",
+            retry_after_s=1.0,
+        )
 
     async def flush(self) -> None:
         """Returns once every record accepted before the call is written (or failed), and rotation by age is done."""
@@ -174,9 +192,14 @@ class RequestLogWriter:
     def stats(self) -> dict[str, Any]:
         with self._cond:
             depth = self._depth
-        return {**self._stats.as_dict(), "queue_depth": depth, "healthy": self.healthy,
-                "last_error": self.last_error, "gateway_id": self.gateway_id,
-                "segment": str(self._sink.path) if self._sink.path else ""}
+        return {
+            **self._stats.as_dict(),
+            "queue_depth": depth,
+            "healthy": self.healthy,
+            "last_error": self.last_error,
+            "gateway_id": self.gateway_id,
+            "segment": str(self._sink.path) if self._sink.path else "",
+        }
 
     # --- the writer thread ------------------------------------------------------------------
     def _run(self) -> None:

@@ -19,24 +19,58 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("gateway_inference_requests", "Inference requests by outcome",
-                                ["model", "version", "code"], registry=r)
-        self.latency = Histogram("gateway_inference_request_duration_seconds",
-                                 "End-to-end inference latency inside the gateway",
-                                 ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.queue = Histogram("gateway_queue_duration_seconds", "Time a request waited in the gateway's batch queue",
-                               ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.compute = Histogram("gateway_compute_duration_seconds",
-                                 "Time of the replica call carrying a request's batch (transport + model)",
-                                 ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.batch_rows = Histogram("gateway_batch_rows", "Rows per call to a model version's replicas",
-                                    ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
-        self.batch_requests = Histogram("gateway_batch_requests", "Requests coalesced into one call",
-                                        ["model", "version"], buckets=_BATCH_BUCKETS, registry=r)
-        self.weight = Gauge("gateway_traffic_weight", "Percent of the model's unpinned traffic the version gets",
-                            ["model", "version"], registry=r, multiprocess_mode="max")
-        self.ready = Gauge("gateway_model_ready", "1 when the model version can serve",
-                           ["model", "version"], registry=r, multiprocess_mode="max")
+        self.requests = Counter(
+            "gateway_inference_requests", "Inference requests by outcome", ["model", "version", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "gateway_inference_request_duration_seconds",
+            "End-to-end inference latency inside the gateway",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue = Histogram(
+            "gateway_queue_duration_seconds",
+            "Time a request waited in the gateway's batch queue",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "gateway_compute_duration_seconds",
+            "Time of the replica call carrying a request's batch (transport + model)",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_rows = Histogram(
+            "gateway_batch_rows",
+            "Rows per call to a model version's replicas",
+            ["model", "version"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_requests = Histogram(
+            "gateway_batch_requests",
+            "Requests coalesced into one call",
+            ["model", "version"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.weight = Gauge(
+            "gateway_traffic_weight",
+            "Percent of the model's unpinned traffic the version gets",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.ready = Gauge(
+            "gateway_model_ready",
+            "1 when the model version can serve",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
 
         # labels() costs a lock and a lookup; the hot path reuses children (label sets are bounded).
         self._children: dict[tuple[str, ...], Any] = {}
@@ -50,8 +84,9 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def request(self, model: str, version: str, code: str, seconds: float, queue_s: float = 0.0,
-                compute_s: float = 0.0) -> None:
+    def request(
+        self, model: str, version: str, code: str, seconds: float, queue_s: float = 0.0, compute_s: float = 0.0
+    ) -> None:
         cells = self._cells.get((model, version, code))
         if cells is None:
             cells = self._cells[(model, version, code)] = self._request_cells(model, version, code)
@@ -68,8 +103,9 @@ class Metrics:
         count = self._child(self.requests, model, version, code)._value
         if code != "OK":
             return count, None
-        latency, queue, compute = (_Cells(self._child(h, model, version))
-                                   for h in (self.latency, self.queue, self.compute))
+        latency, queue, compute = (
+            _Cells(self._child(h, model, version)) for h in (self.latency, self.queue, self.compute)
+        )
         return count, (latency, queue, compute)
 
     def batch(self, model: str, version: str, rows: int, requests: int) -> None:

@@ -75,15 +75,17 @@ def build_tracing(settings: TracingSettings) -> Tracing:
                 OTLPSpanExporter,
             )
         except ImportError:
-            raise TracingError(f"tracing.exporter 'otlp' needs the OTLP exporter: pip install {OTLP_PACKAGE} "
-                               "(into the gateway's environment), or set tracing.exporter to 'console' or 'none'"
-                               ) from None
+            raise TracingError(
+                f"tracing.exporter 'otlp' needs the OTLP exporter: pip install {OTLP_PACKAGE} "
+                "(into the gateway's environment), or set tracing.exporter to 'console' or 'none'"
+            ) from None
         exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
     else:
         exporter = ConsoleSpanExporter(service_name=settings.service_name)
     provider = TracerProvider(
         resource=Resource.create({SERVICE_NAME: settings.service_name, SERVICE_VERSION: __version__}),
-        sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)))
+        sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+    )
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return Tracing(provider.get_tracer("gateway", __version__), provider)
 
@@ -96,8 +98,13 @@ def parse_traceparent(value: str) -> str:
     """The traceparent header as 55 canonical characters, or "" when it is malformed (then it is ignored)."""
     value = value.strip()
     m = _TRACEPARENT.fullmatch(value)
-    if (m is None or m[1] == "ff" or (m[1] == "00" and m[5] is not None)
-            or m[2] == "00000000000000000000000000000000" or m[3] == "0000000000000000"):
+    if (
+        m is None
+        or m[1] == "ff"
+        or (m[1] == "00" and m[5] is not None)
+        or m[2] == "00000000000000000000000000000000"
+        or m[3] == "0000000000000000"
+    ):
         return ""
     return value[:55]  # a later version's extra fields are dropped
 
@@ -112,8 +119,13 @@ def _parent(request: InferRequest) -> Context | None:
         return None
     tp = request.traceparent
     state = TraceState.from_header([request.tracestate]) if request.tracestate else None
-    parent = SpanContext(int(tp[3:35], 16), int(tp[36:52], 16), is_remote=True,
-                         trace_flags=TraceFlags(int(tp[53:55], 16)), trace_state=state)
+    parent = SpanContext(
+        int(tp[3:35], 16),
+        int(tp[36:52], 16),
+        is_remote=True,
+        trace_flags=TraceFlags(int(tp[53:55], 16)),
+        trace_state=state,
+    )
     return trace.set_span_in_context(NonRecordingSpan(parent))
 
 
@@ -129,8 +141,12 @@ class RequestSpan:
         self._ns_offset = time.time_ns() - int(self._t0 * 1e9)  # monotonic seconds -> unix ns
         # Named after the model once the catalog knows it (span names stay low-cardinality).
         self.span = tracer.start_span(
-            "ModelInfer", context=_parent(request), kind=SpanKind.SERVER, start_time=self._ns(received_at),
-            attributes={"inference.protocol": request.protocol, "inference.request_id": request_id})
+            "ModelInfer",
+            context=_parent(request),
+            kind=SpanKind.SERVER,
+            start_time=self._ns(received_at),
+            attributes={"inference.protocol": request.protocol, "inference.request_id": request_id},
+        )
         ctx = self.span.get_span_context()
         self.trace_id = f"{ctx.trace_id:032x}"
         self.traceparent = f"00-{self.trace_id}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
@@ -169,8 +185,9 @@ class RequestSpan:
             dispatched = queued + int(timing.queue_s * 1e9)
             returned = dispatched + int(timing.model_s * 1e9)
             self._tracer.start_span("batch wait", context, start_time=queued).end(end_time=dispatched)
-            self._tracer.start_span("model call", context, start_time=dispatched,
-                                    attributes=batch).end(end_time=returned)
+            self._tracer.start_span("model call", context, start_time=dispatched, attributes=batch).end(
+                end_time=returned
+            )
         span.end(end_time=end)
         return self.trace_id
 

@@ -31,46 +31,85 @@ a breach rolls back to the split the ramp started from, by itself. Every change 
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("traffic", help="show or change how requests split between versions (canary, shadow, ramp)",
-                       description="Show or change the cluster's traffic table through a gateway's admin API.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--admin", default=os.environ.get("GATEWAY_ADMIN_URL", "http://127.0.0.1:8003"),
-                   help="admin API address (default $GATEWAY_ADMIN_URL or http://127.0.0.1:8003)")
-    p.add_argument("--token", default=os.environ.get("GATEWAY_ADMIN_TOKEN", ""),
-                   help="admin token (default $GATEWAY_ADMIN_TOKEN)")
-    p.add_argument("--ca-file", default=os.environ.get("GATEWAY_ADMIN_CA_FILE"),
-                   help="CA bundle that signed an https admin API's certificate (default $GATEWAY_ADMIN_CA_FILE)")
-    p.add_argument("--client-cert", default=os.environ.get("GATEWAY_ADMIN_CLIENT_CERT"),
-                   help="client certificate (PEM) for an admin API that requires one "
-                        "(default $GATEWAY_ADMIN_CLIENT_CERT)")
-    p.add_argument("--client-key", default=os.environ.get("GATEWAY_ADMIN_CLIENT_KEY"),
-                   help="private key of --client-cert (default $GATEWAY_ADMIN_CLIENT_KEY)")
+    p = sub.add_parser(
+        "traffic",
+        help="show or change how requests split between versions (canary, shadow, ramp)",
+        description="Show or change the cluster's traffic table through a gateway's admin API.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--admin",
+        default=os.environ.get("GATEWAY_ADMIN_URL", "http://127.0.0.1:8003"),
+        help="admin API address (default $GATEWAY_ADMIN_URL or http://127.0.0.1:8003)",
+    )
+    p.add_argument(
+        "--token", default=os.environ.get("GATEWAY_ADMIN_TOKEN", ""), help="admin token (default $GATEWAY_ADMIN_TOKEN)"
+    )
+    p.add_argument(
+        "--ca-file",
+        default=os.environ.get("GATEWAY_ADMIN_CA_FILE"),
+        help="CA bundle that signed an https admin API's certificate (default $GATEWAY_ADMIN_CA_FILE)",
+    )
+    p.add_argument(
+        "--client-cert",
+        default=os.environ.get("GATEWAY_ADMIN_CLIENT_CERT"),
+        help="client certificate (PEM) for an admin API that requires one (default $GATEWAY_ADMIN_CLIENT_CERT)",
+    )
+    p.add_argument(
+        "--client-key",
+        default=os.environ.get("GATEWAY_ADMIN_CLIENT_KEY"),
+        help="private key of --client-cert (default $GATEWAY_ADMIN_CLIENT_KEY)",
+    )
     actions = p.add_subparsers(dest="traffic_action", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="the current split, shadows and ramps (every model, or one)")
     show.add_argument("model", nargs="?")
     setp = actions.add_parser("set", help="set a model's split, e.g. 1=90 2=10 (ends a running ramp)")
     setp.add_argument("model")
     setp.add_argument("weights", nargs="+", metavar="VERSION=PERCENT")
-    shadow = actions.add_parser("shadow",
-                                help="mirror a model's requests to a version whose answers are never returned")
+    shadow = actions.add_parser(
+        "shadow", help="mirror a model's requests to a version whose answers are never returned"
+    )
     shadow.add_argument("model")
-    shadow.add_argument("versions", nargs="*", metavar="VERSION",
-                        help="shadow versions (they replace the current ones)")
-    shadow.add_argument("--sample", type=_fraction, default=1.0, metavar="FRACTION",
-                        help="fraction of requests mirrored, e.g. 0.2 or 20%% (default all)")
+    shadow.add_argument(
+        "versions", nargs="*", metavar="VERSION", help="shadow versions (they replace the current ones)"
+    )
+    shadow.add_argument(
+        "--sample",
+        type=_fraction,
+        default=1.0,
+        metavar="FRACTION",
+        help="fraction of requests mirrored, e.g. 0.2 or 20%% (default all)",
+    )
     shadow.add_argument("--off", action="store_true", help="stop shadowing the model")
     ramp = actions.add_parser("ramp", help="step a canary's share up on a schedule, guarded by its live errors and p99")
     ramp.add_argument("model")
     ramp.add_argument("version")
     ramp.add_argument("--steps", default="5,25,50,100", help="percent at each step (default 5,25,50,100)")
-    ramp.add_argument("--every", type=_duration, default=600.0, metavar="DURATION",
-                      help="time at each step: 90s, 10m, 1h (default 10m)")
-    ramp.add_argument("--max-error-rate", type=_fraction, default=None, metavar="RATE",
-                      help="roll back when the canary's error rate in a step passes this (1%% or 0.01)")
-    ramp.add_argument("--max-p99-ms", type=float, default=None, metavar="MS",
-                      help="roll back when the canary's p99 latency in a step passes this")
-    ramp.add_argument("--min-requests", type=int, default=20,
-                      help="canary requests a step needs before it is judged (default 20)")
+    ramp.add_argument(
+        "--every",
+        type=_duration,
+        default=600.0,
+        metavar="DURATION",
+        help="time at each step: 90s, 10m, 1h (default 10m)",
+    )
+    ramp.add_argument(
+        "--max-error-rate",
+        type=_fraction,
+        default=None,
+        metavar="RATE",
+        help="roll back when the canary's error rate in a step passes this (1%% or 0.01)",
+    )
+    ramp.add_argument(
+        "--max-p99-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="roll back when the canary's p99 latency in a step passes this",
+    )
+    ramp.add_argument(
+        "--min-requests", type=int, default=20, help="canary requests a step needs before it is judged (default 20)"
+    )
     promote = actions.add_parser("promote", help="give a version all of the model's traffic (ends a running ramp)")
     promote.add_argument("model")
     promote.add_argument("version")
@@ -123,16 +162,26 @@ def _request(http: httpx.Client, args: argparse.Namespace) -> httpx.Response:
     if action == "shadow":
         if args.off == bool(args.versions):
             raise SystemExit("gateway traffic shadow: name the shadow version(s), or --off to stop shadowing")
-        return http.put(f"{path}/shadows", json={"shadows": {v: args.sample for v in args.versions},
-                                                 "reason": args.reason})
+        return http.put(
+            f"{path}/shadows", json={"shadows": {v: args.sample for v in args.versions}, "reason": args.reason}
+        )
     if action == "ramp":
         try:
             steps = [int(x) for x in args.steps.split(",")]
         except ValueError:
             raise SystemExit(f"gateway traffic ramp: --steps {args.steps!r} is not a list like 5,25,50,100") from None
-        return http.post(f"{path}/ramp", json={
-            "version": args.version, "steps": steps, "every_s": args.every, "max_error_rate": args.max_error_rate,
-            "max_p99_ms": args.max_p99_ms, "min_requests": args.min_requests, "reason": args.reason})
+        return http.post(
+            f"{path}/ramp",
+            json={
+                "version": args.version,
+                "steps": steps,
+                "every_s": args.every,
+                "max_error_rate": args.max_error_rate,
+                "max_p99_ms": args.max_p99_ms,
+                "min_requests": args.min_requests,
+                "reason": args.reason,
+            },
+        )
     if action == "promote":
         return http.post(f"{path}/promote", json={"version": args.version, "reason": args.reason})
     if action == "rollback":
@@ -173,13 +222,18 @@ def _print(action: str, body: Any, model: str | None) -> None:
     if action == "history":
         for e in body:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
-            print(f"rev {e['revision']:<4} {when}  {e['who']:<16} {_short(e['before'])} -> {_short(e['after'])}  "
-                  f"{e['reason']}")
+            print(
+                f"rev {e['revision']:<4} {when}  {e['who']:<16} {_short(e['before'])} -> {_short(e['after'])}  "
+                f"{e['reason']}"
+            )
         return
     if "models" not in body:  # one model
-        body = {"revision": body["revision"], "models": {body["model"]: body["weights"]},
-                "shadows": {body["model"]: body.get("shadows") or {}},
-                "ramps": {body["model"]: body["ramp"]} if body.get("ramp") else {}}
+        body = {
+            "revision": body["revision"],
+            "models": {body["model"]: body["weights"]},
+            "shadows": {body["model"]: body.get("shadows") or {}},
+            "ramps": {body["model"]: body["ramp"]} if body.get("ramp") else {},
+        }
     elif model is not None:  # a change answers with the whole table: show the model changed
         body = {**body, "models": {model: body["models"].get(model)}}
     print(f"revision {body['revision']}")
@@ -192,9 +246,11 @@ def _print(action: str, body: Any, model: str | None) -> None:
         ramp = body.get("ramps", {}).get(name)
         if ramp:
             live = ramp["live"]
-            print(f"{'':<20} ramp: v{ramp['version']} at {ramp['percent']}% (steps "
-                  f"{','.join(map(str, ramp['steps']))}, every {ramp['every_s']:g} s); this step: "
-                  f"{live['requests']} requests, {live['error_rate']:.1%} errors")
+            print(
+                f"{'':<20} ramp: v{ramp['version']} at {ramp['percent']}% (steps "
+                f"{','.join(map(str, ramp['steps']))}, every {ramp['every_s']:g} s); this step: "
+                f"{live['requests']} requests, {live['error_rate']:.1%} errors"
+            )
 
 
 def _short(value: Any) -> str:

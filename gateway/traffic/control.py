@@ -98,9 +98,12 @@ class Deployer(Protocol):
 
 def table_from(stored: dict[str, Any]) -> RoutingTable:
     """The cluster's stored table as the validated table a gateway routes by (ValidationError when malformed)."""
-    return RoutingTable(revision=int(stored["revision"]),
-                        models={m: ModelSplit(weights=w) for m, w in stored["models"].items()},
-                        shadows=stored.get("shadows", {}), ramps=stored.get("ramps", {}))
+    return RoutingTable(
+        revision=int(stored["revision"]),
+        models={m: ModelSplit(weights=w) for m, w in stored["models"].items()},
+        shadows=stored.get("shadows", {}),
+        ramps=stored.get("ramps", {}),
+    )
 
 
 class RepositoryDiscovery:
@@ -109,8 +112,9 @@ class RepositoryDiscovery:
     Versions are immutable and only ever added, so this attaches to (or deploys) the new ones and leaves
     everything that is already serving alone."""
 
-    def __init__(self, plane: Plane, repository: Path, deployer: Deployer,
-                 version_info: Callable[[Manifest], VersionInfo]) -> None:
+    def __init__(
+        self, plane: Plane, repository: Path, deployer: Deployer, version_info: Callable[[Manifest], VersionInfo]
+    ) -> None:
         self._plane = plane
         self._repository = repository
         self._deployer = deployer
@@ -125,8 +129,11 @@ class RepositoryDiscovery:
         async with self._lock:
             known = {(v.model, v.version) for v in self._plane.versions()}
             entries = await asyncio.to_thread(Repository(self._repository).scan)
-            new = [e for e in entries if (e.manifest.name, e.manifest.version) in named - known
-                   and e.manifest.name in served]
+            new = [
+                e
+                for e in entries
+                if (e.manifest.name, e.manifest.version) in named - known and e.manifest.name in served
+            ]
             if not new:
                 return
             await asyncio.to_thread(self._deployer.deploy, new)
@@ -137,13 +144,18 @@ class RepositoryDiscovery:
                 if state is not None:
                     info.state, info.reason = state.state, state.reason
                 self._plane.add_version(info)
-                log.warning("now serving model %s version %s (%s), named by the traffic table",
-                            info.model, info.version, info.state)
+                log.warning(
+                    "now serving model %s version %s (%s), named by the traffic table",
+                    info.model,
+                    info.version,
+                    info.state,
+                )
 
 
 class TrafficControl:
-    def __init__(self, plane: Plane, store: TrafficStore, discover: Discover | None = None,
-                 gateway_id: str | None = None) -> None:
+    def __init__(
+        self, plane: Plane, store: TrafficStore, discover: Discover | None = None, gateway_id: str | None = None
+    ) -> None:
         self.plane = plane
         self.store = store
         self._discover = discover
@@ -158,9 +170,13 @@ class TrafficControl:
 
     async def model_view(self, model: str) -> dict[str, Any]:
         table = await self.store.get()
-        return {"model": model, "weights": table["models"].get(model),
-                "shadows": table.get("shadows", {}).get(model, {}),
-                "ramp": table.get("ramps", {}).get(model), "revision": table["revision"]}
+        return {
+            "model": model,
+            "weights": table["models"].get(model),
+            "shadows": table.get("shadows", {}).get(model, {}),
+            "ramp": table.get("ramps", {}).get(model),
+            "revision": table["revision"],
+        }
 
     async def history(self, model: str) -> list[dict[str, Any]]:
         return await self.store.history(model)
@@ -183,8 +199,10 @@ class TrafficControl:
         for version in shadows:  # a new shadow must be able to answer now
             info = self.plane.version(model, version)
             if not info.ready:
-                raise GatewayError(Code.INVALID_ARGUMENT, f"model '{model}' version '{version}' is not ready "
-                                   f"({info.reason}); it cannot shadow traffic")
+                raise GatewayError(
+                    Code.INVALID_ARGUMENT,
+                    f"model '{model}' version '{version}' is not ready ({info.reason}); it cannot shadow traffic",
+                )
         return await self._applied(await self.store.set_shadows(model, shadows, who, reason))
 
     async def start_ramp(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]:
@@ -197,11 +215,14 @@ class TrafficControl:
         if model in current.models:
             base = current.models[model].weights
         else:  # no split yet: ramp away from what unpinned requests get now, or the newest other ready version
-            ready = [v.version for v in self.plane.require_model(model).values()
-                     if v.ready and v.version != parsed.version]
+            ready = [
+                v.version for v in self.plane.require_model(model).values() if v.ready and v.version != parsed.version
+            ]
             if not ready:
-                raise GatewayError(Code.INVALID_ARGUMENT, f"model '{model}' has no other ready version to ramp "
-                                   f"version '{parsed.version}' up from")
+                raise GatewayError(
+                    Code.INVALID_ARGUMENT,
+                    f"model '{model}' has no other ready version to ramp version '{parsed.version}' up from",
+                )
             default = self.plane.default_version(model).version
             base = {default if default != parsed.version else ready[-1]: 100}
             plan["base"] = base
@@ -231,8 +252,7 @@ class TrafficControl:
             try:
                 await self._discover(versions_named(entry))
             except Exception as exc:  # noqa: BLE001 - the repository or Ray failed: say so, change nothing
-                raise GatewayError(Code.UNAVAILABLE, f"cannot look for new versions in the repository: {exc}") \
-                    from None
+                raise GatewayError(Code.UNAVAILABLE, f"cannot look for new versions in the repository: {exc}") from None
             self.plane.check_traffic(entry)
 
     async def _applied(self, stored: dict[str, Any]) -> dict[str, Any]:
@@ -273,8 +293,11 @@ class TrafficControl:
             try:
                 await self._discover(named)  # e.g. a version a retraining job registered and deployed
             except Exception as exc:  # noqa: BLE001 - a repository or Ray hiccup: apply what can be, retry later
-                log.warning("looking for new versions named by traffic table revision %s failed: %s",
-                            stored.get("revision"), exc)
+                log.warning(
+                    "looking for new versions named by traffic table revision %s failed: %s",
+                    stored.get("revision"),
+                    exc,
+                )
         self._apply_now(stored)
 
     def _apply_now(self, stored: dict[str, Any]) -> None:
@@ -290,8 +313,9 @@ class TrafficControl:
         # A model whose entry this gateway cannot apply yet (a version it has just attached to may still be
         # starting) keeps its current routes; retry_pending() tries again.
         if problems and self._pending != stored:  # once per revision, not on every retry
-            log.warning("traffic table revision %s: kept current routes for %s", stored.get("revision"),
-                        "; ".join(problems))
+            log.warning(
+                "traffic table revision %s: kept current routes for %s", stored.get("revision"), "; ".join(problems)
+            )
         self._pending = stored if problems else None
 
     async def _follow(self, revision: int) -> None:

@@ -57,8 +57,7 @@ def _check_version(catalog: Catalog, model: str, version: str, use: str | None) 
     if version not in versions:
         raise not_found(f"model '{model}' has no version '{version}' (it has {', '.join(versions)})")
     if use is not None and not versions[version].ready:
-        raise invalid(f"model '{model}' version '{version}' is not ready ({versions[version].reason}); "
-                      f"it cannot {use}")
+        raise invalid(f"model '{model}' version '{version}' is not ready ({versions[version].reason}); it cannot {use}")
 
 
 def check_table(table: RoutingTable, catalog: Catalog) -> None:
@@ -77,9 +76,13 @@ def check_table(table: RoutingTable, catalog: Catalog) -> None:
 
 def only(table: RoutingTable, models: set[str]) -> RoutingTable:
     """The table's entries for `models` alone."""
-    return table.model_copy(update={"models": {m: s for m, s in table.models.items() if m in models},
-                                    "shadows": {m: s for m, s in table.shadows.items() if m in models},
-                                    "ramps": {m: r for m, r in table.ramps.items() if m in models}})
+    return table.model_copy(
+        update={
+            "models": {m: s for m, s in table.models.items() if m in models},
+            "shadows": {m: s for m, s in table.shadows.items() if m in models},
+            "ramps": {m: r for m, r in table.ramps.items() if m in models},
+        }
+    )
 
 
 def applicable(table: RoutingTable, catalog: Catalog, current: RoutingTable) -> tuple[RoutingTable, list[str]]:
@@ -99,10 +102,12 @@ def applicable(table: RoutingTable, catalog: Catalog, current: RoutingTable) -> 
             problems.append(f"{model}: {exc.message}")
             part = only(current, {model})
         parts.append(part)
-    merged = RoutingTable(revision=table.revision,
-                          models={m: s for p in parts for m, s in p.models.items()},
-                          shadows={m: s for p in parts for m, s in p.shadows.items()},
-                          ramps={m: r for p in parts for m, r in p.ramps.items()})
+    merged = RoutingTable(
+        revision=table.revision,
+        models={m: s for p in parts for m, s in p.models.items()},
+        shadows={m: s for p in parts for m, s in p.shadows.items()},
+        ramps={m: r for p in parts for m, r in p.ramps.items()},
+    )
     return merged, problems
 
 
@@ -173,8 +178,10 @@ class Router:
             return Route(self.catalog.default_version(model).version, "primary", "newest ready version")
         if routing_key is not None:
             # Weighted rendezvous hashing: score w / -ln(h); weight 0 never wins, 100 always does.
-            best = max(range(len(split.versions)), key=lambda i: split.weights[i] / -math.log(
-                _unit_hash(routing_key, split.versions[i])))
+            best = max(
+                range(len(split.versions)),
+                key=lambda i: split.weights[i] / -math.log(_unit_hash(routing_key, split.versions[i])),
+            )
             version, reason = split.versions[best], "sticky routing key"
         else:
             r = self._rng.random() * 100.0

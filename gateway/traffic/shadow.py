@@ -49,18 +49,35 @@ _LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2
 
 class ShadowMetrics:
     def __init__(self, registry: Any) -> None:
-        self.calls = Counter("gateway_shadow_requests", "Shadow calls by outcome", ["model", "version", "code"],
-                             registry=registry)
-        self.dropped = Counter("gateway_shadow_dropped", "Shadow copies not sent or not answered, by reason",
-                               ["model", "version", "reason"], registry=registry)
-        self.compared = Counter("gateway_shadow_comparisons",
-                                "Shadow answers compared with the primary's, by result (agree | disagree)",
-                                ["model", "version", "result"], registry=registry)
-        self.abs_diff = Histogram("gateway_shadow_mean_abs_diff",
-                                  "Mean absolute difference between shadow and primary outputs, per request",
-                                  ["model", "version"], buckets=_DIFF_BUCKETS, registry=registry)
-        self.latency = Histogram("gateway_shadow_duration_seconds", "Latency of answered shadow calls",
-                                 ["model", "version"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self.calls = Counter(
+            "gateway_shadow_requests", "Shadow calls by outcome", ["model", "version", "code"], registry=registry
+        )
+        self.dropped = Counter(
+            "gateway_shadow_dropped",
+            "Shadow copies not sent or not answered, by reason",
+            ["model", "version", "reason"],
+            registry=registry,
+        )
+        self.compared = Counter(
+            "gateway_shadow_comparisons",
+            "Shadow answers compared with the primary's, by result (agree | disagree)",
+            ["model", "version", "result"],
+            registry=registry,
+        )
+        self.abs_diff = Histogram(
+            "gateway_shadow_mean_abs_diff",
+            "Mean absolute difference between shadow and primary outputs, per request",
+            ["model", "version"],
+            buckets=_DIFF_BUCKETS,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "gateway_shadow_duration_seconds",
+            "Latency of answered shadow calls",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
 
 
 def compare(primary: dict[str, np.ndarray], shadow: dict[str, np.ndarray], atol: float) -> tuple[bool, float | None]:
@@ -109,8 +126,15 @@ class _Lane:
 
 
 class ShadowRunner:
-    def __init__(self, catalog: Catalog, call: CallVersion, append: AppendRecord | None, registry: Any,
-                 settings: ShadowSettings | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        call: CallVersion,
+        append: AppendRecord | None,
+        registry: Any,
+        settings: ShadowSettings | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.catalog = catalog
         self.settings = settings or ShadowSettings()
         self._call = call
@@ -125,8 +149,15 @@ class ShadowRunner:
     def inflight(self) -> int:
         return self._held
 
-    def mirror(self, shadows: tuple[tuple[str, float], ...], request: InferRequest, primary_version: str,
-               primary_out: dict[str, np.ndarray] | None, request_id: str, trace_id: str) -> None:
+    def mirror(
+        self,
+        shadows: tuple[tuple[str, float], ...],
+        request: InferRequest,
+        primary_version: str,
+        primary_out: dict[str, np.ndarray] | None,
+        request_id: str,
+        trace_id: str,
+    ) -> None:
         """Queues a copy per shadow version (sampled); returns at once."""
         size: int | None = None
         for version, sample in shadows:
@@ -178,8 +209,11 @@ class ShadowRunner:
                 arrays, n = validate_inputs(info, copy.request.inputs)
             except GatewayError as exc:
                 lane.copies.popleft()
-                refused.append(self._record(info.model, info.version, copy, info, None, exc, Timing(),
-                                            time.monotonic() - copy.queued_at))
+                refused.append(
+                    self._record(
+                        info.model, info.version, copy, info, None, exc, Timing(), time.monotonic() - copy.queued_at
+                    )
+                )
                 continue
             if not info.batching.enabled:
                 if len(batches) == UNBATCHED_CALLS:
@@ -214,8 +248,9 @@ class ShadowRunner:
                 batches, more = [], False
                 while lane.copies:
                     copy = lane.copies.popleft()
-                    records.append(self._record(model, version, copy, None, None, exc, Timing(),
-                                                time.monotonic() - copy.queued_at))
+                    records.append(
+                        self._record(model, version, copy, None, None, exc, Timing(), time.monotonic() - copy.queued_at)
+                    )
             taken = queued - len(lane.copies)
             answers = await asyncio.gather(*(self._call_batch(info, b) for b in batches))
             first = True
@@ -227,10 +262,12 @@ class ShadowRunner:
                     if not first:
                         await asyncio.sleep(0)  # one answer's bookkeeping per loop turn: ready primaries go first
                     first = False
-                    timing = Timing(queue_s=started - copy.queued_at, model_s=took, batch_rows=rows,
-                                    batch_requests=len(batch))
-                    records.append(self._record(model, version, copy, info, part, error, timing,
-                                                time.monotonic() - copy.queued_at))
+                    timing = Timing(
+                        queue_s=started - copy.queued_at, model_s=took, batch_rows=rows, batch_requests=len(batch)
+                    )
+                    records.append(
+                        self._record(model, version, copy, info, part, error, timing, time.monotonic() - copy.queued_at)
+                    )
             await self._log(model, version, records)
             self._held -= taken
             return more
@@ -242,8 +279,9 @@ class ShadowRunner:
             self._abandon(model, version, taken if taken >= 0 else queued - len(lane.copies), "error")
             return False
 
-    async def _call_batch(self, info: VersionInfo,
-                          batch: _Batch) -> tuple[Arrays | None, GatewayError | None, float, float]:
+    async def _call_batch(
+        self, info: VersionInfo, batch: _Batch
+    ) -> tuple[Arrays | None, GatewayError | None, float, float]:
         """(outputs, error, started, took) of the one call carrying `batch`."""
         model, version = info.model, info.version
         started = time.monotonic()
@@ -253,12 +291,16 @@ class ShadowRunner:
                 out = await self._call(info, merged)
             total = sum(n for _, _, n in batch)
             if info.batching.enabled and not rows_match(out, total):
-                raise GatewayError(Code.INTERNAL, f"shadow version '{version}' returned outputs whose first "
-                                   f"dimension is not the batch size {total}")
+                raise GatewayError(
+                    Code.INTERNAL,
+                    f"shadow version '{version}' returned outputs whose first dimension is not the batch size {total}",
+                )
             return out, None, started, time.monotonic() - started
         except TimeoutError:
-            error = GatewayError(Code.DEADLINE_EXCEEDED, f"shadow call to version '{version}' took longer than "
-                                 f"{self.settings.timeout_ms:g} ms")
+            error = GatewayError(
+                Code.DEADLINE_EXCEEDED,
+                f"shadow call to version '{version}' took longer than {self.settings.timeout_ms:g} ms",
+            )
         except Exception as exc:  # noqa: BLE001 - a shadow's failure is recorded, never raised
             error = as_gateway_error(exc, f"shadow model '{model}' version '{version}'")
         return None, error, started, time.monotonic() - started
@@ -268,8 +310,17 @@ class ShadowRunner:
         if count:
             self.metrics.dropped.labels(model, version, reason).inc(count)
 
-    def _record(self, model: str, version: str, copy: _Copy, info: VersionInfo | None, out: Arrays | None,
-                error: GatewayError | None, timing: Timing, total: float) -> RequestRecord | None:
+    def _record(
+        self,
+        model: str,
+        version: str,
+        copy: _Copy,
+        info: VersionInfo | None,
+        out: Arrays | None,
+        error: GatewayError | None,
+        timing: Timing,
+        total: float,
+    ) -> RequestRecord | None:
         """Counts and compares one copy's answer; returns its log record (None when there is no log)."""
         code = error.code.name if error is not None else "OK"
         self.metrics.calls.labels(model, version, code).inc()
@@ -286,11 +337,24 @@ class ShadowRunner:
                     self.metrics.abs_diff.labels(model, version).observe(diff)
         if self._append is None:
             return None
-        outputs = tuple(Tensor(n, spec.datatype, out[n]) for n, spec in info.output_index.items()
-                        if n in out) if out is not None and info is not None else ()
-        return request_record(copy.request, copy.request_id, model=model, version=version, role="shadow",
-                              reason=f"shadow of version {copy.primary_version}", outputs=outputs, error=error,
-                              timing=timing, total_s=total, trace_id=copy.trace_id)
+        outputs = (
+            tuple(Tensor(n, spec.datatype, out[n]) for n, spec in info.output_index.items() if n in out)
+            if out is not None and info is not None
+            else ()
+        )
+        return request_record(
+            copy.request,
+            copy.request_id,
+            model=model,
+            version=version,
+            role="shadow",
+            reason=f"shadow of version {copy.primary_version}",
+            outputs=outputs,
+            error=error,
+            timing=timing,
+            total_s=total,
+            trace_id=copy.trace_id,
+        )
 
     async def _log(self, model: str, version: str, records: list[RequestRecord | None]) -> None:
         """Appends a call's records together (one write of the log's writer); a failure is counted."""

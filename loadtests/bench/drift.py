@@ -34,37 +34,68 @@ TARGET_RECORDS_S = 30_000
 MODEL = "breast_cancer"
 
 
-def records_from(x: np.ndarray, p: np.ndarray, *, model: str = MODEL, version: str = "1", t0: float = 1.7e9,
-                 dt: float = 0.001, rows_per_request: int = 1, role: str = "primary", code: str = "OK",
-                 prefix: str = "r") -> list[RequestRecord]:
+def records_from(
+    x: np.ndarray,
+    p: np.ndarray,
+    *,
+    model: str = MODEL,
+    version: str = "1",
+    t0: float = 1.7e9,
+    dt: float = 0.001,
+    rows_per_request: int = 1,
+    role: str = "primary",
+    code: str = "OK",
+    prefix: str = "r",
+) -> list[RequestRecord]:
     """Request records carrying x (rows, 30) and class-1 probabilities p (rows,), rows_per_request each."""
     out = []
     f32 = NUMPY_DTYPES["FP32"]
     for i, start in enumerate(range(0, x.shape[0], rows_per_request)):
-        xs = x[start:start + rows_per_request].astype(f32)
-        ps = p[start:start + rows_per_request].astype(f32)
+        xs = x[start : start + rows_per_request].astype(f32)
+        ps = p[start : start + rows_per_request].astype(f32)
         probs = np.stack([1 - ps, ps], axis=1).astype(f32)
-        out.append(RequestRecord(
-            request_id=f"{prefix}{i}", time=t0 + i * dt, model=model, version=version, role=role,
-            routing_reason="newest ready version", inputs=(Tensor("features", "FP32", xs),),
-            outputs=(Tensor("probabilities", "FP32", probs),
-                     Tensor("label", "INT64", (ps > 0.5).astype(np.int64))),
-            code=code, error="", queue_ms=0.05, model_ms=1.5, total_ms=2.0, batch_rows=8, client="127.0.0.1:5000",
-            protocol="grpc"))
+        out.append(
+            RequestRecord(
+                request_id=f"{prefix}{i}",
+                time=t0 + i * dt,
+                model=model,
+                version=version,
+                role=role,
+                routing_reason="newest ready version",
+                inputs=(Tensor("features", "FP32", xs),),
+                outputs=(Tensor("probabilities", "FP32", probs), Tensor("label", "INT64", (ps > 0.5).astype(np.int64))),
+                code=code,
+                error="",
+                queue_ms=0.05,
+                model_ms=1.5,
+                total_ms=2.0,
+                batch_rows=8,
+                client="127.0.0.1:5000",
+                protocol="grpc",
+            )
+        )
     return out
 
 
-def write_log(root: Path, records: list[RequestRecord], gateway_id: str = "gw", rotate_bytes: int = 8 << 20,
-              chunk: int = 5000) -> str:
+def write_log(
+    root: Path, records: list[RequestRecord], gateway_id: str = "gw", rotate_bytes: int = 8 << 20, chunk: int = 5000
+) -> str:
     """Appends the records with the gateway's RequestLogWriter, `chunk` at a time (rotation is checked between
     writes); returns the writer's gateway id."""
-    settings = RequestLogSettings(dir=root, gateway_id=gateway_id, durability="async", rotate_bytes=rotate_bytes,
-                                  max_queue_records=1_000_000, retain_bytes=None, retain_s=None)
+    settings = RequestLogSettings(
+        dir=root,
+        gateway_id=gateway_id,
+        durability="async",
+        rotate_bytes=rotate_bytes,
+        max_queue_records=1_000_000,
+        retain_bytes=None,
+        retain_s=None,
+    )
 
     async def go() -> str:
         w = RequestLogWriter(settings).start()
         for i in range(0, len(records), chunk):
-            await asyncio.gather(*(w.append(r) for r in records[i:i + chunk]))
+            await asyncio.gather(*(w.append(r) for r in records[i : i + chunk]))
             await w.flush()
         await w.close()
         return w.gateway_id
@@ -105,22 +136,41 @@ def _measure(args: argparse.Namespace) -> None:
 
     startup_s = time.perf_counter() - t0
     work = Path(args.work)
-    settings = DriftSettings(state_file=work / "state.npz", reports_dir=work / "reports", window_rows=args.window_rows,
-                             plot_interval_s=args.plot_interval_s, retrain=False, commit_interval_s=5.0)
+    settings = DriftSettings(
+        state_file=work / "state.npz",
+        reports_dir=work / "reports",
+        window_rows=args.window_rows,
+        plot_interval_s=args.plot_interval_s,
+        retrain=False,
+        commit_interval_s=5.0,
+    )
     sidecar = Sidecar(settings, Path(args.repository), work / "log")
     rss0 = _peak_rss_mib()
     start, cpu0 = time.perf_counter(), time.process_time()
     sidecar.run(threading.Event(), once=True)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    print(json.dumps({"records": sidecar.progress.records, "windows": sidecar.progress.windows, "wall_s": wall,
-                      "import_s": startup_s,
-                      "cpu_s": cpu, "rss_before_mib": rss0, "peak_rss_mib": _peak_rss_mib(),
-                      "counts": sidecar.counts}))
+    print(
+        json.dumps(
+            {
+                "records": sidecar.progress.records,
+                "windows": sidecar.progress.windows,
+                "wall_s": wall,
+                "import_s": startup_s,
+                "cpu_s": cpu,
+                "rss_before_mib": rss0,
+                "peak_rss_mib": _peak_rss_mib(),
+                "counts": sidecar.counts,
+            }
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.bench.drift", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.bench.drift",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--records", type=int, default=200_000, help="records in the generated log (default 200000)")
     p.add_argument("--window-rows", type=int, default=1000, help="drift.window_rows (default 1000)")
     p.add_argument("--plot-interval-s", type=float, default=30.0, help="drift.plot_interval_s (default 30)")
@@ -153,10 +203,27 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running the sidecar over it (round {i + 1} of {args.rounds}) ...", file=sys.stderr)
             shutil.rmtree(work / "reports", ignore_errors=True)
             (work / "state.npz").unlink(missing_ok=True)
-            cmd = [sys.executable, "-m", "loadtests.bench.drift", "--measure", "--work", str(work), "--repository",
-                   str(repo), "--window-rows", str(args.window_rows), "--plot-interval-s", str(args.plot_interval_s)]
-            out = subprocess.run(cmd, check=False, capture_output=True, text=True, env={
-                **os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+            cmd = [
+                sys.executable,
+                "-m",
+                "loadtests.bench.drift",
+                "--measure",
+                "--work",
+                str(work),
+                "--repository",
+                str(repo),
+                "--window-rows",
+                str(args.window_rows),
+                "--plot-interval-s",
+                str(args.plot_interval_s),
+            ]
+            out = subprocess.run(
+                cmd,
+                check=False,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+            )
             if out.returncode != 0:
                 raise SystemExit(f"the measured sidecar failed:\n{out.stderr[-3000:]}")
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -164,16 +231,28 @@ def main(argv: list[str] | None = None) -> int:
     per_cpu = sorted(r["records"] / r["cpu_s"] for r in runs)
     m = runs[-1]
     rate = statistics.median(rates)
-    result = {"records": m["records"], "windows": m["windows"], "window_rows": args.window_rows, "log_bytes": size,
-              "bytes_per_record": size / max(m["records"], 1), "rounds": runs, "records_per_s_median": rate,
-              "records_per_s_best": rates[-1], "records_per_cpu_s_median": statistics.median(per_cpu),
-              "peak_rss_mib": max(r["peak_rss_mib"] for r in runs), "import_s": m["import_s"],
-              "target_records_per_s": TARGET_RECORDS_S, "ratio_to_target_median": rate / TARGET_RECORDS_S}
-    print(f"{m['records']} records ({size / max(m['records'], 1):.0f} bytes each), {m['windows']} windows of "
-          f"{args.window_rows} rows, {args.rounds} rounds: median {rate:,.0f} records/s wall (best {rates[-1]:,.0f}), "
-          f"median {result['records_per_cpu_s_median']:,.0f} per CPU second; {rate / TARGET_RECORDS_S:.2f}x the "
-          f"30,000/s target (best {rates[-1] / TARGET_RECORDS_S:.2f}x); peak RSS {result['peak_rss_mib']:.0f} MiB "
-          f"({m['rss_before_mib']:.0f} MiB before reading, imports included)")
+    result = {
+        "records": m["records"],
+        "windows": m["windows"],
+        "window_rows": args.window_rows,
+        "log_bytes": size,
+        "bytes_per_record": size / max(m["records"], 1),
+        "rounds": runs,
+        "records_per_s_median": rate,
+        "records_per_s_best": rates[-1],
+        "records_per_cpu_s_median": statistics.median(per_cpu),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        "import_s": m["import_s"],
+        "target_records_per_s": TARGET_RECORDS_S,
+        "ratio_to_target_median": rate / TARGET_RECORDS_S,
+    }
+    print(
+        f"{m['records']} records ({size / max(m['records'], 1):.0f} bytes each), {m['windows']} windows of "
+        f"{args.window_rows} rows, {args.rounds} rounds: median {rate:,.0f} records/s wall (best {rates[-1]:,.0f}), "
+        f"median {result['records_per_cpu_s_median']:,.0f} per CPU second; {rate / TARGET_RECORDS_S:.2f}x the "
+        f"30,000/s target (best {rates[-1] / TARGET_RECORDS_S:.2f}x); peak RSS {result['peak_rss_mib']:.0f} MiB "
+        f"({m['rss_before_mib']:.0f} MiB before reading, imports included)"
+    )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

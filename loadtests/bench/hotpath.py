@@ -67,9 +67,14 @@ class _Context:
 
 def _version() -> VersionInfo:
     spec = [TensorSpecModel(name="INPUT0", datatype="FP32", shape=[-1, ECHO_WIDTH])]
-    manifest = Manifest(name=ECHO, version="1", runtime="array", inputs=spec,
-                        outputs=[TensorSpecModel(name="OUTPUT0", datatype="FP32", shape=[-1, ECHO_WIDTH])],
-                        batching=Batching(max_batch_size=512, max_queue_rows=16384))
+    manifest = Manifest(
+        name=ECHO,
+        version="1",
+        runtime="array",
+        inputs=spec,
+        outputs=[TensorSpecModel(name="OUTPUT0", datatype="FP32", shape=[-1, ECHO_WIDTH])],
+        batching=Batching(max_batch_size=512, max_queue_rows=16384),
+    )
     info = VersionInfo.from_manifest(manifest, BatchingOverride())
     info.state = "READY"
     return info
@@ -82,9 +87,10 @@ async def _round(args: argparse.Namespace, log_dir: Path, profile: cProfile.Prof
     servicer = InferenceServicer(plane, 1 << 20, 30.0)
     context = _Context()
     request = pb.ModelInferRequest(
-        model_name=ECHO, inputs=[pb.ModelInferRequest.InferInputTensor(name="INPUT0", datatype="FP32",
-                                                                       shape=[1, ECHO_WIDTH])],
-        raw_input_contents=[np.ones((1, ECHO_WIDTH), np.float32).tobytes()]).SerializeToString()
+        model_name=ECHO,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="INPUT0", datatype="FP32", shape=[1, ECHO_WIDTH])],
+        raw_input_contents=[np.ones((1, ECHO_WIDTH), np.float32).tobytes()],
+    ).SerializeToString()
     left = 0
 
     async def client() -> None:
@@ -112,15 +118,23 @@ async def _round(args: argparse.Namespace, log_dir: Path, profile: cProfile.Prof
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.bench.hotpath", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.bench.hotpath",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--requests", type=int, default=60_000, help="requests per round (default 60000)")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
     p.add_argument("--rounds", type=int, default=5, help="rounds; medians are reported (default 5)")
     p.add_argument("--model-ms", type=float, default=2.0, help="the stand-in model's time per batch (default 2)")
     p.add_argument("--no-log", action="store_true", help="run without the request log")
-    p.add_argument("--profile", type=int, metavar="N", default=0,
-                   help="profile the last round with cProfile and print its N costliest functions")
+    p.add_argument(
+        "--profile",
+        type=int,
+        metavar="N",
+        default=0,
+        help="profile the last round with cProfile and print its N costliest functions",
+    )
     p.add_argument("--out", type=Path, help="write every round and the medians as JSON here")
     args = p.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.rounds < 1:
@@ -131,17 +145,25 @@ def main(argv: list[str] | None = None) -> int:
             profile = cProfile.Profile() if args.profile and r == args.rounds - 1 else None
             result = uvloop.run(_round(args, Path(tmp) / f"log-{r}", profile))
             rounds.append(result)
-            print(f"round {r + 1}/{args.rounds}: {result['req_per_s']:8.0f} req/s  event loop "
-                  f"{result['loop_us']:5.1f} us/request  process {result['process_us']:5.1f} us/request", flush=True)
+            print(
+                f"round {r + 1}/{args.rounds}: {result['req_per_s']:8.0f} req/s  event loop "
+                f"{result['loop_us']:5.1f} us/request  process {result['process_us']:5.1f} us/request",
+                flush=True,
+            )
             if profile is not None:
                 pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile)
     medians = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    print(f"median ({'request log off' if args.no_log else 'request log on'}): event loop "
-          f"{medians['loop_us']:.1f} us/request, process {medians['process_us']:.1f} us/request"
-          + (" (the last round ran under the profiler)" if args.profile else ""))
+    print(
+        f"median ({'request log off' if args.no_log else 'request log on'}): event loop "
+        f"{medians['loop_us']:.1f} us/request, process {medians['process_us']:.1f} us/request"
+        + (" (the last round ran under the profiler)" if args.profile else "")
+    )
     if args.out:
-        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rounds": rounds,
-                                        "medians": medians}, indent=2))
+        args.out.write_text(
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "rounds": rounds, "medians": medians}, indent=2
+            )
+        )
     return 0
 
 

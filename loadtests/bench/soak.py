@@ -57,9 +57,11 @@ class Tally:
 def model_input(grpc_address: str, model: str) -> tuple[pb.ModelInferRequest, dict[str, Any]]:
     """A valid request for `model` built from its metadata (variable dimensions as 1), for both doors."""
     with grpc.insecure_channel(grpc_address) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelMetadata",
-                                   request_serializer=pb.ModelMetadataRequest.SerializeToString,
-                                   response_deserializer=pb.ModelMetadataResponse.FromString)
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelMetadata",
+            request_serializer=pb.ModelMetadataRequest.SerializeToString,
+            response_deserializer=pb.ModelMetadataResponse.FromString,
+        )
         md = call(pb.ModelMetadataRequest(name=model), timeout=30)
     req = pb.ModelInferRequest(model_name=model)
     inputs = []
@@ -75,8 +77,16 @@ def model_input(grpc_address: str, model: str) -> tuple[pb.ModelInferRequest, di
     return req, {"inputs": inputs}
 
 
-async def worker(n: int, args: argparse.Namespace, tally: Tally, stop: asyncio.Event, valid_grpc: bytes,
-                 valid_http: bytes, channel: grpc.aio.Channel, http: httpx.AsyncClient) -> None:
+async def worker(
+    n: int,
+    args: argparse.Namespace,
+    tally: Tally,
+    stop: asyncio.Event,
+    valid_grpc: bytes,
+    valid_http: bytes,
+    channel: grpc.aio.Channel,
+    http: httpx.AsyncClient,
+) -> None:
     rng = random.Random(n)
     call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
     url = f"{args.http}/v2/models/{args.model}/infer"
@@ -107,10 +117,14 @@ async def soak(args: argparse.Namespace, pid: int) -> int:
     tally, stop = Tally(), asyncio.Event()
     samples: list[tuple[float, float]] = []
     started = time.monotonic()
-    async with grpc.aio.insecure_channel(args.grpc) as channel, \
-            httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=args.concurrency)) as http:
-        tasks = [asyncio.create_task(worker(n, args, tally, stop, valid_grpc, valid_http, channel, http))
-                 for n in range(args.concurrency)]
+    async with (
+        grpc.aio.insecure_channel(args.grpc) as channel,
+        httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=args.concurrency)) as http,
+    ):
+        tasks = [
+            asyncio.create_task(worker(n, args, tally, stop, valid_grpc, valid_http, channel, http))
+            for n in range(args.concurrency)
+        ]
         last_sent, last_t = 0, started
         while (now := time.monotonic()) - started < args.duration:
             await asyncio.sleep(min(args.sample_every, max(0.0, args.duration - (now - started))))
@@ -122,34 +136,53 @@ async def soak(args: argparse.Namespace, pid: int) -> int:
             rate = (tally.sent - last_sent) / max(1e-9, now - last_t)
             last_sent, last_t = tally.sent, now
             growth = f"{rss - base:+.1f} MB since warm-up" if base is not None else "warming up"
-            print(f"t={now - started:6.0f}s  rss={rss:7.1f} MB ({growth})  requests={tally.sent} ({rate:.0f}/s)  "
-                  f"{dict(tally.codes.most_common(6))}", flush=True)
+            print(
+                f"t={now - started:6.0f}s  rss={rss:7.1f} MB ({growth})  requests={tally.sent} ({rate:.0f}/s)  "
+                f"{dict(tally.codes.most_common(6))}",
+                flush=True,
+            )
         stop.set()
         await asyncio.gather(*tasks)
     warm = [r for t, r in samples if t >= args.warmup]
     if len(warm) < 6:
-        print(f"soak: too few samples after the warm-up ({len(warm)}); run longer than --warmup plus "
-              f"6 x --sample-every", file=sys.stderr)
+        print(
+            f"soak: too few samples after the warm-up ({len(warm)}); run longer than --warmup plus 6 x --sample-every",
+            file=sys.stderr,
+        )
         return 2
     base, end = statistics.median(warm[:3]), statistics.median(warm[-3:])
     times = [t for t, _ in samples if t >= args.warmup]
     slope = float(np.polyfit(times, warm, 1)[0]) * 60 if len(set(times)) > 1 else 0.0
     # 503 / UNAVAILABLE is back-pressure, an answer from the error table; other 5xx would be faults.
-    server_errors = {c: n for c, n in tally.codes.items()
-                     if c in ("INTERNAL", "UNKNOWN") or (c.startswith("HTTP 5") and c != "HTTP 503")}
-    report = {"duration_s": round(samples[-1][0], 1), "requests": tally.sent, "codes": dict(tally.codes),
-              "rss_mb": {"start": samples[0][1], "after_warmup": base, "end": end, "peak": max(r for _, r in samples)},
-              "growth_mb": round(end - base, 1), "slope_mb_per_min": round(slope, 2),
-              "max_growth_mb": args.max_growth_mb, "samples": samples}
+    server_errors = {
+        c: n
+        for c, n in tally.codes.items()
+        if c in ("INTERNAL", "UNKNOWN") or (c.startswith("HTTP 5") and c != "HTTP 503")
+    }
+    report = {
+        "duration_s": round(samples[-1][0], 1),
+        "requests": tally.sent,
+        "codes": dict(tally.codes),
+        "rss_mb": {"start": samples[0][1], "after_warmup": base, "end": end, "peak": max(r for _, r in samples)},
+        "growth_mb": round(end - base, 1),
+        "slope_mb_per_min": round(slope, 2),
+        "max_growth_mb": args.max_growth_mb,
+        "samples": samples,
+    }
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2))
-    print(f"\nsoak: {tally.sent} requests in {report['duration_s']} s; RSS {base:.1f} MB after warm-up -> "
-          f"{end:.1f} MB at the end ({end - base:+.1f} MB, {slope:+.2f} MB/min), peak {report['rss_mb']['peak']:.1f}"
-          f" MB; codes {dict(tally.codes)}")
+    print(
+        f"\nsoak: {tally.sent} requests in {report['duration_s']} s; RSS {base:.1f} MB after warm-up -> "
+        f"{end:.1f} MB at the end ({end - base:+.1f} MB, {slope:+.2f} MB/min), peak {report['rss_mb']['peak']:.1f}"
+        f" MB; codes {dict(tally.codes)}"
+    )
     failed = False
     if end - base > args.max_growth_mb:
-        print(f"soak: FAILED: resident memory grew {end - base:.1f} MB after the warm-up, over the bound of "
-              f"{args.max_growth_mb} MB (--max-growth-mb); a leak or an unbounded queue is likely", file=sys.stderr)
+        print(
+            f"soak: FAILED: resident memory grew {end - base:.1f} MB after the warm-up, over the bound of "
+            f"{args.max_growth_mb} MB (--max-growth-mb); a leak or an unbounded queue is likely",
+            file=sys.stderr,
+        )
         failed = True
     if server_errors:
         print(f"soak: FAILED: server errors {server_errors}", file=sys.stderr)
@@ -160,11 +193,29 @@ async def soak(args: argparse.Namespace, pid: int) -> int:
 def start_gateway(stack: ExitStack, workdir: Path) -> tuple[int, str, str]:
     """A gateway of its own (embedded Ray, example models) for the soak; stopped with SIGTERM at the end."""
     ready, log = workdir / "ready.json", workdir / "gateway.log"
-    env = {"GATEWAY_REQUEST_LOG__DIR": str(workdir / "request_log"), "RAY_USAGE_STATS_ENABLED": "0",
-           "GATEWAY_TRAFFIC_FILE": str(workdir / "traffic_table.json")}
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(workdir / "repository"),
-           "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ray-num-cpus", "2",
-           "--ready-file", str(ready)]
+    env = {
+        "GATEWAY_REQUEST_LOG__DIR": str(workdir / "request_log"),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "GATEWAY_TRAFFIC_FILE": str(workdir / "traffic_table.json"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--repository",
+        str(workdir / "repository"),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--ray-num-cpus",
+        "2",
+        "--ready-file",
+        str(ready),
+    ]
     print(f"starting a gateway (log: {log})...", flush=True)
     proc = stack.enter_context(process(cmd, log, env, stop_timeout_s=60))
     info = wait_for_file(ready, proc, log)
@@ -172,22 +223,38 @@ def start_gateway(stack: ExitStack, workdir: Path) -> tuple[int, str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtests.bench.soak", description=__doc__.split("\n\n")[0],
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m loadtests.bench.soak",
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--start", action="store_true", help="start a gateway of its own (embedded Ray, example models)")
     p.add_argument("--pid", type=int, help="process id of the gateway to watch (without --start)")
     p.add_argument("--grpc", default="127.0.0.1:8001", help="gRPC door host:port (default 127.0.0.1:8001)")
     p.add_argument("--http", default="http://127.0.0.1:8000", help="HTTP door URL (default http://127.0.0.1:8000)")
     p.add_argument("--model", default="echo", help="model to call (default echo)")
     p.add_argument("--duration", type=parse_duration, default=parse_duration("5m"), help="how long (default 5m)")
-    p.add_argument("--warmup", type=parse_duration, default=parse_duration("60s"),
-                   help="load before the memory baseline is taken (default 60s)")
-    p.add_argument("--sample-every", type=parse_duration, default=parse_duration("10s"),
-                   help="RSS sampling and progress interval (default 10s)")
+    p.add_argument(
+        "--warmup",
+        type=parse_duration,
+        default=parse_duration("60s"),
+        help="load before the memory baseline is taken (default 60s)",
+    )
+    p.add_argument(
+        "--sample-every",
+        type=parse_duration,
+        default=parse_duration("10s"),
+        help="RSS sampling and progress interval (default 10s)",
+    )
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight, half per door (default 16)")
     p.add_argument("--malformed-share", type=float, default=0.1, help="share of malformed requests (default 0.1)")
-    p.add_argument("--max-growth-mb", type=float, default=50.0,
-                   help="resident memory growth allowed after the warm-up (default 50)")
+    p.add_argument(
+        "--max-growth-mb",
+        type=float,
+        default=50.0,
+        help="resident memory growth allowed after the warm-up (default 50)",
+    )
     p.add_argument("--report", help="write a JSON report here")
     args = p.parse_args(argv)
     if not args.start and args.pid is None:

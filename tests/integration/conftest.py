@@ -26,7 +26,7 @@ from contract.repository import Repository
 from loadtests.harness import process, wait_for_file
 from serving.examples import ensure_examples
 
-FAULTY_MODEL = '''
+FAULTY_MODEL = """
 import numpy as np
 
 def predict(inputs):
@@ -34,8 +34,8 @@ def predict(inputs):
     if (x < 0).any():
         raise ValueError("negative input")
     return {"y": x * 2}
-'''
-STALL_MODEL = '''
+"""
+STALL_MODEL = """
 import time
 
 def predict(inputs):
@@ -43,26 +43,26 @@ def predict(inputs):
     if (x == 777).any():  # the marker value stalls the replica, as a real server stall would
         time.sleep(0.5)
     return {"y": x}
-'''
-BROKEN_MODEL = '''
+"""
+BROKEN_MODEL = """
 def predict(inputs):
     raise RuntimeError("this version is broken")
-'''
-SLOW_MODEL = '''
+"""
+SLOW_MODEL = """
 import time
 
 def predict(inputs):
     time.sleep(0.05)
     return {"y": inputs["x"]}
-'''
+"""
 STALL_MARKER = 777.0
-FAULT_MODEL = '''
+FAULT_MODEL = """
 import time
 
 def predict(inputs):
     time.sleep(0.02)  # long enough that a killed replica has calls in flight
     return {"y": inputs["x"]}
-'''
+"""
 FLOOD_QUEUE_ROWS = 8
 MAX_REQUEST_BYTES = 1 << 20
 T = TypeVar("T")
@@ -109,8 +109,13 @@ def build_test_repository(root: Path) -> None:
     fault = faulty.model_copy(update={"name": "fault", "replicas": 2, "cpus_per_replica": 0.05})
     repo.write_version(fault, lambda d: (d / "model.py").write_text(FAULT_MODEL))
     # The stalling model two rows per batch: 16 stalled requests keep it busy for 4 s (SIGTERM drain test).
-    drain = stall.model_copy(update={"name": "drain", "cpus_per_replica": 0.05,
-                                     "batching": Batching(max_batch_size=2, replica_max_batch_size=1)})
+    drain = stall.model_copy(
+        update={
+            "name": "drain",
+            "cpus_per_replica": 0.05,
+            "batching": Batching(max_batch_size=2, replica_max_batch_size=1),
+        }
+    )
     repo.write_version(drain, lambda d: (d / "model.py").write_text(STALL_MODEL))
     echo = repo.load("echo", "1").manifest
     gpu = echo.model_copy(update={"version": "2", "accelerator": Accelerator(kind="gpu", count=1)})
@@ -123,24 +128,53 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
     repository = root / "repository"
     build_test_repository(repository)
     ready_file, log_file = root / "ready.json", root / "gateway.log"
-    env = {"GATEWAY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES), "RAY_USAGE_STATS_ENABLED": "0",
-           "GATEWAY_REQUEST_LOG__DIR": str(root / "request_log"), "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
-           "GATEWAY_ADMIN_PORT": "0", "GATEWAY_TRAFFIC_FILE": str(root / "traffic_table.json")}
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository), "--http-port", "0",
-           "--grpc-port", "0", "--metrics-port", "0", "--ray-num-cpus", "2", "--ready-file", str(ready_file)]
+    env = {
+        "GATEWAY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "GATEWAY_REQUEST_LOG__DIR": str(root / "request_log"),
+        "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
+        "GATEWAY_ADMIN_PORT": "0",
+        "GATEWAY_TRAFFIC_FILE": str(root / "traffic_table.json"),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--repository",
+        str(repository),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--ray-num-cpus",
+        "2",
+        "--ready-file",
+        str(ready_file),
+    ]
     with process(cmd, log_file, env, stop_timeout_s=60) as proc:
         info = wait_ready(ready_file, proc, log_file, 240)
-        yield RunningGateway(f"127.0.0.1:{info['http_port']}", f"127.0.0.1:{info['grpc_port']}", info["metrics"],
-                             repository, log_file, root / "request_log", info["ray_address"],
-                             f"http://127.0.0.1:{info['admin_port']}")
+        yield RunningGateway(
+            f"127.0.0.1:{info['http_port']}",
+            f"127.0.0.1:{info['grpc_port']}",
+            info["metrics"],
+            repository,
+            log_file,
+            root / "request_log",
+            info["ray_address"],
+            f"http://127.0.0.1:{info['admin_port']}",
+        )
 
 
 def run_onnx(repository: Path, version: str, x: np.ndarray) -> dict[str, np.ndarray]:
     """The model run directly, without the gateway: the ground truth for gateway answers."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(repository / "breast_cancer" / version / "model.onnx"),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(repository / "breast_cancer" / version / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     probabilities, label = sess.run(["probabilities", "label"], {"features": x})
     return {"probabilities": probabilities, "label": label}
 
@@ -152,8 +186,24 @@ def second_gateway(gw: RunningGateway, tmp_path: Path) -> Iterator[tuple[subproc
     It attaches to the model versions the session gateway already runs, so it starts in seconds."""
     ready, log_dir, out = tmp_path / "ready.json", tmp_path / "request_log", tmp_path / "gateway.log"
     env = {"GATEWAY_REQUEST_LOG__DIR": str(log_dir), "GATEWAY_EXAMPLE_MODELS": "false"}
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(gw.repository), "--ray-address",
-           gw.ray_address, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(ready)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--repository",
+        str(gw.repository),
+        "--ray-address",
+        gw.ray_address,
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--ready-file",
+        str(ready),
+    ]
     with process(cmd, out, env) as proc:
         info = wait_ready(ready, proc, out, 120)
         yield proc, f"127.0.0.1:{info['grpc_port']}", log_dir, f"http://127.0.0.1:{info['http_port']}"

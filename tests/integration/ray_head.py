@@ -54,13 +54,39 @@ def ray_head(num_cpus: int = 1) -> Iterator[RayHead]:
     gcs, dash, client, agent, agent_grpc, env_agent, metrics, node, objects = free_ports(9)
     temp = tempfile.mkdtemp(prefix="rayjobs-", dir="/tmp")  # short: Ray's socket paths have a length limit
     log = Path(temp) / "ray-start.log"
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus", str(num_cpus),
-           "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-           "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
-           "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
-           "--runtime-env-agent-port", str(env_agent), "--metrics-export-port", str(metrics),
-           "--node-manager-port", str(node), "--object-manager-port", str(objects), "--temp-dir", temp,
-           "--disable-usage-stats"]
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus",
+        str(num_cpus),
+        "--port",
+        str(gcs),
+        "--include-dashboard",
+        "true",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        "--ray-client-server-port",
+        str(client),
+        "--dashboard-agent-listen-port",
+        str(agent),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--runtime-env-agent-port",
+        str(env_agent),
+        "--metrics-export-port",
+        str(metrics),
+        "--node-manager-port",
+        str(node),
+        "--object-manager-port",
+        str(objects),
+        "--temp-dir",
+        temp,
+        "--disable-usage-stats",
+    ]
     address = f"http://127.0.0.1:{dash}"
     with process(cmd, log, stop_timeout_s=20) as proc:
         try:

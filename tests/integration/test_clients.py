@@ -19,8 +19,10 @@ MODEL = "breast_cancer"
 
 
 def clients(gw: RunningGateway) -> list[tuple[object, object]]:
-    return [(grpcclient, grpcclient.InferenceServerClient(gw.grpc)),
-            (httpclient, httpclient.InferenceServerClient(gw.http))]
+    return [
+        (grpcclient, grpcclient.InferenceServerClient(gw.grpc)),
+        (httpclient, httpclient.InferenceServerClient(gw.http)),
+    ]
 
 
 def test_health_metadata_and_index(gateway: RunningGateway) -> None:
@@ -29,8 +31,9 @@ def test_health_metadata_and_index(gateway: RunningGateway) -> None:
         assert c.is_model_ready(MODEL) and c.is_model_ready(MODEL, "1") and c.is_model_ready(MODEL, "2")
         md = c.get_model_metadata(MODEL, as_json=True) if mod is grpcclient else c.get_model_metadata(MODEL)
         assert md["name"] == MODEL and md["versions"] == ["1", "2"] and md["platform"] == "onnxruntime_onnx"
-        assert md["inputs"] == [{"name": "features", "datatype": "FP32", "shape": ["-1", "30"]
-                                 if mod is grpcclient else [-1, 30]}]
+        assert md["inputs"] == [
+            {"name": "features", "datatype": "FP32", "shape": ["-1", "30"] if mod is grpcclient else [-1, 30]}
+        ]
         assert [o["name"] for o in md["outputs"]] == ["probabilities", "label"]
         server = c.get_server_metadata(as_json=True) if mod is grpcclient else c.get_server_metadata()
         assert "binary_tensor_data" in server["extensions"]
@@ -91,7 +94,8 @@ def test_raw_stub_with_typed_contents(gateway: RunningGateway) -> None:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         listed = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         services = {s.name for r in listed for s in r.list_services_response.service}
         assert "inference.GRPCInferenceService" in services and "grpc.health.v1.Health" in services
 
@@ -99,15 +103,15 @@ def test_raw_stub_with_typed_contents(gateway: RunningGateway) -> None:
 def test_plain_http_json(gateway: RunningGateway) -> None:
     x = gateway.reference_inputs()[:2]
     expected = run_onnx(gateway.repository, "1", x)
-    body = {"id": "plain", "inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 30],
-                                       "data": x.tolist()}]}
+    body = {"id": "plain", "inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 30], "data": x.tolist()}]}
     with httpx.Client(base_url=gateway.http_url) as http:
         r = http.post(f"/v2/models/{MODEL}/versions/1/infer", json=body)
         assert r.status_code == 200, r.text
         out = {o["name"]: o for o in r.json()["outputs"]}
         assert r.json()["model_version"] == "1" and r.headers["x-model-version"] == "1"
-        np.testing.assert_allclose(np.array(out["probabilities"]["data"]).reshape(2, 2),
-                                   expected["probabilities"], rtol=1e-6)
+        np.testing.assert_allclose(
+            np.array(out["probabilities"]["data"]).reshape(2, 2), expected["probabilities"], rtol=1e-6
+        )
         assert out["label"]["shape"] == [2] and out["label"]["datatype"] == "INT64"
         assert http.get("/v2/health/live").json() == {"live": True}
         assert http.get(f"/v2/models/{MODEL}/versions/2").json()["versions"] == ["2"]

@@ -18,8 +18,12 @@ def distinct_inputs(gw: RunningGateway) -> list[np.ndarray]:
     base = gw.reference_inputs()
     rng = np.random.default_rng(7)
     # 1-3 rows per request, each row a jittered training row: every request's answer is its own.
-    return [(base[rng.integers(0, len(base), size=int(rng.integers(1, 4)))]
-             * rng.uniform(0.8, 1.2, size=(1, 30))).astype(np.float32) for _ in range(N)]
+    return [
+        (base[rng.integers(0, len(base), size=int(rng.integers(1, 4)))] * rng.uniform(0.8, 1.2, size=(1, 30))).astype(
+            np.float32
+        )
+        for _ in range(N)
+    ]
 
 
 def test_500_concurrent_grpc_requests(gateway: RunningGateway) -> None:
@@ -28,11 +32,13 @@ def test_500_concurrent_grpc_requests(gateway: RunningGateway) -> None:
     async def main() -> list[np.ndarray]:
         client = grpcaio.InferenceServerClient(gateway.grpc)
         try:
+
             async def one(x: np.ndarray) -> np.ndarray:
                 inp = InferInput("features", list(x.shape), "FP32")
                 inp.set_data_from_numpy(x)
                 result = await client.infer("breast_cancer", [inp], model_version="1")
                 return np.asarray(result.as_numpy("probabilities"))
+
             return await asyncio.gather(*(one(x) for x in xs))
         finally:
             await client.close()
@@ -48,9 +54,20 @@ def test_500_concurrent_http_requests(gateway: RunningGateway) -> None:
     async def main() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=100)
         async with httpx.AsyncClient(base_url=gateway.http_url, limits=limits, timeout=60) as http:
-            return await asyncio.gather(*(http.post("/v2/models/breast_cancer/versions/2/infer", json={
-                "inputs": [{"name": "features", "datatype": "FP32", "shape": list(x.shape), "data": x.tolist()}],
-                "outputs": [{"name": "probabilities"}]}) for x in xs))
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        "/v2/models/breast_cancer/versions/2/infer",
+                        json={
+                            "inputs": [
+                                {"name": "features", "datatype": "FP32", "shape": list(x.shape), "data": x.tolist()}
+                            ],
+                            "outputs": [{"name": "probabilities"}],
+                        },
+                    )
+                    for x in xs
+                )
+            )
 
     for x, r in zip(xs, asyncio.run(main()), strict=True):
         assert r.status_code == 200, r.text

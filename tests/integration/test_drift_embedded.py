@@ -37,19 +37,39 @@ def answers(url: str) -> bool:
         return False
 
 
-
 def test_the_embedded_gateway_runs_the_sidecar_and_the_jobs_api(tmp_path: Path) -> None:
     write_echo(Repository(tmp_path / "repository"))
     dashboard, metrics = free_ports(2)
     ready, out = tmp_path / "ready.json", tmp_path / "gateway.log"
-    env = {"GATEWAY_EXAMPLE_MODELS": "false", "GATEWAY_REQUEST_LOG__DIR": str(tmp_path / "log"),
-           "GATEWAY_TRAFFIC_FILE": str(tmp_path / "traffic.json"), "GATEWAY_DRIFT__ENABLED": "true",
-           "GATEWAY_DRIFT__JOBS_ADDRESS": f"http://127.0.0.1:{dashboard}",
-           "GATEWAY_DRIFT__METRICS_PORT": str(metrics), "GATEWAY_DRIFT__STATE_FILE": str(tmp_path / "state.npz"),
-           "GATEWAY_DRIFT__REPORTS_DIR": str(tmp_path / "reports"), "RAY_USAGE_STATS_ENABLED": "0"}
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(tmp_path / "repository"),
-           "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ray-num-cpus", "1",
-           "--ready-file", str(ready)]
+    env = {
+        "GATEWAY_EXAMPLE_MODELS": "false",
+        "GATEWAY_REQUEST_LOG__DIR": str(tmp_path / "log"),
+        "GATEWAY_TRAFFIC_FILE": str(tmp_path / "traffic.json"),
+        "GATEWAY_DRIFT__ENABLED": "true",
+        "GATEWAY_DRIFT__JOBS_ADDRESS": f"http://127.0.0.1:{dashboard}",
+        "GATEWAY_DRIFT__METRICS_PORT": str(metrics),
+        "GATEWAY_DRIFT__STATE_FILE": str(tmp_path / "state.npz"),
+        "GATEWAY_DRIFT__REPORTS_DIR": str(tmp_path / "reports"),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--repository",
+        str(tmp_path / "repository"),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--ray-num-cpus",
+        "1",
+        "--ready-file",
+        str(ready),
+    ]
     with process(cmd, out, env, stop_timeout_s=60) as gw:
         http = wait_ready(ready, gw, out, 240)["http_port"]
         # The embedded Ray serves the Jobs API where drift.jobs_address says.

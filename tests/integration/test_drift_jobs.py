@@ -44,7 +44,10 @@ def test_the_same_submission_id_twice_is_one_job(jobs_address: str) -> None:
     job = jobs_client(jobs_address).get_job_info("retrain-twice-1-w7")
     assert job.metadata is not None
     assert {k: job.metadata[k] for k in ("drift_model", "drift_version", "drift_window")} == {
-        "drift_model": "twice", "drift_version": "1", "drift_window": "7"}
+        "drift_model": "twice",
+        "drift_version": "1",
+        "drift_window": "7",
+    }
 
 
 def test_an_unreachable_jobs_api_is_a_submit_error() -> None:

@@ -36,24 +36,81 @@ def feat(shape: list[int], datatype: str = "FP32", count: int | None = None, nam
 FAULTS = [
     Fault("unknown model", 404, grpc.StatusCode.NOT_FOUND, "no_such_model", None, [feat([1, 30])], "no_such_model"),
     Fault("unknown version", 404, grpc.StatusCode.NOT_FOUND, "breast_cancer", "9", [feat([1, 30])], "version '9'"),
-    Fault("wrong datatype", 400, grpc.StatusCode.INVALID_ARGUMENT, "breast_cancer", None,
-          [feat([1, 30], "FP64")], "expects FP32"),
+    Fault(
+        "wrong datatype",
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "breast_cancer",
+        None,
+        [feat([1, 30], "FP64")],
+        "expects FP32",
+    ),
     Fault("wrong shape", 400, grpc.StatusCode.INVALID_ARGUMENT, "breast_cancer", None, [feat([1, 29])], "[-1, 30]"),
-    Fault("element count mismatch", 400, grpc.StatusCode.INVALID_ARGUMENT, "breast_cancer", None,
-          [feat([2, 30], count=59)], "features"),
+    Fault(
+        "element count mismatch",
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "breast_cancer",
+        None,
+        [feat([2, 30], count=59)],
+        "features",
+    ),
     Fault("missing input", 400, grpc.StatusCode.INVALID_ARGUMENT, "breast_cancer", None, [], "missing input"),
-    Fault("unknown input", 400, grpc.StatusCode.INVALID_ARGUMENT, "breast_cancer", None,
-          [feat([1, 30]), feat([1, 30], name="extra")], "'extra'"),
-    Fault("undecodable body", 400, grpc.StatusCode.INVALID_ARGUMENT, "breast_cancer", None, [], "",
-          raw_body=b"\xff\x00 not a request {"),
-    Fault("tensor over the element cap", 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "breast_cancer", None,
-          [feat([1 << 40, 30], count=30)], "over the limit"),
-    Fault("request over the size limit", 413, grpc.StatusCode.RESOURCE_EXHAUSTED, "breast_cancer", None,
-          [feat([MAX_REQUEST_BYTES // 120 + 8, 30])], ""),
-    Fault("model raises", 500, grpc.StatusCode.INTERNAL, "faulty", None,
-          [{"name": "x", "datatype": "FP32", "shape": [1, 4], "array": -np.ones(4, np.float32)}], "ValueError"),
-    Fault("no ready replica", 503, grpc.StatusCode.UNAVAILABLE, "echo", "2",
-          [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "array": np.ones(16, np.float32)}], "GPU"),
+    Fault(
+        "unknown input",
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "breast_cancer",
+        None,
+        [feat([1, 30]), feat([1, 30], name="extra")],
+        "'extra'",
+    ),
+    Fault(
+        "undecodable body",
+        400,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "breast_cancer",
+        None,
+        [],
+        "",
+        raw_body=b"\xff\x00 not a request {",
+    ),
+    Fault(
+        "tensor over the element cap",
+        413,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "breast_cancer",
+        None,
+        [feat([1 << 40, 30], count=30)],
+        "over the limit",
+    ),
+    Fault(
+        "request over the size limit",
+        413,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "breast_cancer",
+        None,
+        [feat([MAX_REQUEST_BYTES // 120 + 8, 30])],
+        "",
+    ),
+    Fault(
+        "model raises",
+        500,
+        grpc.StatusCode.INTERNAL,
+        "faulty",
+        None,
+        [{"name": "x", "datatype": "FP32", "shape": [1, 4], "array": -np.ones(4, np.float32)}],
+        "ValueError",
+    ),
+    Fault(
+        "no ready replica",
+        503,
+        grpc.StatusCode.UNAVAILABLE,
+        "echo",
+        "2",
+        [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "array": np.ones(16, np.float32)}],
+        "GPU",
+    ),
 ]
 
 
@@ -62,8 +119,17 @@ def http_call(gw: RunningGateway, f: Fault) -> tuple[int, str]:
     if f.raw_body is not None:
         body, headers = f.raw_body, {"content-type": "application/json"}
     else:
-        header = {"inputs": [{"name": i["name"], "datatype": i["datatype"], "shape": i["shape"],
-                              "parameters": {"binary_data_size": i["array"].nbytes}} for i in f.inputs]}
+        header = {
+            "inputs": [
+                {
+                    "name": i["name"],
+                    "datatype": i["datatype"],
+                    "shape": i["shape"],
+                    "parameters": {"binary_data_size": i["array"].nbytes},
+                }
+                for i in f.inputs
+            ]
+        }
         import orjson
 
         head = orjson.dumps(header)
@@ -105,17 +171,23 @@ def test_same_fault_same_code_through_both_doors(gateway: RunningGateway, fault:
 def test_a_small_request_succeeds_right_after_a_huge_one_is_refused(gateway: RunningGateway) -> None:
     huge = FAULTS[[f.name for f in FAULTS].index("request over the size limit")]
     assert http_call(gateway, huge)[0] == 413
-    ok = httpx.post(gateway.http_url + "/v2/models/breast_cancer/infer", timeout=30, json={
-        "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 30], "data": [0.5] * 30}]})
+    ok = httpx.post(
+        gateway.http_url + "/v2/models/breast_cancer/infer",
+        timeout=30,
+        json={"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 30], "data": [0.5] * 30}]},
+    )
     assert ok.status_code == 200, ok.text
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", "/v2/models/breast_cancer/infer", 405),
-    ("POST", "/v2/health/live", 405),
-    ("GET", "/v3/whatever", 404),
-    ("GET", "/v2/models/no_such_model", 404),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v2/models/breast_cancer/infer", 405),
+        ("POST", "/v2/health/live", 405),
+        ("GET", "/v3/whatever", 404),
+        ("GET", "/v2/models/no_such_model", 404),
+    ],
+)
 def test_http_routing_errors(gateway: RunningGateway, method: str, path: str, status: int) -> None:
     r = httpx.request(method, gateway.http_url + path)
     assert r.status_code == status and "error" in r.json()

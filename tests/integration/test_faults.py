@@ -33,7 +33,7 @@ from tests.integration.conftest import FLOOD_QUEUE_ROWS, STALL_MARKER, RunningGa
 
 CLIENT_TIMEOUT_S = 30  # every call has a deadline: a call that hangs fails the test instead of stalling it
 
-KILL_ONE_REPLICA = r'''
+KILL_ONE_REPLICA = r"""
 import json, sys, time
 import ray
 from ray import serve
@@ -60,7 +60,7 @@ while True:
         sys.exit(f"Serve did not replace {victim}: {now} {status}")
     time.sleep(0.2)
 print(json.dumps({"victim": victim, "before": before, "after": now, "replaced_s": time.monotonic() - killed}))
-'''
+"""
 
 
 def rss_mb(pid: int) -> float:
@@ -82,8 +82,11 @@ class MixedLoad:
         self.outcomes: dict[str, str] = {}
         self.stop = threading.Event()
         self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=fn, args=(n,), daemon=True)
-                        for n in range(clients_per_door) for fn in (self._grpc, self._http)]
+        self.threads = [
+            threading.Thread(target=fn, args=(n,), daemon=True)
+            for n in range(clients_per_door)
+            for fn in (self._grpc, self._http)
+        ]
         for t in self.threads:
             t.start()
 
@@ -152,10 +155,19 @@ def test_a_replica_killed_under_load(gateway: RunningGateway, tmp_path: Path) ->
         load.wait_for(200)
         at_kill = load.count()
         # A driver joining the session's cluster by address needs token auth, as a gateway does (gateway/cli.py).
-        env = {**os.environ, "RAY_AUTH_MODE": "token"} if (
-            os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()) else None
-        killer = subprocess.run([sys.executable, "-c", KILL_ONE_REPLICA, gateway.ray_address, "model:fault:1"],
-                                check=False, capture_output=True, text=True, timeout=180, env=env)
+        env = (
+            {**os.environ, "RAY_AUTH_MODE": "token"}
+            if (os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file())
+            else None
+        )
+        killer = subprocess.run(
+            [sys.executable, "-c", KILL_ONE_REPLICA, gateway.ray_address, "model:fault:1"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
         assert killer.returncode == 0, killer.stderr[-3000:]
         replaced = json.loads(killer.stdout.strip().splitlines()[-1])
         after_replacement = load.count()
@@ -169,10 +181,12 @@ def test_a_replica_killed_under_load(gateway: RunningGateway, tmp_path: Path) ->
             assert time.monotonic() < until, "the model never became ready again"
             time.sleep(0.5)
         retries = (tmp_path / "gateway.log").read_text().count("retrying once")
-    print(f"\nreplica kill: {replaced['victim']} replaced in {replaced['replaced_s']:.1f} s; requests before the "
-          f"kill {at_kill}, during {after_replacement - at_kill}, total {sum(outcomes.values())}; outcomes "
-          f"{dict(outcomes)}; calls retried on another replica {retries}; readiness samples "
-          f"{Counter(readiness)}")
+    print(
+        f"\nreplica kill: {replaced['victim']} replaced in {replaced['replaced_s']:.1f} s; requests before the "
+        f"kill {at_kill}, during {after_replacement - at_kill}, total {sum(outcomes.values())}; outcomes "
+        f"{dict(outcomes)}; calls retried on another replica {retries}; readiness samples "
+        f"{Counter(readiness)}"
+    )
     # Every request was answered, or refused with UNAVAILABLE (gRPC) / 503 (HTTP); none hung or timed out.
     assert set(outcomes) <= {"OK", "UNAVAILABLE", "HTTP 503"}, outcomes
     assert outcomes["OK"] > 400
@@ -242,8 +256,10 @@ def test_sigterm_answers_every_request_in_flight(gateway: RunningGateway, tmp_pa
                 accepting = True
             except grpc.FutureTimeoutError:
                 accepting = False
-    print(f"\nSIGTERM with 16 stalled requests in flight: exit {code} after {exit_s:.1f} s; outcomes "
-          f"{Counter(outcomes.values())}")
+    print(
+        f"\nSIGTERM with 16 stalled requests in flight: exit {code} after {exit_s:.1f} s; outcomes "
+        f"{Counter(outcomes.values())}"
+    )
     assert code == 0
     assert outcomes == {rid: "OK" for rid in outcomes} and len(outcomes) == 16, outcomes
     records = logged(log_dir)
@@ -280,10 +296,13 @@ def test_a_flood_beyond_capacity_keeps_memory_bounded(gateway: RunningGateway, t
             codes: Counter[str] = Counter()
             peak = rss_before
             x = np.full((1, 4), STALL_MARKER, np.float32).tobytes()
-            async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, limits=httpx.Limits(max_connections=128)) as http, \
-                    grpc.aio.insecure_channel(address) as channel:
-                call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
-                                           response_deserializer=pb.ModelInferResponse.FromString)
+            async with (
+                httpx.AsyncClient(timeout=CLIENT_TIMEOUT_S, limits=httpx.Limits(max_connections=128)) as http,
+                grpc.aio.insecure_channel(address) as channel,
+            ):
+                call = channel.unary_unary(
+                    "/inference.GRPCInferenceService/ModelInfer", response_deserializer=pb.ModelInferResponse.FromString
+                )
                 req = pb.ModelInferRequest(model_name="flood")
                 req.inputs.add(name="x", datatype="FP32", shape=[1, 4])
                 req.raw_input_contents.append(x)
@@ -317,8 +336,10 @@ def test_a_flood_beyond_capacity_keeps_memory_bounded(gateway: RunningGateway, t
         codes, peak = asyncio.run(flood())
         rss_after = rss_mb(proc.pid)
         after = percentiles(sequential_latencies(http_url, 300))
-    print(f"\nflood: outcomes {dict(codes)}; gateway RSS {rss_before:.0f} MB before, peak {peak:.0f} MB, "
-          f"{rss_after:.0f} MB after; sequential latency before {before}, after {after}")
+    print(
+        f"\nflood: outcomes {dict(codes)}; gateway RSS {rss_before:.0f} MB before, peak {peak:.0f} MB, "
+        f"{rss_after:.0f} MB after; sequential latency before {before}, after {after}"
+    )
     assert set(codes) <= {"HTTP 200", "HTTP 503", "OK", "UNAVAILABLE"}, codes
     assert codes["HTTP 503"] > 0 and codes["UNAVAILABLE"] > 0
     assert codes["HTTP 200"] + codes["OK"] >= FLOOD_QUEUE_ROWS

@@ -25,15 +25,17 @@ def test_predictions_and_their_labels_join_by_request_id(gateway: RunningGateway
     grpc_client = grpcclient.InferenceServerClient(gateway.grpc)
     http_client = httpclient.InferenceServerClient(gateway.http)
     for i, (mod, client) in enumerate([(grpcclient, grpc_client), (httpclient, http_client)]):
-        rows = x[i * 2:i * 2 + 2]
+        rows = x[i * 2 : i * 2 + 2]
         inp = mod.InferInput("features", list(rows.shape), "FP32")
         inp.set_data_from_numpy(rows)
         rid = f"{tag}-{i}"
         result = client.infer(MODEL, [inp], request_id=rid)
         predicted[rid] = result.as_numpy("label").tolist()
     # A request that brings no id learns the one the gateway gave it from the answer.
-    r = httpx.post(f"{gateway.http_url}/v2/models/{MODEL}/infer", json={"inputs": [
-        {"name": "features", "datatype": "FP32", "shape": [1, 30], "data": x[5].tolist()}]})
+    r = httpx.post(
+        f"{gateway.http_url}/v2/models/{MODEL}/infer",
+        json={"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 30], "data": x[5].tolist()}]},
+    )
     assert r.status_code == 200
     given = r.json()["id"]
     predicted[given] = [int({o["name"]: o for o in r.json()["outputs"]}["label"]["data"][0])]
@@ -43,8 +45,11 @@ def test_predictions_and_their_labels_join_by_request_id(gateway: RunningGateway
     first, *rest = truth
     r = httpx.post(f"{gateway.http_url}/v2/models/{MODEL}/feedback", json={"request_id": first, "label": truth[first]})
     assert r.status_code == 200 and r.json() == {"model": MODEL, "accepted": 1}, r.text
-    batch = [{"request_id": rid, "label": labels if len(labels) > 1 else labels[0]} for rid in rest
-             for labels in [truth[rid]]]
+    batch = [
+        {"request_id": rid, "label": labels if len(labels) > 1 else labels[0]}
+        for rid in rest
+        for labels in [truth[rid]]
+    ]
     r = httpx.post(f"{gateway.http_url}/v2/models/{MODEL}/feedback", json={"items": batch})
     assert r.status_code == 200 and r.json() == {"model": MODEL, "accepted": 2}, r.text
 
@@ -69,8 +74,11 @@ def test_predictions_and_their_labels_join_by_request_id(gateway: RunningGateway
     np.testing.assert_allclose(data.x[mine], np.vstack([x[0:4], x[5:6]]), rtol=1e-6)
 
     metrics = httpx.get(gateway.telemetry.metrics).text
-    line = next(ln for ln in metrics.splitlines()
-                if ln.startswith("gateway_feedback_records_total{") and f'model="{MODEL}"' in ln and 'code="OK"' in ln)
+    line = next(
+        ln
+        for ln in metrics.splitlines()
+        if ln.startswith("gateway_feedback_records_total{") and f'model="{MODEL}"' in ln and 'code="OK"' in ln
+    )
     assert float(line.rsplit(" ", 1)[1]) >= 3
 
 

@@ -67,7 +67,7 @@ def mutate(rng: random.Random, buf: bytes) -> bytes:
         elif op == 3 and out:
             out[pos] = rng.choice([0x00, 0xFF, 0x7F, 0x80])
         else:
-            del out[pos:pos + rng.randint(1, 16)]
+            del out[pos : pos + rng.randint(1, 16)]
     return bytes(out)
 
 
@@ -82,12 +82,33 @@ def grpc_inputs(rng: random.Random, n: int) -> list[bytes]:
 def valid_http(rng: random.Random) -> tuple[str, dict[str, Any]]:
     if rng.random() < 0.5:
         return "echo", {"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": [1.0] * 16}]}
-    return "breast_cancer", {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 30],
-                                         "data": [0.5] * 30}], "outputs": [{"name": "label"}]}
+    return "breast_cancer", {
+        "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 30], "data": [0.5] * 30}],
+        "outputs": [{"name": "label"}],
+    }
 
 
-JUNK: list[Any] = [None, True, -1, 0, 2**63, 1e308, -1e-308, "", "FP32", "\u0000", [], {}, [[[]]], [-1],
-                   [2**62, 2**62], {"binary_data_size": -5}, "x" * 300, [None], [1.5, "a"]]
+JUNK: list[Any] = [
+    None,
+    True,
+    -1,
+    0,
+    2**63,
+    1e308,
+    -1e-308,
+    "",
+    "FP32",
+    "\u0000",
+    [],
+    {},
+    [[[]]],
+    [-1],
+    [2**62, 2**62],
+    {"binary_data_size": -5},
+    "x" * 300,
+    [None],
+    [1.5, "a"],
+]
 
 
 def mutate_json(rng: random.Random, value: Any) -> Any:
@@ -100,8 +121,9 @@ def mutate_json(rng: random.Random, value: Any) -> Any:
         elif choice == 1:
             value[key] = mutate_json(rng, value[key])
         else:
-            value[rng.choice(["shape", "datatype", "data", "parameters", "inputs", "name", "id", "outputs"])] = \
+            value[rng.choice(["shape", "datatype", "data", "parameters", "inputs", "name", "id", "outputs"])] = (
                 rng.choice(JUNK)
+            )
         return value
     if isinstance(value, list) and value and rng.random() < 0.8:
         i = rng.randrange(len(value))
@@ -129,7 +151,7 @@ def http_inputs(rng: random.Random, n: int) -> list[tuple[str, bytes, dict[str, 
             inp["parameters"] = {"binary_data_size": size}
             head = json.dumps(mutate_json(rng, body) if rng.random() < 0.3 else body).encode()
             length = rng.choice([len(head), len(head) + 1, len(head) - 1, 0, 10**9])
-            raw = head + arr[:rng.randint(0, len(arr))]
+            raw = head + arr[: rng.randint(0, len(arr))]
             headers = {"inference-header-content-length": str(length)}
         else:
             raw, headers = mutate(rng, json.dumps(body).encode()), {}
@@ -202,8 +224,9 @@ def test_oversized_headers_and_metadata_are_refused(gateway: RunningGateway) -> 
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         with pytest.raises(grpc.RpcError) as e:
             call(valid_grpc(random.Random(1)), metadata=(("x-big", "a" * 64 * 1024),), timeout=10)
-        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and \
-            "metadata size exceeds" in (e.value.details() or ""), (e.value.code(), e.value.details())
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "metadata size exceeds" in (
+            e.value.details() or ""
+        ), (e.value.code(), e.value.details())
     assert_still_serving(gateway)
 
 
@@ -212,8 +235,9 @@ def assert_still_serving(gateway: RunningGateway) -> None:
     r = httpx.post(f"{gateway.http_url}/v2/models/echo/infer", json=body, timeout=30)
     assert r.status_code == 200, r.text
     with grpc.insecure_channel(gateway.grpc) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
-                                   response_deserializer=pb.ModelInferResponse.FromString)
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer", response_deserializer=pb.ModelInferResponse.FromString
+        )
         assert call(valid_grpc(random.Random(3)), timeout=30).model_name in ("echo", "breast_cancer")
 
 
@@ -236,13 +260,16 @@ schema = schemathesis.openapi.from_dict(openapi_for_session())
 
 def no_server_fault(ctx: Any, response: Any, case: Any) -> None:
     """5xx only where the error table says so: 503 (not ready, overloaded) and 504 (deadline). Never 500."""
-    assert response.status_code < 500 or response.status_code in (503, 504), \
+    assert response.status_code < 500 or response.status_code in (503, 504), (
         f"{case.method} {case.formatted_path} answered {response.status_code}: {response.text[:300]}"
+    )
 
 
 @schema.parametrize()
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_openapi_schema(case: Any, gateway: RunningGateway) -> None:
-    case.call_and_validate(base_url=gateway.http_url, timeout=30,
-                           checks=[no_server_fault, status_code_conformance, content_type_conformance,
-                                   response_schema_conformance])
+    case.call_and_validate(
+        base_url=gateway.http_url,
+        timeout=30,
+        checks=[no_server_fault, status_code_conformance, content_type_conformance, response_schema_conformance],
+    )

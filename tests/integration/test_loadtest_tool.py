@@ -38,8 +38,17 @@ def _run(cfg: LoadConfig) -> Report:
 def test_open_loop_rate_holds_and_a_stall_shows_in_p99(gateway: RunningGateway, scheme: str) -> None:
     address = gateway.grpc if scheme == "grpc" else gateway.http
     stall = _stall_once(gateway, after_s=1.5)
-    report = _run(LoadConfig(target=f"{scheme}://{address}", model="stall", rate=100.0, arrival="constant",
-                             duration_s=4.0, warmup_s=0.0, progress=False))
+    report = _run(
+        LoadConfig(
+            target=f"{scheme}://{address}",
+            model="stall",
+            rate=100.0,
+            arrival="constant",
+            duration_s=4.0,
+            warmup_s=0.0,
+            progress=False,
+        )
+    )
     stall.join(10)
     assert report.errors == 0, report.errors_by_code
     assert report.achieved_qps == pytest.approx(100.0, rel=0.1)
@@ -48,6 +57,14 @@ def test_open_loop_rate_holds_and_a_stall_shows_in_p99(gateway: RunningGateway, 
 
 
 def test_closed_loop_counts_add_up(gateway: RunningGateway) -> None:
-    report = _run(LoadConfig(target=f"http://{gateway.http}", model="breast_cancer", concurrency=8,
-                             duration_s=2.0, warmup_s=0.0, progress=False))
+    report = _run(
+        LoadConfig(
+            target=f"http://{gateway.http}",
+            model="breast_cancer",
+            concurrency=8,
+            duration_s=2.0,
+            warmup_s=0.0,
+            progress=False,
+        )
+    )
     assert report.ok > 0 and report.errors == 0, report.errors_by_code

@@ -71,10 +71,24 @@ class Gateway:
 def node_ports() -> list[str]:
     # Several raylets on one host, beside other people's clusters: every port a node opens must be its own, and
     # its workers take ports the system picks (0) rather than from the range every cluster shares by default.
-    return ["--min-worker-port", "0", "--max-worker-port", "0",
-            "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
+    return [
+        "--min-worker-port",
+        "0",
+        "--max-worker-port",
+        "0",
+        "--node-manager-port",
+        str(free_port()),
+        "--object-manager-port",
+        str(free_port()),
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--dashboard-agent-grpc-port",
+        str(free_port()),
+        "--metrics-export-port",
+        str(free_port()),
+        "--runtime-env-agent-port",
+        str(free_port()),
+    ]
 
 
 @contextmanager
@@ -91,9 +105,14 @@ def own_group(cmd: list[str], log: Path, env: dict[str, str]) -> Iterator[subpro
 
 
 def probe(cluster: Cluster) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-c", PROBE, cluster.address], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **cluster.env, "RAY_AUTH_MODE": "token"},
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, cluster.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **cluster.env, "RAY_AUTH_MODE": "token"},
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -109,10 +128,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     gcs_port = free_port()
     address = f"127.0.0.1:{gcs_port}"
     common = ["--block", "--disable-usage-stats", "--num-cpus", "1", "--object-store-memory", str(100 * 2**20)]
-    nodes = {"head": ["--head", "--port", str(gcs_port), "--temp-dir", str(work / "ray"), "--include-dashboard=false",
-                      "--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port())],
-             "fpga": ["--address", address, "--resources", json.dumps({"FPGA": 2})],
-             "plain": ["--address", address]}
+    nodes = {
+        "head": [
+            "--head",
+            "--port",
+            str(gcs_port),
+            "--temp-dir",
+            str(work / "ray"),
+            "--include-dashboard=false",
+            "--dashboard-port",
+            str(free_port()),
+            "--ray-client-server-port",
+            str(free_port()),
+        ],
+        "fpga": ["--address", address, "--resources", json.dumps({"FPGA": 2})],
+        "plain": ["--address", address],
+    }
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, work, True)
         for name, args in nodes.items():  # one at a time: a busy GCS lets a joining raylet time out
@@ -140,8 +171,16 @@ def build_repository(root: Path) -> None:
     repo = Repository(root)
     spec = [TensorSpecModel(name="x", datatype="FP32", shape=[-1, 4])]
     out = [TensorSpecModel(name="y", datatype="FP32", shape=[-1, 4])]
-    fpga = Manifest(name=FPGA, version="1", runtime="array", options={"program": "identity"}, inputs=spec,
-                    outputs=out, accelerator=Accelerator(kind="fpga", count=0.5), replicas=2)
+    fpga = Manifest(
+        name=FPGA,
+        version="1",
+        runtime="array",
+        options={"program": "identity"},
+        inputs=spec,
+        outputs=out,
+        accelerator=Accelerator(kind="fpga", count=0.5),
+        replicas=2,
+    )
     repo.write_version(fpga, lambda folder: None)
     repo.write_version(fpga.model_copy(update={"version": "2", "replicas": 1}), lambda folder: None)
     gpu = fpga.model_copy(update={"name": GPU, "accelerator": Accelerator(kind="gpu", count=1), "replicas": 1})
@@ -152,20 +191,49 @@ def build_repository(root: Path) -> None:
 def gateway_on(cluster: Cluster, repository: Path, work: Path) -> Iterator[Gateway]:
     ready, log = work / "ready.json", work / "gateway.log"
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # the gateway turns token mode on itself
-    env.update(cluster.env, GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN, GATEWAY_ADMIN_PORT="0",
-               GATEWAY_TRAFFIC_FILE=str(work.parent / "traffic_table.json"), GATEWAY_EXAMPLE_MODELS="false",
-               GATEWAY_REQUEST_LOG__DIR=str(work / "request_log"), GATEWAY_READY_TIMEOUT_S="120")
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(repository), "--ray-address",
-           cluster.address, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(ready)]
+    env.update(
+        cluster.env,
+        GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN,
+        GATEWAY_ADMIN_PORT="0",
+        GATEWAY_TRAFFIC_FILE=str(work.parent / "traffic_table.json"),
+        GATEWAY_EXAMPLE_MODELS="false",
+        GATEWAY_REQUEST_LOG__DIR=str(work / "request_log"),
+        GATEWAY_READY_TIMEOUT_S="120",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--repository",
+        str(repository),
+        "--ray-address",
+        cluster.address,
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--ready-file",
+        str(ready),
+    ]
     with own_group(cmd, log, env) as proc:
         info = wait_ready(ready, proc, log, 180)
-        yield Gateway(f"127.0.0.1:{info['http_port']}", f"127.0.0.1:{info['grpc_port']}",
-                      f"http://127.0.0.1:{info['admin_port']}", info)
+        yield Gateway(
+            f"127.0.0.1:{info['http_port']}",
+            f"127.0.0.1:{info['grpc_port']}",
+            f"http://127.0.0.1:{info['admin_port']}",
+            info,
+        )
 
 
 def answered_by(gw: Gateway, model: str = FPGA) -> str:
-    r = httpx.post(f"http://{gw.http}/v2/models/{model}/infer", timeout=30, json={"inputs": [
-        {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]})
+    r = httpx.post(
+        f"http://{gw.http}/v2/models/{model}/infer",
+        timeout=30,
+        json={"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}]},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["outputs"][0]["data"] == [1.0, 2.0, 3.0, 4.0]
     version: str = r.json()["model_version"]
@@ -176,8 +244,10 @@ def test_three_nodes_two_gateways(cluster: Cluster, tmp_path: Path) -> None:
     build_repository(tmp_path / "repository")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    with gateway_on(cluster, tmp_path / "repository", tmp_path / "a") as a, \
-            gateway_on(cluster, tmp_path / "repository", tmp_path / "b") as b:
+    with (
+        gateway_on(cluster, tmp_path / "repository", tmp_path / "a") as a,
+        gateway_on(cluster, tmp_path / "repository", tmp_path / "b") as b,
+    ):
         # Placement: every replica of the FPGA versions runs on the one node that offers FPGA.
         seen = probe(cluster)
         fpga_nodes = {node for node, resources in seen["nodes"].items() if resources.get("FPGA", 0) > 0}
@@ -192,8 +262,10 @@ def test_three_nodes_two_gateways(cluster: Cluster, tmp_path: Path) -> None:
             ready = httpx.get(f"http://{gw.http}/v2/models/{GPU}/versions/1/ready")
             assert ready.status_code == 503 and ready.json()["ready"] is False
             assert grpcclient.InferenceServerClient(gw.grpc).is_model_ready(GPU, "1") is False
-            index = {(m["name"], m["version"]): m for m in
-                     httpx.post(f"http://{gw.http}/v2/repository/index", json={}).json()}
+            index = {
+                (m["name"], m["version"]): m
+                for m in httpx.post(f"http://{gw.http}/v2/repository/index", json={}).json()
+            }
             assert index[(GPU, "1")]["state"] == "UNAVAILABLE"
             assert "GPU" in index[(GPU, "1")]["reason"] and "add a node" in index[(GPU, "1")]["reason"]
             assert index[(FPGA, "1")]["state"] == index[(FPGA, "2")]["state"] == "READY"
@@ -201,8 +273,11 @@ def test_three_nodes_two_gateways(cluster: Cluster, tmp_path: Path) -> None:
 
         # One traffic table: a change through a's admin API is what b serves, within a bounded poll.
         headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
-        changed = httpx.put(f"{a.admin}/admin/traffic/{FPGA}", headers=headers,
-                            json={"weights": {"1": 100, "2": 0}, "reason": "multinode test"})
+        changed = httpx.put(
+            f"{a.admin}/admin/traffic/{FPGA}",
+            headers=headers,
+            json={"weights": {"1": 100, "2": 0}, "reason": "multinode test"},
+        )
         assert changed.status_code == 200, changed.text
         until = time.monotonic() + 15
         while answered_by(b) != "1":

@@ -38,8 +38,9 @@ def test_a_flood_beyond_the_queue_gets_503_at_once_and_nothing_hangs(gateway: Ru
     assert all("overloaded" in r.json()["error"] and r.headers.get("retry-after") for r in refused)
     # After the flood a request is served at once, through both doors.
     with grpc.insecure_channel(gateway.grpc) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
-                                   response_deserializer=pb.ModelInferResponse.FromString)
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer", response_deserializer=pb.ModelInferResponse.FromString
+        )
         req = pb.ModelInferRequest(model_name="flood")
         req.inputs.add(name="x", datatype="FP32", shape=[1, 4])
         req.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())

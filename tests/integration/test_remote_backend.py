@@ -70,9 +70,23 @@ class OipProcess:
         ready.unlink(missing_ok=True)
         with log.open("a") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.oip_server", "--model", f"breast_cancer={self.onnx_file}",
-                 "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port), "--ready-file", str(ready)],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.oip_server",
+                    "--model",
+                    f"breast_cancer={self.onnx_file}",
+                    "--grpc-port",
+                    str(self.grpc_port),
+                    "--http-port",
+                    str(self.http_port),
+                    "--ready-file",
+                    str(ready),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         ports = wait_ready(ready, self.proc, log, 60)
         self.grpc_port, self.http_port = ports["grpc_port"], ports["http_port"]
 
@@ -86,12 +100,19 @@ def remote_manifest(version: str, protocol: str, port: int) -> Manifest:
     # The width is left open here: the remote server checks it, so its refusals reach our clients. Waiting on
     # the network takes no CPU, so the replica reserves none.
     return Manifest(
-        name=MODEL, version=version, runtime="remote", reference="reference.npz", cpus_per_replica=0,
+        name=MODEL,
+        version=version,
+        runtime="remote",
+        reference="reference.npz",
+        cpus_per_replica=0,
         remote=RemoteBackend(url=f"127.0.0.1:{port}", protocol=protocol, model_name="breast_cancer", timeout_s=10),
         inputs=[TensorSpecModel(name="features", datatype="FP32", shape=[-1, -1])],
-        outputs=[TensorSpecModel(name="probabilities", datatype="FP32", shape=[-1, 2]),
-                 TensorSpecModel(name="label", datatype="INT64", shape=[-1])],
-        batching=Batching(max_batch_size=64))
+        outputs=[
+            TensorSpecModel(name="probabilities", datatype="FP32", shape=[-1, 2]),
+            TensorSpecModel(name="label", datatype="INT64", shape=[-1]),
+        ],
+        batching=Batching(max_batch_size=64),
+    )
 
 
 def build_repository(root: Path, source: Path, remote: OipProcess) -> None:
@@ -103,14 +124,27 @@ def build_repository(root: Path, source: Path, remote: OipProcess) -> None:
 
     local = Repository(source.parent.parent).load("breast_cancer", "1").manifest
     repo.write_version(local.model_copy(update={"name": MODEL, "cpus_per_replica": 0.1}), copy)
-    repo.write_version(remote_manifest("2", "grpc", remote.grpc_port),
-                       lambda folder: shutil.copyfile(source / "reference.npz", folder / "reference.npz"))
-    repo.write_version(remote_manifest("3", "http", remote.http_port),
-                       lambda folder: shutil.copyfile(source / "reference.npz", folder / "reference.npz"))
+    repo.write_version(
+        remote_manifest("2", "grpc", remote.grpc_port),
+        lambda folder: shutil.copyfile(source / "reference.npz", folder / "reference.npz"),
+    )
+    repo.write_version(
+        remote_manifest("3", "http", remote.http_port),
+        lambda folder: shutil.copyfile(source / "reference.npz", folder / "reference.npz"),
+    )
     spec = [TensorSpecModel(name="INPUT0", datatype="FP32", shape=[-1, 16])]
-    repo.write_version(Manifest(name="local_echo", version="1", runtime="array", options={"program": "identity"},
-                                inputs=spec, outputs=[spec[0].model_copy(update={"name": "OUTPUT0"})],
-                                cpus_per_replica=0.1), lambda folder: None)
+    repo.write_version(
+        Manifest(
+            name="local_echo",
+            version="1",
+            runtime="array",
+            options={"program": "identity"},
+            inputs=spec,
+            outputs=[spec[0].model_copy(update={"name": "OUTPUT0"})],
+            cpus_per_replica=0.1,
+        ),
+        lambda folder: None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +157,30 @@ def setup(gateway: RunningGateway, tmp_path_factory: pytest.TempPathFactory) -> 
         build_repository(work / "repository", source, remote)
         ready, log = work / "ready.json", work / "gateway.log"
         env = {"GATEWAY_REQUEST_LOG__DIR": str(work / "request_log"), "GATEWAY_EXAMPLE_MODELS": "false"}
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(work / "repository"),
-               "--ray-address", gateway.ray_address, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-               "--ready-file", str(ready)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "serve",
+            "--repository",
+            str(work / "repository"),
+            "--ray-address",
+            gateway.ray_address,
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--ready-file",
+            str(ready),
+        ]
         with process(cmd, log, env) as proc:
             info = wait_ready(ready, proc, log, 240)
             assert info["ready"], info["models"]
-            yield Setup(f"127.0.0.1:{info['http_port']}", f"127.0.0.1:{info['grpc_port']}", work / "request_log",
-                        remote)
+            yield Setup(
+                f"127.0.0.1:{info['http_port']}", f"127.0.0.1:{info['grpc_port']}", work / "request_log", remote
+            )
     finally:
         remote.kill()
         undeploy(gateway.ray_address)
@@ -140,8 +190,14 @@ def undeploy(address: str) -> None:
     env = dict(os.environ)
     if "RAY_AUTH_MODE" not in env and (env.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
         env["RAY_AUTH_MODE"] = "token"  # as `gateway serve` does when it joins a cluster by address
-    done = subprocess.run([sys.executable, "-c", UNDEPLOY, address, *(f"{m}/{v}" for m, v in APPS)],
-                          capture_output=True, text=True, timeout=120, env=env, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", UNDEPLOY, address, *(f"{m}/{v}" for m, v in APPS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -153,8 +209,11 @@ def infer(setup: Setup, door: str, version: str | None, x: np.ndarray, request_i
         inp.set_data_from_numpy(x)
         result = client.infer(MODEL, [inp], model_version=version or "", request_id=request_id)
         answered = result.get_response().model_version if door == "grpc" else result.get_response()["model_version"]
-        return {"version": np.asarray(answered), "probabilities": result.as_numpy("probabilities"),
-                "label": result.as_numpy("label")}
+        return {
+            "version": np.asarray(answered),
+            "probabilities": result.as_numpy("probabilities"),
+            "label": result.as_numpy("label"),
+        }
     finally:
         client.close()
 
@@ -202,19 +261,22 @@ def test_a_remote_refusal_keeps_its_code(gateway: RunningGateway, setup: Setup, 
     assert error_of(setup, door, "1", narrow) == ("INVALID_ARGUMENT" if door == "grpc" else "400")  # local: same
 
 
-def test_remote_down_is_unavailable_and_the_rest_serves_until_it_is_back(gateway: RunningGateway,
-                                                                         setup: Setup) -> None:
+def test_remote_down_is_unavailable_and_the_rest_serves_until_it_is_back(gateway: RunningGateway, setup: Setup) -> None:
     x = gateway.reference_inputs()[:4]
     setup.remote.kill()
     for door in ("grpc", "http"):
         for version in ("2", "3"):
             assert error_of(setup, door, version, x) == ("UNAVAILABLE" if door == "grpc" else "503")
         assert str(infer(setup, door, "1", x)["version"]) == "1"
-        echo = httpx.post(f"http://{setup.http}/v2/models/local_echo/infer", json={"inputs": [
-            {"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": [1.0] * 16}]})
+        echo = httpx.post(
+            f"http://{setup.http}/v2/models/local_echo/infer",
+            json={"inputs": [{"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": [1.0] * 16}]},
+        )
         assert echo.status_code == 200 and echo.json()["outputs"][0]["data"] == [1.0] * 16
-    body = httpx.post(f"http://{setup.http}/v2/models/{MODEL}/versions/2/infer", json={"inputs": [
-        {"name": "features", "datatype": "FP32", "shape": [1, 30], "data": x[0].tolist()}]})
+    body = httpx.post(
+        f"http://{setup.http}/v2/models/{MODEL}/versions/2/infer",
+        json={"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 30], "data": x[0].tolist()}]},
+    )
     assert body.status_code == 503 and "unreachable" in body.json()["error"] and body.headers.get("retry-after")
 
     setup.remote.start()  # the same ports: each replica's one client reconnects by itself

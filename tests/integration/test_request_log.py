@@ -24,16 +24,28 @@ def test_n_requests_in_n_records_out(gateway: RunningGateway) -> None:
         inp = mod.InferInput("features", list(x.shape), "FP32")
         inp.set_data_from_numpy(x * (1 + i / 10))
         result = client.infer("breast_cancer", [inp], model_version="1", request_id=rid)
-        sent[rid] = {"code": "OK", "x": x * (1 + i / 10), "label": result.as_numpy("label"),
-                     "protocol": "grpc" if mod is grpcclient else "http"}
-    faults = [("breast_cancer", None, [1, 29], "INVALID_ARGUMENT"), ("breast_cancer", "9", [1, 30], "NOT_FOUND"),
-              ("faulty", None, [1, 4], "INTERNAL")]
+        sent[rid] = {
+            "code": "OK",
+            "x": x * (1 + i / 10),
+            "label": result.as_numpy("label"),
+            "protocol": "grpc" if mod is grpcclient else "http",
+        }
+    faults = [
+        ("breast_cancer", None, [1, 29], "INVALID_ARGUMENT"),
+        ("breast_cancer", "9", [1, 30], "NOT_FOUND"),
+        ("faulty", None, [1, 4], "INTERNAL"),
+    ]
     for j, (model, version, shape, code) in enumerate(faults):
         rid = f"{tag}-err-{j}"
         name = "x" if model == "faulty" else "features"
         path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
-        r = httpx.post(gateway.http_url + path, json={"id": rid, "inputs": [
-            {"name": name, "datatype": "FP32", "shape": shape, "data": [-1.0] * int(np.prod(shape))}]})
+        r = httpx.post(
+            gateway.http_url + path,
+            json={
+                "id": rid,
+                "inputs": [{"name": name, "datatype": "FP32", "shape": shape, "data": [-1.0] * int(np.prod(shape))}],
+            },
+        )
         assert r.status_code >= 400
         sent[rid] = {"code": code}
 
@@ -47,10 +59,15 @@ def test_n_requests_in_n_records_out(gateway: RunningGateway) -> None:
             assert rec["error"] and rec["outputs"] == []
             continue
         assert (rec["model"], rec["version"], rec["role"], rec["protocol"]) == (
-            "breast_cancer", "1", "pinned", want["protocol"])
+            "breast_cancer",
+            "1",
+            "pinned",
+            want["protocol"],
+        )
         got_in = {t["name"]: t for t in rec["inputs"]}["features"]
-        np.testing.assert_allclose(np.asarray(got_in["data"], np.float32).reshape(got_in["shape"]), want["x"],
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(got_in["data"], np.float32).reshape(got_in["shape"]), want["x"], rtol=1e-6
+        )
         got_out = {t["name"]: t for t in rec["outputs"]}["label"]
         np.testing.assert_array_equal(np.asarray(got_out["data"]).reshape(got_out["shape"]), want["label"])
         assert rec["total_ms"] >= rec["model_ms"] > 0 and rec["batch_rows"] >= 2 and rec["client"]

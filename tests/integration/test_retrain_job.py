@@ -36,6 +36,7 @@ def drifted(factor: float) -> tuple[np.ndarray, np.ndarray]:
 
 def write_log(root: Path, x: np.ndarray, y: np.ndarray, now: float) -> None:
     """One request record per row (some of two rows), then the labels posted back in batches, as clients would."""
+
     async def go() -> None:
         settings = RequestLogSettings(dir=root, gateway_id="gw-test")
         writer, feedback = RequestLogWriter(settings).start(), FeedbackLog(settings).start()
@@ -44,15 +45,30 @@ def write_log(root: Path, x: np.ndarray, y: np.ndarray, now: float) -> None:
         while i < len(x):
             n = 2 if i % 10 == 0 else 1
             rid = f"req-{i}"
-            await writer.append(RequestRecord(
-                request_id=rid, time=now - 3600 + i, model=CLASSIFIER, version="1", role="primary",
-                routing_reason="newest ready version", inputs=(Tensor("features", "FP32", x[i:i + n]),), outputs=(),
-                code="OK", error="", queue_ms=0.1, model_ms=1.0, total_ms=1.5, batch_rows=n, client="",
-                protocol="http"))
-            items.append(FeedbackItem(request_id=rid, label=[int(v) for v in y[i:i + n]] if n > 1 else int(y[i])))
+            await writer.append(
+                RequestRecord(
+                    request_id=rid,
+                    time=now - 3600 + i,
+                    model=CLASSIFIER,
+                    version="1",
+                    role="primary",
+                    routing_reason="newest ready version",
+                    inputs=(Tensor("features", "FP32", x[i : i + n]),),
+                    outputs=(),
+                    code="OK",
+                    error="",
+                    queue_ms=0.1,
+                    model_ms=1.0,
+                    total_ms=1.5,
+                    batch_rows=n,
+                    client="",
+                    protocol="http",
+                )
+            )
+            items.append(FeedbackItem(request_id=rid, label=[int(v) for v in y[i : i + n]] if n > 1 else int(y[i])))
             i += n
         for start in range(0, len(items), 100):
-            await feedback.submit(CLASSIFIER, items[start:start + 100])
+            await feedback.submit(CLASSIFIER, items[start : start + 100])
         await writer.close()
         await feedback.close()
 
@@ -60,8 +76,21 @@ def write_log(root: Path, x: np.ndarray, y: np.ndarray, now: float) -> None:
 
 
 def run_job(repo: Path, log: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
-    cmd = [sys.executable, "-m", "serving.retrain", "--model", CLASSIFIER, "--parent-version", "1",
-           "--repository", str(repo), "--log-dir", str(log), "--no-deploy", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving.retrain",
+        "--model",
+        CLASSIFIER,
+        "--parent-version",
+        "1",
+        "--repository",
+        str(repo),
+        "--log-dir",
+        str(log),
+        "--no-deploy",
+        *extra,
+    ]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     return proc.returncode, json.loads(proc.stdout), proc.stderr
 
@@ -113,8 +142,10 @@ def test_a_drifted_world_gets_a_better_version_with_lineage(template: Path, tmp_
     # The new version answers the drifted world better than its parent, run directly with ONNX Runtime.
     from serving.examples import predict_proba
 
-    acc = {v: float(np.mean(predict_proba(repo.root / CLASSIFIER / v / "model.onnx", x).argmax(1) == y))
-           for v in ("1", "3")}
+    acc = {
+        v: float(np.mean(predict_proba(repo.root / CLASSIFIER / v / "model.onnx", x).argmax(1) == y))
+        for v in ("1", "3")
+    }
     assert acc["3"] > acc["1"]
 
 

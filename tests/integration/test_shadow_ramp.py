@@ -25,8 +25,11 @@ X = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0,
 
 @pytest.fixture
 def admin(gateway: RunningGateway) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.admin_url, timeout=30,
-                      headers={"authorization": f"Bearer {ADMIN_TOKEN}", "x-operator": "tests"}) as client:
+    with httpx.Client(
+        base_url=gateway.admin_url,
+        timeout=30,
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}", "x-operator": "tests"},
+    ) as client:
         yield client
         # Leave `canary` as other tests expect it: no shadows, everything on version 1, no ramp.
         client.put("/admin/traffic/canary/shadows", json={"shadows": {}})
@@ -35,13 +38,14 @@ def admin(gateway: RunningGateway) -> Iterator[httpx.Client]:
 
 def predict(gateway: RunningGateway, n: int, tag: str) -> list[tuple[str, int, str]]:
     """n concurrent unpinned requests: (request id, HTTP status, version that answered)."""
+
     def one(i: int) -> tuple[str, int, str]:
         rid = f"{tag}-{i}"
         r = httpx.post(f"{gateway.http_url}/v2/models/canary/infer", json={**X, "id": rid}, timeout=30)
         return rid, r.status_code, r.json().get("model_version", "")
+
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, range(n)))
-
 
 
 def metric(gateway: RunningGateway, name: str, **labels: str) -> float:
@@ -82,8 +86,10 @@ def table(admin: httpx.Client) -> dict[str, Any]:
 
 def test_a_ramp_whose_canary_fails_rolls_back_by_itself(gateway: RunningGateway, admin: httpx.Client) -> None:
     assert admin.put("/admin/traffic/canary", json={"weights": {"1": 100}}).status_code == 200
-    r = admin.post("/admin/traffic/canary/ramp", json={"version": "2", "steps": [20, 50, 100], "every_s": 600,
-                                                       "max_error_rate": 0.05, "min_requests": 5})
+    r = admin.post(
+        "/admin/traffic/canary/ramp",
+        json={"version": "2", "steps": [20, 50, 100], "every_s": 600, "max_error_rate": 0.05, "min_requests": 5},
+    )
     assert r.status_code == 200, r.text
     assert table(admin)["weights"] == {"1": 80, "2": 20}
     tag = f"ramp-{uuid.uuid4().hex[:8]}"
@@ -97,17 +103,26 @@ def test_a_ramp_whose_canary_fails_rolls_back_by_itself(gateway: RunningGateway,
     assert t["weights"] == {"1": 100}
     last = admin.get("/admin/traffic/canary/history").json()[-1]
     assert last["rollback"] is True and last["who"] == "ramp" and "error rate" in last["reason"]
-    until(lambda: metric(gateway, "gateway_traffic_weight", model="canary", version="2") == 0 and
-          metric(gateway, "gateway_traffic_weight", model="canary", version="1") == 100, "the weight gauge to follow")
-    answers = until(lambda: (a := predict(gateway, 40, f"{tag}-after")) and all(s == 200 for _, s, _ in a) and a,
-                    "every request answered by version 1 after the rollback")
+    until(
+        lambda: (
+            metric(gateway, "gateway_traffic_weight", model="canary", version="2") == 0
+            and metric(gateway, "gateway_traffic_weight", model="canary", version="1") == 100
+        ),
+        "the weight gauge to follow",
+    )
+    answers = until(
+        lambda: (a := predict(gateway, 40, f"{tag}-after")) and all(s == 200 for _, s, _ in a) and a,
+        "every request answered by version 1 after the rollback",
+    )
     assert {v for _, _, v in answers} == {"1"}
 
 
 def test_a_healthy_ramp_is_promoted(gateway: RunningGateway, admin: httpx.Client) -> None:
     assert admin.put("/admin/traffic/canary", json={"weights": {"1": 100}}).status_code == 200
-    r = admin.post("/admin/traffic/canary/ramp", json={"version": "3", "steps": [50, 100], "every_s": 1,
-                                                       "max_error_rate": 0.05, "min_requests": 5})
+    r = admin.post(
+        "/admin/traffic/canary/ramp",
+        json={"version": "3", "steps": [50, 100], "every_s": 1, "max_error_rate": 0.05, "min_requests": 5},
+    )
     assert r.status_code == 200, r.text
     tag, rounds = f"promote-{uuid.uuid4().hex[:8]}", 0
     while table(admin)["ramp"] is not None:
@@ -120,23 +135,32 @@ def test_a_healthy_ramp_is_promoted(gateway: RunningGateway, admin: httpx.Client
     assert steps == [{"1": 50, "3": 50}, {"1": 0, "3": 100}, {"3": 100}]
 
 
-def test_the_table_survives_a_restart_of_its_actor(gateway: RunningGateway, admin: httpx.Client,
-                                                    tmp_path: Path) -> None:
-    assert admin.put("/admin/traffic/canary", json={"weights": {"1": 60, "3": 40}, "reason": "before"}).status_code \
-        == 200
+def test_the_table_survives_a_restart_of_its_actor(
+    gateway: RunningGateway, admin: httpx.Client, tmp_path: Path
+) -> None:
+    assert (
+        admin.put("/admin/traffic/canary", json={"weights": {"1": 60, "3": 40}, "reason": "before"}).status_code == 200
+    )
     before = table(admin)
-    kill = (f"import ray; ray.init(address={gateway.ray_address!r}, namespace='gateway', log_to_driver=False); "
-            "ray.kill(ray.get_actor('traffic-table')); print('killed')")
+    kill = (
+        f"import ray; ray.init(address={gateway.ray_address!r}, namespace='gateway', log_to_driver=False); "
+        "ray.kill(ray.get_actor('traffic-table')); print('killed')"
+    )
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     if (Path.home() / ".ray" / "auth_token").is_file() or env.get("RAY_AUTH_TOKEN"):
         env["RAY_AUTH_MODE"] = "token"
-    out = subprocess.run([sys.executable, "-c", kill], capture_output=True, text=True, timeout=120, env=env,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", kill], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
     assert "killed" in out.stdout, out.stderr[-2000:]
     # The gateway reconnects: the actor is recreated from its file with the same revision and split.
-    after = until(lambda: (t := admin.get("/admin/traffic/canary")).status_code == 200 and t.json(),
-                  "the admin API to answer from a recreated table")
+    after = until(
+        lambda: (t := admin.get("/admin/traffic/canary")).status_code == 200 and t.json(),
+        "the admin API to answer from a recreated table",
+    )
     assert (after["weights"], after["revision"]) == (before["weights"], before["revision"])
     assert admin.put("/admin/traffic/canary", json={"weights": {"1": 100}}).status_code == 200
-    until(lambda: {v for _, _, v in predict(gateway, 10, f"restart-{uuid.uuid4().hex[:6]}")} == {"1"},
-          "the gateway to follow the recreated table")
+    until(
+        lambda: {v for _, _, v in predict(gateway, 10, f"restart-{uuid.uuid4().hex[:6]}")} == {"1"},
+        "the gateway to follow the recreated table",
+    )

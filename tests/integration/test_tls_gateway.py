@@ -22,20 +22,41 @@ TOKEN = "tls-admin-token"
 def test_a_gateway_with_tls_on_every_door(gateway: RunningGateway, tmp_path: Path) -> None:
     pki = Pki(tmp_path)
     ready, out = tmp_path / "ready.json", tmp_path / "gateway.log"
-    env = {"GATEWAY_REQUEST_LOG__DIR": str(tmp_path / "request_log"), "GATEWAY_EXAMPLE_MODELS": "false",
-           "GATEWAY_TLS__CERT_FILE": str(pki.server_cert), "GATEWAY_TLS__KEY_FILE": str(pki.server_key),
-           "GATEWAY_TLS__ADMIN_CLIENT_CA_FILE": str(pki.ca), "GATEWAY_ADMIN_TOKEN": TOKEN,
-           "GATEWAY_ADMIN_PORT": "0"}
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(gateway.repository), "--ray-address",
-           gateway.ray_address, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-           "--ready-file", str(ready)]
+    env = {
+        "GATEWAY_REQUEST_LOG__DIR": str(tmp_path / "request_log"),
+        "GATEWAY_EXAMPLE_MODELS": "false",
+        "GATEWAY_TLS__CERT_FILE": str(pki.server_cert),
+        "GATEWAY_TLS__KEY_FILE": str(pki.server_key),
+        "GATEWAY_TLS__ADMIN_CLIENT_CA_FILE": str(pki.ca),
+        "GATEWAY_ADMIN_TOKEN": TOKEN,
+        "GATEWAY_ADMIN_PORT": "0",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--repository",
+        str(gateway.repository),
+        "--ray-address",
+        gateway.ray_address,
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--ready-file",
+        str(ready),
+    ]
     with process(cmd, out, env) as proc:
         info = wait_ready(ready, proc, out, 120)
         assert info["http"].startswith("https://")
         https, admin = f"https://localhost:{info['http_port']}", f"https://localhost:{info['admin_port']}"
 
-        client = grpcclient.InferenceServerClient(f"localhost:{info['grpc_port']}", ssl=True,
-                                                  root_certificates=str(pki.ca))
+        client = grpcclient.InferenceServerClient(
+            f"localhost:{info['grpc_port']}", ssl=True, root_certificates=str(pki.ca)
+        )
         inp = grpcclient.InferInput("INPUT0", [1, 16], "FP32")
         inp.set_data_from_numpy(np.full((1, 16), 3, np.float32))
         assert client.infer("echo", [inp], model_version="1", client_timeout=30).as_numpy("OUTPUT0").sum() == 48
@@ -53,10 +74,25 @@ def test_a_gateway_with_tls_on_every_door(gateway: RunningGateway, tmp_path: Pat
         with httpx.Client(verify=pki.client_context(), timeout=30) as http, pytest.raises(httpx.TransportError):
             http.get(f"{admin}/admin/traffic", headers=auth)
 
-        cli = [sys.executable, "-m", "gateway.cli", "traffic", "--admin", admin, "--token", TOKEN,
-               "--ca-file", str(pki.ca)]
-        shown = subprocess.run([*cli, "--client-cert", str(pki.client_cert), "--client-key", str(pki.client_key),
-                                "show", "echo"], capture_output=True, text=True, timeout=60, check=False)
+        cli = [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "traffic",
+            "--admin",
+            admin,
+            "--token",
+            TOKEN,
+            "--ca-file",
+            str(pki.ca),
+        ]
+        shown = subprocess.run(
+            [*cli, "--client-cert", str(pki.client_cert), "--client-key", str(pki.client_key), "show", "echo"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert shown.returncode == 0 and "echo" in shown.stdout, shown.stderr
         refused = subprocess.run([*cli, "show"], capture_output=True, text=True, timeout=60, check=False)
         assert refused.returncode == 1 and "cannot reach the admin API" in refused.stderr

@@ -21,16 +21,23 @@ X = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 30], "data
 
 
 def traffic(gw: RunningGateway, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "traffic", "--admin", gw.admin_url, *args],
-                          capture_output=True, text=True, timeout=60, check=False,
-                          env={**os.environ, "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "traffic", "--admin", gw.admin_url, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN},
+    )
 
 
 def answered_by(http_url: str, n: int, key: str | None = None) -> Counter[str]:
     headers = {"x-routing-key": key} if key else {}
     with httpx.Client(base_url=http_url, timeout=30) as http:
-        return Counter(http.post("/v2/models/breast_cancer/infer", json=X, headers=headers).json()["model_version"]
-                       for _ in range(n))
+        return Counter(
+            http.post("/v2/models/breast_cancer/infer", json=X, headers=headers).json()["model_version"]
+            for _ in range(n)
+        )
 
 
 @pytest.fixture

@@ -18,9 +18,26 @@ from tests.integration.conftest import RunningGateway, wait_ready
 def test_two_worker_processes_share_the_ports(gateway: RunningGateway, tmp_path: Path) -> None:
     ready, log_dir, out = tmp_path / "ready.json", tmp_path / "request_log", tmp_path / "gateway.log"
     env = {"GATEWAY_REQUEST_LOG__DIR": str(log_dir), "GATEWAY_EXAMPLE_MODELS": "false"}
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(gateway.repository), "--ray-address",
-           gateway.ray_address, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--workers", "2",
-           "--ready-file", str(ready)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--repository",
+        str(gateway.repository),
+        "--ray-address",
+        gateway.ray_address,
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--workers",
+        "2",
+        "--ready-file",
+        str(ready),
+    ]
     with process(cmd, out, env) as proc:
         address = f"127.0.0.1:{wait_ready(ready, proc, out, 180)['grpc_port']}"
         x = np.ones((1, 4), np.float32)
@@ -34,8 +51,9 @@ def test_two_worker_processes_share_the_ports(gateway: RunningGateway, tmp_path:
                     r = client.infer("stall", [inp], request_id=f"w-{i}")
                     np.testing.assert_array_equal(r.as_numpy("y"), x)
                     answered += 1
-        by_process = Counter(r["gateway_id"] for r in RequestLogReader(log_dir)
-                             if str(r["request_id"]).startswith("w-"))
+        by_process = Counter(
+            r["gateway_id"] for r in RequestLogReader(log_dir) if str(r["request_id"]).startswith("w-")
+        )
         assert sum(by_process.values()) == answered == 80
         # P(all 16 connections on one process) = 2 * 2**-16 if the kernel spreads them evenly.
         assert len(by_process) == 2, by_process

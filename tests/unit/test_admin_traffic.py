@@ -66,14 +66,18 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
         asked.append(named)
         if ("m", "4") in named:  # the repository has a version 4 that appeared after start-up
             spec = [TensorSpecModel(name="x", datatype="FP32", shape=[-1, 1])]
-            info = VersionInfo.from_manifest(Manifest(name="m", version="4", runtime="array", inputs=spec,
-                                                      outputs=spec), BatchingOverride())
+            info = VersionInfo.from_manifest(
+                Manifest(name="m", version="4", runtime="array", inputs=spec, outputs=spec), BatchingOverride()
+            )
             info.state = "READY"
             plane.add_version(info)
 
     api = AdminApi(TrafficControl(plane, StateStore(state), discover), "s3cret")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://admin",
-                                 headers={"authorization": "Bearer s3cret", "x-operator": "alice"}) as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=api),
+        base_url="http://admin",
+        headers={"authorization": "Bearer s3cret", "x-operator": "alice"},
+    ) as client:
         yield client, plane, state, asked
     if state._ticker is not None:
         state._ticker.cancel()
@@ -95,9 +99,15 @@ async def test_shadows_are_set_applied_and_cleared(setup: Setup) -> None:
     assert [e["who"] for e in state.model_history("m")] == ["alice", "alice"]
 
 
-@pytest.mark.parametrize(("shadows", "status", "fragment"), [
-    ({"9": 1.0}, 404, "no version '9'"), ({"3": 1.0}, 400, "not ready"), ({"2": 1.5}, 400, "(0, 1]"),
-    ({"2": "x"}, 400, "shadows.2")])
+@pytest.mark.parametrize(
+    ("shadows", "status", "fragment"),
+    [
+        ({"9": 1.0}, 404, "no version '9'"),
+        ({"3": 1.0}, 400, "not ready"),
+        ({"2": 1.5}, 400, "(0, 1]"),
+        ({"2": "x"}, 400, "shadows.2"),
+    ],
+)
 async def test_bad_shadows_change_nothing(setup: Setup, shadows: dict[str, Any], status: int, fragment: str) -> None:
     client, plane, state, _ = setup
     r = await client.put("/admin/traffic/m/shadows", json={"shadows": shadows})
@@ -107,8 +117,9 @@ async def test_bad_shadows_change_nothing(setup: Setup, shadows: dict[str, Any],
 
 async def test_a_ramp_from_the_default_version_then_rollback(setup: Setup) -> None:
     client, plane, state, _ = setup
-    r = await client.post("/admin/traffic/m/ramp", json={"version": "1", "steps": [5, 50, 100], "every_s": 60,
-                                                         "max_error_rate": 0.01})
+    r = await client.post(
+        "/admin/traffic/m/ramp", json={"version": "1", "steps": [5, 50, 100], "every_s": 60, "max_error_rate": 0.01}
+    )
     assert r.status_code == 200, r.json()
     # No split yet: unpinned requests went to the newest ready version (2), so the ramp starts from it.
     assert plane.router.table.models["m"].weights == {"2": 95, "1": 5}
@@ -121,12 +132,16 @@ async def test_a_ramp_from_the_default_version_then_rollback(setup: Setup) -> No
     assert plane.router.ramped == {} and state.model_history("m")[-1]["reason"] == "not today"
 
 
-@pytest.mark.parametrize(("body", "status", "fragment"), [
-    ({"version": "1", "steps": [50, 5], "every_s": 60}, 400, "rising"),
-    ({"version": "1", "steps": [5], "every_s": 0}, 400, "every_s"),
-    ({"version": "3", "steps": [5], "every_s": 60}, 400, "not ready"),
-    ({"version": "9", "steps": [5], "every_s": 60}, 404, "no version '9'"),
-    ({"version": "1", "steps": [5], "every_s": 60, "max_error_rate": 5}, 400, "max_error_rate")])
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"version": "1", "steps": [50, 5], "every_s": 60}, 400, "rising"),
+        ({"version": "1", "steps": [5], "every_s": 0}, 400, "every_s"),
+        ({"version": "3", "steps": [5], "every_s": 60}, 400, "not ready"),
+        ({"version": "9", "steps": [5], "every_s": 60}, 404, "no version '9'"),
+        ({"version": "1", "steps": [5], "every_s": 60, "max_error_rate": 5}, 400, "max_error_rate"),
+    ],
+)
 async def test_bad_ramps_change_nothing(setup: Setup, body: dict[str, Any], status: int, fragment: str) -> None:
     client, plane, state, _ = setup
     await client.put("/admin/traffic/m", json={"weights": {"2": 100}})
@@ -175,8 +190,9 @@ def test_applicable_keeps_current_routes_for_an_entry_it_cannot_apply_yet() -> N
 
     cat = catalog(("1", "READY"), ("2", "READY"), ("3", "LOADING"))
     current = RoutingTable(models={"m": ModelSplit(weights={"1": 100})})
-    wanted = RoutingTable(revision=5, models={"m": ModelSplit(weights={"1": 50, "3": 50}),
-                                              "other": ModelSplit(weights={"9": 100})})
+    wanted = RoutingTable(
+        revision=5, models={"m": ModelSplit(weights={"1": 50, "3": 50}), "other": ModelSplit(weights={"9": 100})}
+    )
     table, problems = applicable(wanted, cat, current)
     assert table.revision == 5 and table.models == current.models and "not ready" in problems[0]
     cat.set_state("m", "3", "READY")

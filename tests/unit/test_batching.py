@@ -24,8 +24,7 @@ Arrays = dict[str, np.ndarray]
 class FakeModel:
     """Records every batch it is called with; optionally blocks on a gate; returns inputs * 2."""
 
-    def __init__(self, gate: asyncio.Event | None = None,
-                 result: Callable[[Arrays], Arrays] | None = None) -> None:
+    def __init__(self, gate: asyncio.Event | None = None, result: Callable[[Arrays], Arrays] | None = None) -> None:
         self.gate = gate
         self.result = result or (lambda x: {k: v * 2 for k, v in x.items()})
         self.batches: list[Arrays] = []
@@ -164,11 +163,14 @@ async def test_multi_input_requests_are_split_per_input() -> None:
         np.testing.assert_array_equal(out["sum"], np.full((len(j["b"]), 2), 101.0 * i))
 
 
-@pytest.mark.parametrize(("raised", "code"), [
-    (GatewayError(Code.UNAVAILABLE, "replica gone"), Code.UNAVAILABLE),
-    (ValueError("secret model internals"), Code.INTERNAL),
-    (KeyError("x"), Code.INTERNAL),
-])
+@pytest.mark.parametrize(
+    ("raised", "code"),
+    [
+        (GatewayError(Code.UNAVAILABLE, "replica gone"), Code.UNAVAILABLE),
+        (ValueError("secret model internals"), Code.INTERNAL),
+        (KeyError("x"), Code.INTERNAL),
+    ],
+)
 async def test_a_failure_reaches_every_caller_in_the_batch(raised: Exception, code: Code) -> None:
     gate = asyncio.Event()
     calls = 0

@@ -30,8 +30,20 @@ EXAMPLES = sorted((CHART / "ci").glob("*.yaml"))
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
 # Settings the chart writes itself (configmap.yaml) or passes another way (admin_token from the Secret,
 # ray_num_cpus only sizes an embedded cluster); gateway.settings may not set them.
-CHART_OWNED_SETTINGS = {"host", "http_port", "grpc_port", "metrics_port", "admin_host", "admin_port", "admin_token",
-                        "repository", "ray_address", "ray_num_cpus", "fpga_resource", "traffic_file"}
+CHART_OWNED_SETTINGS = {
+    "host",
+    "http_port",
+    "grpc_port",
+    "metrics_port",
+    "admin_host",
+    "admin_port",
+    "admin_token",
+    "repository",
+    "ray_address",
+    "ray_num_cpus",
+    "fpga_resource",
+    "traffic_file",
+}
 
 
 def load_yaml(path: Path) -> Any:
@@ -117,8 +129,11 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("service type not in the enum", {"service": {"type": "Ingress"}}, "$.service.type"),
     ("repository source not in the enum", {"modelRepository": {"source": "s3"}}, "$.modelRepository.source"),
     ("pull policy not in the enum", {"image": {"pullPolicy": "Sometimes"}}, "$.image.pullPolicy"),
-    ("durability not in the enum", {"gateway": {"settings": {"request_log": {"durability": "eventually"}}}},
-     "durability"),
+    (
+        "durability not in the enum",
+        {"gateway": {"settings": {"request_log": {"durability": "eventually"}}}},
+        "durability",
+    ),
     ("missing image repository", {"image": {"repository": None}}, "repository"),
     ("missing gateway section", {"gateway": None}, "gateway"),
     ("empty image repository", {"image": {"repository": ""}}, "$.image.repository"),
@@ -133,10 +148,12 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("Ray token and existing Secret", {"ray": {"auth": {"token": "y" * 20, "existingSecret": "s"}}}, "$.ray.auth"),
     ("ray start flag not a string", {"ray": {"head": {"rayStartParams": {"num-cpus": 2}}}}, "num-cpus"),
     ("num-gpus set by hand", {"ray": {"workers": {"gpu": {"rayStartParams": {"num-gpus": "2"}}}}}, "rayStartParams"),
-    ("FPGA resources set by hand", {"ray": {"workers": {"fpga": {"rayStartParams": {"resources": "{}"}}}}},
-     "rayStartParams"),
-    ("device resource without a domain", {"ray": {"workers": {"fpga": {"deviceResource": "fpga"}}}},
-     "deviceResource"),
+    (
+        "FPGA resources set by hand",
+        {"ray": {"workers": {"fpga": {"rayStartParams": {"resources": "{}"}}}}},
+        "rayStartParams",
+    ),
+    ("device resource without a domain", {"ray": {"workers": {"fpga": {"deviceResource": "fpga"}}}}, "deviceResource"),
     ("Ray resource that is built in", {"ray": {"workers": {"fpga": {"rayResource": "GPU"}}}}, "rayResource"),
     ("Ray resource with quotes", {"ray": {"workers": {"fpga": {"rayResource": 'FP"GA'}}}}, "rayResource"),
     ("Ray version not x.y.z", {"ray": {"version": "latest"}}, "$.ray.version"),
@@ -148,8 +165,9 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("case", "override", "where"), BAD_VALUES, ids=[c[0] for c in BAD_VALUES])
-def test_bad_values_are_refused(schema: dict[str, Any], defaults: dict[str, Any], case: str,
-                                override: dict[str, Any], where: str) -> None:
+def test_bad_values_are_refused(
+    schema: dict[str, Any], defaults: dict[str, Any], case: str, override: dict[str, Any], where: str
+) -> None:
     errors = schema_errors(schema, helm_merge(defaults, override))
     assert errors, f"{case}: accepted"
     assert any(where in e for e in errors), f"{case}: no error names {where!r}: {errors}"
@@ -245,8 +263,11 @@ def test_configmap_writes_only_real_settings() -> None:
     # The user's settings come from gateway.settings only, under the chart's keys.
     assert "mustMergeOverwrite (deepCopy .Values.gateway.settings) $managed" in text
     # The drift section is written only when asked for, so the file stays valid for a gateway without it.
-    assert re.search(r'if and \.Values\.drift\.enabled \.Values\.drift\.settings -}}\s*'
-                     r'{{- \$_ := set \$settings "drift" \.Values\.drift\.settings -}}', text)
+    assert re.search(
+        r"if and \.Values\.drift\.enabled \.Values\.drift\.settings -}}\s*"
+        r'{{- \$_ := set \$settings "drift" \.Values\.drift\.settings -}}',
+        text,
+    )
 
 
 def test_fpga_resource_setting_follows_the_fpga_group(defaults: dict[str, Any]) -> None:
@@ -284,8 +305,9 @@ def test_gateway_settings_in_values_load_as_gateway_settings(defaults: dict[str,
         pytest.fail(f"{path.name}: gateway.settings is not valid: {exc}")
 
 
-def test_settings_that_pydantic_refuses_are_refused_by_the_schema_too(schema: dict[str, Any],
-                                                                      defaults: dict[str, Any]) -> None:
+def test_settings_that_pydantic_refuses_are_refused_by_the_schema_too(
+    schema: dict[str, Any], defaults: dict[str, Any]
+) -> None:
     for bad in ({"workers": 0}, {"request_log": {"on_full": "block"}}, {"tracing": {"exporter": "jaeger"}}):
         with pytest.raises(ValidationError):
             GatewaySettings.model_validate(bad)
@@ -298,7 +320,7 @@ def test_gateway_pod_wiring() -> None:
     assert '"gateway", "drift", "run", "--config", {{ $config | quote }}' in deployment
     assert "path: /v2/health/live" in deployment and "path: /v2/health/ready" in deployment
     assert "name: GATEWAY_ADMIN_TOKEN" in deployment and "key: admin-token" in deployment
-    assert "checksum/config: {{ include (print $.Template.BasePath \"/configmap.yaml\") . | sha256sum }}" in deployment
+    assert 'checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}' in deployment
     # Both containers mount the one request-log volume at the path the settings file names.
     assert deployment.count("- name: request-log\n              mountPath: {{ .Values.requestLog.mountPath }}") == 2
     service = (TEMPLATES / "service.yaml").read_text()
@@ -331,8 +353,15 @@ def test_dockerfile_builds_one_pinned_non_root_image() -> None:
     assert re.search(r"pip install --constraint requirements\.lock \"\.\[all\b", text)
     assert re.search(r"^USER 1000:1000$", text, re.M)
     ignore = (ROOT / ".dockerignore").read_text().split()
-    for needed in ("!pyproject.toml", "!requirements.lock", "!README.md", "!contract/", "!gateway/", "!serving/",
-                   "!loadtests/"):
+    for needed in (
+        "!pyproject.toml",
+        "!requirements.lock",
+        "!README.md",
+        "!contract/",
+        "!gateway/",
+        "!serving/",
+        "!loadtests/",
+    ):
         assert needed in ignore
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     for package in (p.rstrip("*") for p in packages):  # every package pip installs is in the build context

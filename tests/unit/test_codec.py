@@ -46,6 +46,7 @@ def sample(datatype: str) -> np.ndarray:
 
 # --- from_raw ---------------------------------------------------------------------------------
 
+
 def test_from_raw_is_a_zero_copy_view_of_the_buffer() -> None:
     buf = bytearray(np.arange(6, dtype=np.float32).tobytes())
     arr = codec.from_raw("x", "FP32", [2, 3], memoryview(buf), CAP)
@@ -106,6 +107,7 @@ def test_zero_sized_shape_decodes_empty() -> None:
 
 # --- BYTES -----------------------------------------------------------------------------------
 
+
 def test_bytes_length_prefixed_parsing() -> None:
     items = [b"", b"abc", "héllo".encode(), b"\x00\x01\x02"]
     arr = codec.from_raw("s", "BYTES", [2, 2], bytes_payload(*items), CAP)
@@ -142,6 +144,7 @@ def test_bytes_huge_length_claim_does_not_allocate() -> None:
 
 # --- from_list -------------------------------------------------------------------------------
 
+
 def test_from_list_flat_and_nested_agree() -> None:
     flat = codec.from_list("x", "FP32", [2, 2], [1, 2.5, 3, 4], CAP)
     nested = codec.from_list("x", "FP32", [2, 2], [[1, 2.5], [3, 4]], CAP)
@@ -170,16 +173,19 @@ def test_from_list_ragged_is_invalid() -> None:
     assert e.code is Code.INVALID_ARGUMENT and "'x'" in e.message and "ragged" in e.message
 
 
-@pytest.mark.parametrize(("datatype", "data"), [
-    ("INT32", [1.5, 2.0]),
-    ("INT32", [True, False]),
-    ("UINT8", [1.0, 2.0]),
-    ("FP32", ["1.0", "2.0"]),
-    ("FP32", [True, False]),
-    ("BOOL", [1, 0]),
-    ("FP64", [1.0, None]),
-    ("INT64", [{"a": 1}, 2]),
-])
+@pytest.mark.parametrize(
+    ("datatype", "data"),
+    [
+        ("INT32", [1.5, 2.0]),
+        ("INT32", [True, False]),
+        ("UINT8", [1.0, 2.0]),
+        ("FP32", ["1.0", "2.0"]),
+        ("FP32", [True, False]),
+        ("BOOL", [1, 0]),
+        ("FP64", [1.0, None]),
+        ("INT64", [{"a": 1}, 2]),
+    ],
+)
 def test_from_list_wrong_kind_is_invalid(datatype: str, data: list[Any]) -> None:
     e = err(codec.from_list, "x", datatype, [2], data, CAP)
     assert e.code is Code.INVALID_ARGUMENT
@@ -191,16 +197,32 @@ def test_from_list_accepts_integers_for_floats() -> None:
     assert arr.dtype == np.float64 and arr.tolist() == [1.0, 2.0, 3.0]
 
 
-@pytest.mark.parametrize(("datatype", "value"), [
-    ("UINT8", 255), ("UINT8", 0), ("INT8", -128), ("INT8", 127), ("UINT64", 2**64 - 1), ("INT64", -(2**63)),
-])
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [
+        ("UINT8", 255),
+        ("UINT8", 0),
+        ("INT8", -128),
+        ("INT8", 127),
+        ("UINT64", 2**64 - 1),
+        ("INT64", -(2**63)),
+    ],
+)
 def test_from_list_accepts_values_at_the_edges_of_the_range(datatype: str, value: int) -> None:
     assert codec.from_list("x", datatype, [1], [value], CAP).tolist() == [value]
 
 
-@pytest.mark.parametrize(("datatype", "value"), [
-    ("UINT8", 300), ("UINT8", -1), ("INT8", 200), ("UINT32", -5), ("INT64", 2**63), ("INT16", 40000),
-])
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [
+        ("UINT8", 300),
+        ("UINT8", -1),
+        ("INT8", 200),
+        ("UINT32", -5),
+        ("INT64", 2**63),
+        ("INT16", 40000),
+    ],
+)
 def test_from_list_out_of_range_integer_is_invalid(datatype: str, value: int) -> None:
     e = err(codec.from_list, "x", datatype, [1], [value], CAP)
     assert e.code is Code.INVALID_ARGUMENT and "'x'" in e.message and datatype in e.message
@@ -239,6 +261,7 @@ def test_from_list_empty_tensor() -> None:
 
 
 # --- round trips -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("datatype", list(codec.NUMPY_DTYPES))
 def test_raw_round_trip_every_datatype(datatype: str) -> None:
@@ -293,8 +316,7 @@ shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.sampled_from(FIXED).flatmap(
-    lambda dt: st.tuples(st.just(dt), hnp.arrays(codec.NUMPY_DTYPES[dt], shapes))))
+@given(st.sampled_from(FIXED).flatmap(lambda dt: st.tuples(st.just(dt), hnp.arrays(codec.NUMPY_DTYPES[dt], shapes))))
 def test_property_from_raw_inverts_to_raw(case: tuple[str, np.ndarray]) -> None:
     datatype, a = case
     back = codec.from_raw("x", datatype, list(a.shape), codec.to_raw(a, datatype), CAP)
@@ -303,8 +325,11 @@ def test_property_from_raw_inverts_to_raw(case: tuple[str, np.ndarray]) -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.binary(max_size=20), max_size=12).flatmap(
-    lambda items: st.tuples(st.just(items), st.sampled_from([[len(items)], [1, len(items)], [len(items), 1]]))))
+@given(
+    st.lists(st.binary(max_size=20), max_size=12).flatmap(
+        lambda items: st.tuples(st.just(items), st.sampled_from([[len(items)], [1, len(items)], [len(items), 1]]))
+    )
+)
 def test_property_bytes_from_raw_inverts_to_raw(case: tuple[list[bytes], list[int]]) -> None:
     items, shape = case
     a = np.empty(len(items), dtype=np.object_)
@@ -315,9 +340,14 @@ def test_property_bytes_from_raw_inverts_to_raw(case: tuple[list[bytes], list[in
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.sampled_from(FIXED).flatmap(
-    lambda dt: st.tuples(st.just(dt), hnp.arrays(codec.NUMPY_DTYPES[dt], shapes,
-                                                 elements={"allow_nan": False} if dt.startswith("FP") else None))))
+@given(
+    st.sampled_from(FIXED).flatmap(
+        lambda dt: st.tuples(
+            st.just(dt),
+            hnp.arrays(codec.NUMPY_DTYPES[dt], shapes, elements={"allow_nan": False} if dt.startswith("FP") else None),
+        )
+    )
+)
 def test_property_from_list_inverts_to_list(case: tuple[str, np.ndarray]) -> None:
     datatype, a = case
     back = codec.from_list("x", datatype, list(a.shape), codec.to_list(a, datatype), CAP)

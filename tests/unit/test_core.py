@@ -21,16 +21,21 @@ Arrays = dict[str, np.ndarray]
 
 def manifest(name: str = "m", version: str = "1", *, batching: bool = True, max_batch_size: int = 8) -> Manifest:
     return Manifest(
-        name=name, version=version, runtime="array",
+        name=name,
+        version=version,
+        runtime="array",
         inputs=[TensorSpecModel(name="x", datatype="FP32", shape=[-1, 2])],
-        outputs=[TensorSpecModel(name="y", datatype="FP32", shape=[-1, 2]),
-                 TensorSpecModel(name="v", datatype="FP32", shape=[-1])],
+        outputs=[
+            TensorSpecModel(name="y", datatype="FP32", shape=[-1, 2]),
+            TensorSpecModel(name="v", datatype="FP32", shape=[-1]),
+        ],
         batching=Batching(enabled=batching, max_batch_size=max_batch_size),
     )
 
 
-def catalog(*versions: tuple[str, str, str], batching: bool = True,
-            override: BatchingOverride | None = None) -> Catalog:
+def catalog(
+    *versions: tuple[str, str, str], batching: bool = True, override: BatchingOverride | None = None
+) -> Catalog:
     """versions: (model, version, state)."""
     infos = []
     for model, version, state in versions:
@@ -58,11 +63,25 @@ class FakeDispatcher:
         return {k: v for k, v in out.items() if k not in self.drop}
 
 
-def request(model: str = "m", rows: int = 2, *, version: str | None = None, start: float = 0.0,
-            outputs: tuple[str, ...] = (), deadline: float | None = None, **kw: Any) -> InferRequest:
-    x = (np.arange(rows * 2, dtype=np.float32).reshape(rows, 2) + start)
-    return InferRequest(model=model, version=version, inputs=(Tensor("x", "FP32", x),),
-                        outputs=tuple(RequestedOutput(o) for o in outputs), deadline=deadline, **kw)
+def request(
+    model: str = "m",
+    rows: int = 2,
+    *,
+    version: str | None = None,
+    start: float = 0.0,
+    outputs: tuple[str, ...] = (),
+    deadline: float | None = None,
+    **kw: Any,
+) -> InferRequest:
+    x = np.arange(rows * 2, dtype=np.float32).reshape(rows, 2) + start
+    return InferRequest(
+        model=model,
+        version=version,
+        inputs=(Tensor("x", "FP32", x),),
+        outputs=tuple(RequestedOutput(o) for o in outputs),
+        deadline=deadline,
+        **kw,
+    )
 
 
 GUARD_S = 10.0  # only a broken data plane makes a test wait this long: it turns a hang into a failure
@@ -83,7 +102,8 @@ async def refused(plane: DataPlane, req: InferRequest) -> GatewayError:
 
 def count(plane: DataPlane, model: str, version: str, code: str) -> float:
     value = plane.metrics.registry.get_sample_value(
-        "gateway_inference_requests_total", {"model": model, "version": version, "code": code})
+        "gateway_inference_requests_total", {"model": model, "version": version, "code": code}
+    )
     return value or 0.0
 
 
@@ -252,10 +272,13 @@ async def test_dispatcher_gateway_error_passes_through(batching: bool) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("batching", [
-    True,
-    False,
-])
+@pytest.mark.parametrize(
+    "batching",
+    [
+        True,
+        False,
+    ],
+)
 async def test_unexpected_dispatcher_exception_is_internal(batching: bool) -> None:
     plane = DataPlane(catalog(("m", "1", "READY"), batching=batching), FakeDispatcher(raises=RuntimeError("boom")))
     e = await refused(plane, request())
@@ -266,8 +289,12 @@ async def test_unexpected_dispatcher_exception_is_internal(batching: bool) -> No
 def test_batching_override_turns_the_batcher_off_and_changes_limits() -> None:
     plane = DataPlane(catalog(("m", "1", "READY"), override=BatchingOverride(enabled=False)), FakeDispatcher())
     assert plane._batchers == {}
-    plane = DataPlane(catalog(("m", "1", "READY"), override=BatchingOverride(max_batch_size=2, max_inflight_batches=3,
-                                                                           max_wait_ms=5)), FakeDispatcher())
+    plane = DataPlane(
+        catalog(
+            ("m", "1", "READY"), override=BatchingOverride(max_batch_size=2, max_inflight_batches=3, max_wait_ms=5)
+        ),
+        FakeDispatcher(),
+    )
     b = plane._batchers[("m", "1")]
     assert (b.max_batch_size, b.max_inflight, b.max_wait_s) == (2, 3, 0.005)
 
@@ -320,7 +347,10 @@ def test_repository_index_ready_filter() -> None:
     plane = DataPlane(catalog(("m", "1", "READY"), ("m", "2", "LOADING"), ("e", "1", "READY")), FakeDispatcher())
     everything = plane.repository_index()
     assert {(s.model, s.version, s.state) for s in everything} == {
-        ("m", "1", "READY"), ("m", "2", "LOADING"), ("e", "1", "READY")}
+        ("m", "1", "READY"),
+        ("m", "2", "LOADING"),
+        ("e", "1", "READY"),
+    }
     ready = plane.repository_index(ready_only=True)
     assert sorted((s.model, s.version) for s in ready) == [("e", "1"), ("m", "1")]
     assert all(isinstance(s, VersionStatus) and s.state == "READY" for s in ready)

@@ -63,10 +63,13 @@ async def test_a_second_loss_is_unavailable() -> None:
     assert e.value.code == Code.UNAVAILABLE and "no healthy replica" in e.value.message and handle.calls == 2
 
 
-@pytest.mark.parametrize(("fault", "code"), [
-    (DeploymentUnavailableError(DeploymentID(name="d", app_name="a")), Code.UNAVAILABLE),  # nothing to retry on
-    (BackPressureError(num_queued_requests=1, max_queued_requests=1), Code.UNAVAILABLE),  # overload: no retry
-])
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        (DeploymentUnavailableError(DeploymentID(name="d", app_name="a")), Code.UNAVAILABLE),  # nothing to retry on
+        (BackPressureError(num_queued_requests=1, max_queued_requests=1), Code.UNAVAILABLE),  # overload: no retry
+    ],
+)
 async def test_no_retry_when_no_replica_could_answer(fault: Exception, code: Code) -> None:
     handle = FakeHandle(fault, {"y": X["x"]})
     with pytest.raises(GatewayError) as e:
@@ -74,8 +77,9 @@ async def test_no_retry_when_no_replica_could_answer(fault: Exception, code: Cod
     assert e.value.code == code and handle.calls == 1
 
 
-@pytest.mark.parametrize(("code", "expected"), [("INVALID_ARGUMENT", Code.INVALID_ARGUMENT),
-                                                 ("UNAVAILABLE", Code.UNAVAILABLE)])
+@pytest.mark.parametrize(
+    ("code", "expected"), [("INVALID_ARGUMENT", Code.INVALID_ARGUMENT), ("UNAVAILABLE", Code.UNAVAILABLE)]
+)
 async def test_a_runtime_fault_keeps_its_code_and_is_not_retried(code: str, expected: Code) -> None:
     # Over the gRPC transport a replica's exception arrives as itself, not wrapped in a RayTaskError.
     handle = FakeHandle(RuntimeFault(code, "the remote server refused it"), {"y": X["x"]})
@@ -101,9 +105,15 @@ async def test_a_broken_replica_channel_is_retried_once_then_unavailable() -> No
     assert e.value.code == Code.UNAVAILABLE and handle.calls == 2
 
 
-@pytest.mark.parametrize(("status", "code"), [("RESOURCE_EXHAUSTED", Code.RESOURCE_EXHAUSTED),
-                                              ("DEADLINE_EXCEEDED", Code.DEADLINE_EXCEEDED),
-                                              ("INTERNAL", Code.INTERNAL), ("UNKNOWN", Code.INTERNAL)])
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        ("RESOURCE_EXHAUSTED", Code.RESOURCE_EXHAUSTED),
+        ("DEADLINE_EXCEEDED", Code.DEADLINE_EXCEEDED),
+        ("INTERNAL", Code.INTERNAL),
+        ("UNKNOWN", Code.INTERNAL),
+    ],
+)
 async def test_a_replica_channel_status_is_not_retried(status: str, code: Code) -> None:
     import grpc
 

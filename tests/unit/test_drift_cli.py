@@ -20,10 +20,20 @@ def config(tmp_path: Path) -> Path:
     x1, p1 = traffic(1000, shift=2.0, seed=2)
     write_log(tmp_path / "log", records_from(np.concatenate([x0, x1]), np.concatenate([p0, p1]), model=MODEL))
     cfg = tmp_path / "gateway.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "repository": str(tmp_path / "repo"), "request_log": {"dir": str(tmp_path / "log")},
-        "drift": {"state_file": str(tmp_path / "drift" / "state.npz"), "reports_dir": str(tmp_path / "drift"),
-                  "window_rows": 500, "policy": {"min_samples": 400, "consecutive_windows": 2}}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "repository": str(tmp_path / "repo"),
+                "request_log": {"dir": str(tmp_path / "log")},
+                "drift": {
+                    "state_file": str(tmp_path / "drift" / "state.npz"),
+                    "reports_dir": str(tmp_path / "drift"),
+                    "window_rows": 500,
+                    "policy": {"min_samples": 400, "consecutive_windows": 2},
+                },
+            }
+        )
+    )
     return cfg
 
 

@@ -22,8 +22,14 @@ def test_breached_compares_p_values_from_below_and_ignores_nan() -> None:
 
 
 def test_a_run_of_breaching_windows_raises_one_alarm_then_the_cooldown_holds() -> None:
-    policy = DriftPolicySettings(thresholds={"psi": 0.2}, min_features=2, consecutive_windows=3, min_samples=100,
-                                 cooldown_s=1000, prediction_alone=False)
+    policy = DriftPolicySettings(
+        thresholds={"psi": 0.2},
+        min_features=2,
+        consecutive_windows=3,
+        min_samples=100,
+        cooldown_s=1000,
+        prediction_alone=False,
+    )
     s = PolicyState()
     hot = feats([0.5, 0.4, 0.0])
     got = [judge(policy, s, hot, 500, w, 100.0 * w).status for w in range(8)]
@@ -48,8 +54,7 @@ def test_a_quiet_window_breaks_the_run_and_a_small_one_is_not_judged() -> None:
 def test_min_features_and_prediction_drift() -> None:
     one = feats([0.5, 0.0, 0.0], pred_psi=0.0)
     pred = feats([0.0, 0.0, 0.0], pred_psi=0.9)
-    strict = DriftPolicySettings(thresholds={"psi": 0.2}, min_features=2, consecutive_windows=1,
-                                 prediction_alone=False)
+    strict = DriftPolicySettings(thresholds={"psi": 0.2}, min_features=2, consecutive_windows=1, prediction_alone=False)
     assert judge(strict, PolicyState(), one, 1000, 0, 0).status == "ok"
     assert judge(strict, PolicyState(), pred, 1000, 0, 0).status == "ok"
     loose = strict.model_copy(update={"prediction_alone": True})

@@ -32,11 +32,18 @@ def make_repository(root: Path, n: int = 5000, seed: int = 0) -> Path:
     """A model `clf` version 1 whose reference is N(0, 1) features and their logistic predictions."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, WIDTH))
-    manifest = Manifest(name=MODEL, version="1", runtime="array", options={"program": "identity"},
-                        inputs=[TensorSpecModel(name="features", datatype="FP32", shape=[-1, WIDTH])],
-                        outputs=[TensorSpecModel(name="probabilities", datatype="FP32", shape=[-1, 2]),
-                                 TensorSpecModel(name="label", datatype="INT64", shape=[-1])],
-                        reference="reference.npz")
+    manifest = Manifest(
+        name=MODEL,
+        version="1",
+        runtime="array",
+        options={"program": "identity"},
+        inputs=[TensorSpecModel(name="features", datatype="FP32", shape=[-1, WIDTH])],
+        outputs=[
+            TensorSpecModel(name="probabilities", datatype="FP32", shape=[-1, 2]),
+            TensorSpecModel(name="label", datatype="INT64", shape=[-1]),
+        ],
+        reference="reference.npz",
+    )
     Repository(root).write_version(manifest, lambda d: write_reference(d, x, predict(x), NAMES))
     return root
 
@@ -71,8 +78,14 @@ class FakeJobServer:
 
 def drift_settings(work: Path, **kw: Any) -> DriftSettings:
     policy = kw.pop("policy", {"min_samples": 400, "consecutive_windows": 2, "min_features": 2, "cooldown_s": 1e9})
-    return DriftSettings(state_file=work / "state.npz", reports_dir=work / "reports", window_rows=500,
-                         plot_interval_s=1e9, policy=policy, **kw)
+    return DriftSettings(
+        state_file=work / "state.npz",
+        reports_dir=work / "reports",
+        window_rows=500,
+        plot_interval_s=1e9,
+        policy=policy,
+        **kw,
+    )
 
 
 def run_all(sidecar: Sidecar) -> None:
@@ -83,8 +96,13 @@ def window_reports(root: Path) -> dict[int, dict[str, Any]]:
     out = {}
     for p in sorted((root / MODEL / "1").glob("window-*.json")):
         r = orjson.loads(p.read_bytes())
-        out[r["window"]] = {"rows": r["rows"], "first": r["first_time"], "last": r["last_time"],
-                            "verdict": r["verdict"], "scores": [f["scores"] for f in r["features"]]}
+        out[r["window"]] = {
+            "rows": r["rows"],
+            "first": r["first_time"],
+            "last": r["last_time"],
+            "verdict": r["verdict"],
+            "scores": [f["scores"] for f in r["features"]],
+        }
     return out
 
 
@@ -112,7 +130,8 @@ def test_windows_are_numbered_in_log_order_and_skip_what_is_not_live_traffic(tmp
     assert names == [*NAMES, "probabilities"]
     # Every score is exported, labelled by model, version, feature and statistic.
     value = sidecar.metrics.registry.get_sample_value(
-        "gateway_drift_score", {"model": MODEL, "version": "1", "feature": "income", "statistic": "psi"})
+        "gateway_drift_score", {"model": MODEL, "version": "1", "feature": "income", "statistic": "psi"}
+    )
     assert value == pytest.approx(latest["features"][1]["scores"]["psi"])
 
 
@@ -140,8 +159,12 @@ def test_a_window_closes_early_by_the_records_clock(tmp_path: Path, repo: Path) 
 def _shifted_log(root: Path, rotate_bytes: int = 1 << 30, chunk: int = 5000) -> None:
     x0, p0 = traffic(2000, seed=1)
     x1, p1 = traffic(3000, shift=1.5, seed=2)
-    write_log(root, records_from(np.concatenate([x0, x1]), np.concatenate([p0, p1]), model=MODEL),
-              rotate_bytes=rotate_bytes, chunk=chunk)
+    write_log(
+        root,
+        records_from(np.concatenate([x0, x1]), np.concatenate([p0, p1]), model=MODEL),
+        rotate_bytes=rotate_bytes,
+        chunk=chunk,
+    )
 
 
 def test_restart_rotation_and_compaction_neither_skip_nor_double_count(tmp_path: Path, repo: Path) -> None:
@@ -190,7 +213,8 @@ def test_a_crash_before_the_checkpoint_replays_without_a_second_alarm_or_job(tmp
 
 
 def test_shifted_traffic_raises_one_alarm_and_one_job_and_a_second_sidecar_starts_none(
-        tmp_path: Path, repo: Path) -> None:
+    tmp_path: Path, repo: Path
+) -> None:
     _shifted_log(tmp_path / "log")
     server = FakeJobServer()
     first = Sidecar(drift_settings(tmp_path / "a"), repo, tmp_path / "log", server)
@@ -243,9 +267,11 @@ def test_reports_keep_a_bounded_history(tmp_path: Path, repo: Path) -> None:
 
 
 def test_the_sidecar_does_not_import_the_data_plane() -> None:
-    code = ("import sys, gateway.drift.sidecar, gateway.drift.cli; "
-            "bad = [m for m in ('gateway.core', 'gateway.app', 'gateway.dispatch', 'gateway.plane.batching', "
-            "'gateway.doors.grpc', 'gateway.doors.http', 'ray') if m in sys.modules]; print(bad)")
+    code = (
+        "import sys, gateway.drift.sidecar, gateway.drift.cli; "
+        "bad = [m for m in ('gateway.core', 'gateway.app', 'gateway.dispatch', 'gateway.plane.batching', "
+        "'gateway.doors.grpc', 'gateway.doors.http', 'ray') if m in sys.modules]; print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
 
@@ -254,37 +280,56 @@ def test_a_categorical_feature_is_compared_by_chi_square(tmp_path: Path) -> None
     rng = np.random.default_rng(4)
     x = rng.normal(size=(4000, WIDTH))
     x[:, 3] = rng.choice([0.0, 1.0, 2.0, 3.0], size=4000, p=[0.4, 0.3, 0.2, 0.1])
-    manifest = Manifest(name=MODEL, version="1", runtime="array", options={"program": "identity"},
-                        inputs=[TensorSpecModel(name="features", datatype="FP32", shape=[-1, WIDTH])],
-                        outputs=[TensorSpecModel(name="probabilities", datatype="FP32", shape=[-1, 2])],
-                        reference="reference.npz")
+    manifest = Manifest(
+        name=MODEL,
+        version="1",
+        runtime="array",
+        options={"program": "identity"},
+        inputs=[TensorSpecModel(name="features", datatype="FP32", shape=[-1, WIDTH])],
+        outputs=[TensorSpecModel(name="probabilities", datatype="FP32", shape=[-1, 2])],
+        reference="reference.npz",
+    )
     Repository(tmp_path / "repo").write_version(manifest, lambda d: write_reference(d, x, predict(x), NAMES))
     live = rng.normal(size=(1000, WIDTH))
     live[:500, 3] = rng.choice([0.0, 1.0, 2.0, 3.0], size=500, p=[0.4, 0.3, 0.2, 0.1])
     live[500:, 3] = rng.choice([0.0, 1.0, 2.0, 3.0, 7.0], size=500, p=[0.1, 0.2, 0.2, 0.3, 0.2])
     write_log(tmp_path / "log", records_from(live, predict(live), model=MODEL))
-    settings = drift_settings(tmp_path, categorical_features={MODEL: ["clicks"]},
-                              policy={"min_samples": 400, "min_features": 1, "consecutive_windows": 1,
-                                      "thresholds": {"chi2_pvalue": 0.001}, "prediction_alone": False})
+    settings = drift_settings(
+        tmp_path,
+        categorical_features={MODEL: ["clicks"]},
+        policy={
+            "min_samples": 400,
+            "min_features": 1,
+            "consecutive_windows": 1,
+            "thresholds": {"chi2_pvalue": 0.001},
+            "prediction_alone": False,
+        },
+    )
     run_all(Sidecar(settings, tmp_path / "repo", tmp_path / "log"))
     got = window_reports(tmp_path / "reports")
     assert [got[k]["verdict"]["status"] for k in sorted(got)] == ["ok", "alarm"]
     assert got[1]["verdict"]["breaching"] == ["clicks"]
     report = orjson.loads(reports.report_path(tmp_path / "reports", MODEL, "1", 1).read_bytes())
     clicks = next(f for f in report["features"] if f["feature"] == "clicks")
-    assert clicks["kind"] == "categorical" and set(clicks["scores"]) == {"psi", "js_distance", "chi2_stat",
-                                                                       "chi2_pvalue"}
+    assert clicks["kind"] == "categorical" and set(clicks["scores"]) == {
+        "psi",
+        "js_distance",
+        "chi2_stat",
+        "chi2_pvalue",
+    }
     assert clicks["edges"] == [0.0, 1.0, 2.0, 3.0] and clicks["live_hist"][-1] > 50  # 7.0 counts as 'other'
     assert clicks["scores"]["chi2_pvalue"] < 1e-6
 
 
 def test_without_matplotlib_the_reports_have_no_plot_and_say_so_once(
-        tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     x, p = traffic(1500)
     write_log(tmp_path / "log", records_from(x, p, model=MODEL))
-    settings = DriftSettings(state_file=tmp_path / "state.npz", reports_dir=tmp_path / "reports", window_rows=500,
-                             plot_interval_s=0.0)  # every window is due a plot
+    settings = DriftSettings(
+        state_file=tmp_path / "state.npz", reports_dir=tmp_path / "reports", window_rows=500, plot_interval_s=0.0
+    )  # every window is due a plot
     with caplog.at_level("WARNING", logger="gateway.drift"):
         run_all(Sidecar(settings, repo, tmp_path / "log"))
     got = window_reports(tmp_path / "reports")
@@ -292,5 +337,6 @@ def test_without_matplotlib_the_reports_have_no_plot_and_say_so_once(
     assert reports.latest(tmp_path / "reports", MODEL, "1")[0]["plot"] is None
     assert not list((tmp_path / "reports").rglob("*.png"))
     said = [r.getMessage() for r in caplog.records if "plot" in r.getMessage()]
-    assert said == ["drift: reports without plots: drawing drift reports needs matplotlib: "
-                    "pip install 'model-gateway[plots]'"]
+    assert said == [
+        "drift: reports without plots: drawing drift reports needs matplotlib: pip install 'model-gateway[plots]'"
+    ]

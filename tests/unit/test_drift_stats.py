@@ -14,12 +14,20 @@ from gateway.drift import stats
 
 def _columns(rng: np.random.Generator, n: int) -> np.ndarray:
     """Four kinds of column: normal, skewed, heavily tied integers, and constant-ish with outliers."""
-    return np.stack([rng.normal(0, 1, n), rng.lognormal(0, 1, n), rng.integers(0, 5, n).astype(float),
-                     np.where(rng.random(n) < 0.9, 1.0, rng.normal(5, 1, n))], axis=1)
+    return np.stack(
+        [
+            rng.normal(0, 1, n),
+            rng.lognormal(0, 1, n),
+            rng.integers(0, 5, n).astype(float),
+            np.where(rng.random(n) < 0.9, 1.0, rng.normal(5, 1, n)),
+        ],
+        axis=1,
+    )
 
 
-@pytest.mark.parametrize(("n_ref", "n_live", "shift"), [(500, 300, 0.0), (2000, 1000, 0.3), (50, 4000, 1.0),
-                                                       (12000, 11000, 0.05)])
+@pytest.mark.parametrize(
+    ("n_ref", "n_live", "shift"), [(500, 300, 0.0), (2000, 1000, 0.3), (50, 4000, 1.0), (12000, 11000, 0.05)]
+)
 def test_ks_matches_scipy(n_ref: int, n_live: int, shift: float) -> None:
     rng = np.random.default_rng(n_ref + n_live)
     ref, live = _columns(rng, n_ref), _columns(rng, n_live) + shift
@@ -65,8 +73,11 @@ def test_js_distance_matches_scipy_on_the_same_histograms() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 50), min_size=2, max_size=12).flatmap(
-    lambda a: st.tuples(st.just(a), st.lists(st.integers(0, 50), min_size=len(a), max_size=len(a)))))
+@given(
+    st.lists(st.integers(0, 50), min_size=2, max_size=12).flatmap(
+        lambda a: st.tuples(st.just(a), st.lists(st.integers(0, 50), min_size=len(a), max_size=len(a)))
+    )
+)
 def test_js_distance_properties(pair: tuple[list[int], list[int]]) -> None:
     a, b = (np.array([x], dtype=np.int64) for x in pair)
     if a.sum() == 0 or b.sum() == 0:
@@ -125,8 +136,11 @@ def test_psi_by_hand() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 100), min_size=2, max_size=10).flatmap(
-    lambda a: st.tuples(st.just(a), st.lists(st.integers(0, 100), min_size=len(a), max_size=len(a)))))
+@given(
+    st.lists(st.integers(0, 100), min_size=2, max_size=10).flatmap(
+        lambda a: st.tuples(st.just(a), st.lists(st.integers(0, 100), min_size=len(a), max_size=len(a)))
+    )
+)
 def test_psi_properties(pair: tuple[list[int], list[int]]) -> None:
     a, b = (np.array([x], dtype=np.int64) for x in pair)
     if a.sum() == 0 or b.sum() == 0:

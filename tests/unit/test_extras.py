@@ -21,8 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 # The module each extra's code imports, and the distribution that installs it.
-MODULES = {"plots": ("matplotlib", "matplotlib"), "query": ("duckdb", "duckdb"),
-           "train": ("sklearn", "scikit-learn"), "progress": ("tqdm", "tqdm")}
+MODULES = {
+    "plots": ("matplotlib", "matplotlib"),
+    "query": ("duckdb", "duckdb"),
+    "train": ("sklearn", "scikit-learn"),
+    "progress": ("tqdm", "tqdm"),
+}
 
 
 def requirement_name(req: str) -> str:
@@ -65,7 +69,7 @@ def test_pyproject_extras_are_the_ones_code_names() -> None:
     # `all` is every extra code asks for (gpu and dev are not: they are for a kind of machine, and for us).
     (everything,) = extras["all"]
     assert everything.startswith(f"{DISTRIBUTION}[")
-    assert set(everything[len(DISTRIBUTION) + 1:-1].split(",")) == set(EXTRAS)
+    assert set(everything[len(DISTRIBUTION) + 1 : -1].split(",")) == set(EXTRAS)
     # What serving itself runs stays core: the drift sidecar's p-values and reading compacted log segments.
     assert {"scipy", "pyarrow"} <= core
 
@@ -74,8 +78,9 @@ def test_make_installs_every_extra() -> None:
     assert "--editable '.[all,dev]'" in (ROOT / "Makefile").read_text()
 
 
-def test_logs_query_without_duckdb_says_which_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_logs_query_without_duckdb_says_which_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from gateway import cli
 
     monkeypatch.setitem(sys.modules, "duckdb", None)
@@ -84,8 +89,9 @@ def test_logs_query_without_duckdb_says_which_extra(tmp_path: Path, monkeypatch:
     assert out.err == f"gateway logs query needs DuckDB: pip install '{DISTRIBUTION}[query]'\n" and out.out == ""
 
 
-def test_loadtest_plot_without_matplotlib_stops_before_the_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_loadtest_plot_without_matplotlib_stops_before_the_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from loadtests import cli, runner
 
     def no_run(config: object) -> None:
@@ -93,8 +99,9 @@ def test_loadtest_plot_without_matplotlib_stops_before_the_run(monkeypatch: pyte
 
     monkeypatch.setattr(runner, "run_load", no_run)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    code = cli.main(["--target", "grpc://127.0.0.1:1", "--model", "echo", "--rate", "10",
-                     "--plot", str(tmp_path / "out.png")])
+    code = cli.main(
+        ["--target", "grpc://127.0.0.1:1", "--model", "echo", "--rate", "10", "--plot", str(tmp_path / "out.png")]
+    )
     assert code == 2
     assert capsys.readouterr().err == f"gateway loadtest --plot needs matplotlib: pip install '{DISTRIBUTION}[plots]'\n"
 
@@ -114,12 +121,15 @@ def test_loadtest_runs_without_a_progress_bar_when_tqdm_is_missing(monkeypatch: 
         bar = Progress(10.0, "step")
         bar.update({"sent": 1, "errors": 0, "late": 0, "qps": 1, "inflight": 0, "p99_ms": 1.0, "elapsed_s": 1.0})
         bar.close()
-    assert err.getvalue() == (f"loadtest: no progress bar: the live progress bar needs tqdm: pip install "
-                              f"'{DISTRIBUTION}[progress]' (or pass --no-progress)\n")
+    assert err.getvalue() == (
+        f"loadtest: no progress bar: the live progress bar needs tqdm: pip install "
+        f"'{DISTRIBUTION}[progress]' (or pass --no-progress)\n"
+    )
 
 
-def test_example_models_without_scikit_learn_say_which_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_example_models_without_scikit_learn_say_which_extra(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from serving import examples
 
     monkeypatch.setitem(sys.modules, "sklearn", None)
@@ -131,7 +141,8 @@ def test_example_models_without_scikit_learn_say_which_extra(monkeypatch: pytest
 
 
 def test_retraining_without_scikit_learn_exits_2_before_reading_the_log(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from serving import retrain
 
     monkeypatch.setitem(sys.modules, "sklearn", None)

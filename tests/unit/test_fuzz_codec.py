@@ -23,9 +23,11 @@ datatypes = st.one_of(st.sampled_from(list(codec.NUMPY_DTYPES)), st.text(max_siz
 dims = st.one_of(st.integers(-3, 6), st.integers(-(2**63), 2**63 - 1))
 shapes = st.lists(dims, max_size=5)
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=6))
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(st.lists(inner, max_size=6),
-                                                                 st.dictionaries(st.text(max_size=4), inner,
-                                                                                 max_size=3)), max_leaves=40)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=40,
+)
 
 
 def outcome(fn: Any, *args: Any) -> Any:
@@ -106,7 +108,7 @@ def mutated(draw: st.DrawFn) -> bytes:
         elif op == "insert":
             buf[pos:pos] = draw(st.binary(min_size=1, max_size=8))
         elif buf:
-            del buf[pos:pos + draw(st.integers(1, 8))]
+            del buf[pos : pos + draw(st.integers(1, 8))]
     return bytes(buf)
 
 
@@ -128,10 +130,15 @@ def test_grpc_model_infer_bytes_decode_or_are_refused(raw: bytes) -> None:
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.text(max_size=6), datatypes, shapes, st.one_of(st.none(), st.binary(max_size=64))),
-                max_size=3), st.booleans())
-def test_grpc_structured_requests_decode_or_are_refused(tensors: list[tuple[str, str, list[int], bytes | None]],
-                                                        extra_raw: bool) -> None:
+@given(
+    st.lists(
+        st.tuples(st.text(max_size=6), datatypes, shapes, st.one_of(st.none(), st.binary(max_size=64))), max_size=3
+    ),
+    st.booleans(),
+)
+def test_grpc_structured_requests_decode_or_are_refused(
+    tensors: list[tuple[str, str, list[int], bytes | None]], extra_raw: bool
+) -> None:
     req = pb.ModelInferRequest(model_name="m")
     for name, datatype, shape, raw in tensors:
         try:

@@ -109,8 +109,7 @@ def test_decode_parameters_unset_choice_is_none() -> None:
 
 
 def test_raw_contents_count_not_matching_inputs() -> None:
-    req = request(("a", "FP32", np.zeros(2, dtype=np.float32)), ("b", "FP32", np.zeros(2, dtype=np.float32)),
-                  raw=True)
+    req = request(("a", "FP32", np.zeros(2, dtype=np.float32)), ("b", "FP32", np.zeros(2, dtype=np.float32)), raw=True)
     del req.raw_input_contents[1]
     e = refused(req)
     assert e.code is Code.INVALID_ARGUMENT and "1 entries for 2 inputs" in e.message
@@ -170,8 +169,7 @@ def test_negative_dimension_is_invalid() -> None:
     assert refused(req).code is Code.INVALID_ARGUMENT
 
 
-@pytest.mark.parametrize(("datatype", "value"), [("INT8", 200), ("INT16", -40000), ("UINT8", 300),
-                                                 ("UINT16", 70000)])
+@pytest.mark.parametrize(("datatype", "value"), [("INT8", 200), ("INT16", -40000), ("UINT8", 300), ("UINT16", 70000)])
 def test_typed_value_out_of_range_is_invalid(datatype: str, value: int) -> None:
     req = pb.ModelInferRequest(model_name="m")
     t = req.inputs.add(name="x", datatype=datatype, shape=[1])

@@ -33,18 +33,36 @@ def spec(name: str, datatype: str, shape: list[int]) -> TensorSpecModel:
 def versions() -> list[VersionInfo]:
     out = []
     for v in ("1", "2"):
-        m = Manifest(name="m", version=v, runtime="array",
-                     inputs=[spec("x", "FP32", [-1, 2])],
-                     outputs=[spec("y", "FP32", [-1, 2]), spec("n", "INT64", [-1])],
-                     batching=Batching(max_batch_size=8))
+        m = Manifest(
+            name="m",
+            version=v,
+            runtime="array",
+            inputs=[spec("x", "FP32", [-1, 2])],
+            outputs=[spec("y", "FP32", [-1, 2]), spec("n", "INT64", [-1])],
+            batching=Batching(max_batch_size=8),
+        )
         out.append(VersionInfo.from_manifest(m, BatchingOverride()))
-    out.append(VersionInfo.from_manifest(
-        Manifest(name="loading", version="1", runtime="array", inputs=[spec("x", "FP32", [-1, 2])],
-                 outputs=[spec("y", "FP32", [-1, 2])]), BatchingOverride()))
+    out.append(
+        VersionInfo.from_manifest(
+            Manifest(
+                name="loading",
+                version="1",
+                runtime="array",
+                inputs=[spec("x", "FP32", [-1, 2])],
+                outputs=[spec("y", "FP32", [-1, 2])],
+            ),
+            BatchingOverride(),
+        )
+    )
     for dt in DATATYPES:  # an identity model per datatype
-        m = Manifest(name=f"t_{dt.lower()}", version="1", runtime="array",
-                     inputs=[spec("x", dt, [-1, 3])], outputs=[spec("y", dt, [-1, 3])],
-                     batching=Batching(enabled=dt != "BYTES"))
+        m = Manifest(
+            name=f"t_{dt.lower()}",
+            version="1",
+            runtime="array",
+            inputs=[spec("x", dt, [-1, 3])],
+            outputs=[spec("y", dt, [-1, 3])],
+            batching=Batching(enabled=dt != "BYTES"),
+        )
         out.append(VersionInfo.from_manifest(m, BatchingOverride()))
     for info in out:
         if info.model != "loading":
@@ -94,8 +112,10 @@ def error_of(r: httpx.Response, status: int) -> str:
 
 def binary_request(header: dict[str, Any], *blobs: bytes) -> tuple[bytes, dict[str, str]]:
     head = orjson.dumps(header)
-    return head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head)),
-                                     "Content-Type": "application/octet-stream"}
+    return head + b"".join(blobs), {
+        "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream",
+    }
 
 
 def split_binary(r: httpx.Response) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -106,7 +126,7 @@ def split_binary(r: httpx.Response) -> tuple[dict[str, Any], dict[str, bytes]]:
     for out in header["outputs"]:
         size = out.get("parameters", {}).get("binary_data_size")
         if size is not None:
-            blobs[out["name"]] = r.content[pos:pos + size]
+            blobs[out["name"]] = r.content[pos : pos + size]
             pos += size
     assert pos == len(r.content)
     return header, blobs
@@ -118,6 +138,7 @@ def x_input(rows: int = 2, **extra: Any) -> dict[str, Any]:
 
 
 # --- health and metadata -----------------------------------------------------------------------
+
 
 async def test_health(client: httpx.AsyncClient, plane: SpyPlane) -> None:
     r = await client.get("/v2/health/live")
@@ -150,10 +171,14 @@ async def test_model_metadata(client: httpx.AsyncClient) -> None:
     r = await client.get("/v2/models/m")
     assert r.status_code == 200
     assert r.json() == {
-        "name": "m", "versions": ["1", "2"], "platform": "numpy",
+        "name": "m",
+        "versions": ["1", "2"],
+        "platform": "numpy",
         "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2]},
-                    {"name": "n", "datatype": "INT64", "shape": [-1]}],
+        "outputs": [
+            {"name": "y", "datatype": "FP32", "shape": [-1, 2]},
+            {"name": "n", "datatype": "INT64", "shape": [-1]},
+        ],
     }
     r = await client.get("/v2/models/m/versions/1")
     assert r.status_code == 200 and r.json()["versions"] == ["1"]
@@ -179,7 +204,8 @@ async def test_repository_index(client: httpx.AsyncClient) -> None:
     assert ("m", "2", "READY") in names and ("loading", "1", "LOADING") in names
     r = await client.post("/v2/repository/index", json={"ready": True})
     assert all(e["state"] == "READY" for e in r.json()) and ("loading", "1") not in {
-        (e["name"], e["version"]) for e in r.json()}
+        (e["name"], e["version"]) for e in r.json()
+    }
     error_of(await client.post("/v2/repository/index", content=b"{nope"), 400)
 
 
@@ -200,9 +226,11 @@ async def test_lifespan_protocol(plane: SpyPlane) -> None:
 
 # --- JSON inference ------------------------------------------------------------------------------
 
+
 async def test_json_infer(client: httpx.AsyncClient, plane: SpyPlane) -> None:
-    r = await client.post("/v2/models/m/infer", json={"id": "req-7", "inputs": [x_input(2)]},
-                          headers={"x-routing-key": "user-1"})
+    r = await client.post(
+        "/v2/models/m/infer", json={"id": "req-7", "inputs": [x_input(2)]}, headers={"x-routing-key": "user-1"}
+    )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/json" and r.headers["x-model-version"] == "2"
     body = r.json()
@@ -217,8 +245,7 @@ async def test_json_infer(client: httpx.AsyncClient, plane: SpyPlane) -> None:
 
 
 async def test_json_infer_pinned_version_and_output_subset(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v2/models/m/versions/1/infer",
-                          json={"inputs": [x_input(1)], "outputs": [{"name": "n"}]})
+    r = await client.post("/v2/models/m/versions/1/infer", json={"inputs": [x_input(1)], "outputs": [{"name": "n"}]})
     assert r.status_code == 200, r.text
     body = r.json()
     # No id was sent: the gateway names the request so the client can refer to it later (logs, feedback).
@@ -237,8 +264,10 @@ async def test_json_round_trip_every_datatype(client: httpx.AsyncClient, datatyp
     else:
         info = np.iinfo(codec.NUMPY_DTYPES[datatype])
         data = [int(info.min), int(info.max), 0, 1, 2, 3]
-    r = await client.post(f"/v2/models/t_{datatype.lower()}/infer",
-                          json={"inputs": [{"name": "x", "shape": [2, 3], "datatype": datatype, "data": data}]})
+    r = await client.post(
+        f"/v2/models/t_{datatype.lower()}/infer",
+        json={"inputs": [{"name": "x", "shape": [2, 3], "datatype": datatype, "data": data}]},
+    )
     assert r.status_code == 200, r.text
     out = r.json()["outputs"][0]
     assert out["datatype"] == datatype and out["shape"] == [2, 3] and out["data"] == data
@@ -251,9 +280,15 @@ async def test_binary_round_trip_every_datatype(client: httpx.AsyncClient, datat
     else:
         arr = (np.arange(6) % 2).astype(codec.NUMPY_DTYPES[datatype]).reshape(2, 3)
     raw = codec.to_raw(arr, datatype)
-    body, headers = binary_request({
-        "inputs": [{"name": "x", "shape": [2, 3], "datatype": datatype, "parameters": {"binary_data_size": len(raw)}}],
-        "parameters": {"binary_data_output": True}}, raw)
+    body, headers = binary_request(
+        {
+            "inputs": [
+                {"name": "x", "shape": [2, 3], "datatype": datatype, "parameters": {"binary_data_size": len(raw)}}
+            ],
+            "parameters": {"binary_data_output": True},
+        },
+        raw,
+    )
     r = await client.post(f"/v2/models/t_{datatype.lower()}/infer", content=body, headers=headers)
     assert r.status_code == 200, r.text
     header, blobs = split_binary(r)
@@ -264,12 +299,18 @@ async def test_binary_round_trip_every_datatype(client: httpx.AsyncClient, datat
 
 # --- binary extension ------------------------------------------------------------------------------
 
+
 async def test_binary_infer_with_mixed_outputs(client: httpx.AsyncClient, plane: SpyPlane) -> None:
     x = np.array([[1.5, -2.0], [3.0, 4.25], [0.0, 1.0]], dtype=np.float32)
-    body, headers = binary_request({
-        "inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
-        "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "n"}],
-    }, x.tobytes())
+    body, headers = binary_request(
+        {
+            "inputs": [
+                {"name": "x", "shape": [3, 2], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "n"}],
+        },
+        x.tobytes(),
+    )
     r = await client.post("/v2/models/m/infer", content=body, headers=headers)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/octet-stream"
@@ -283,8 +324,10 @@ async def test_binary_infer_with_mixed_outputs(client: httpx.AsyncClient, plane:
 
 async def test_binary_and_json_inputs_mix(client: httpx.AsyncClient) -> None:
     raw = b"".join(struct.pack("<I", len(s)) + s for s in [b"ab", b"", b"c"])
-    body, headers = binary_request({"inputs": [
-        {"name": "x", "shape": [1, 3], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}]}, raw)
+    body, headers = binary_request(
+        {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}]},
+        raw,
+    )
     r = await client.post("/v2/models/t_bytes/infer", content=body, headers=headers)
     assert r.status_code == 200, r.text
     # No binary output asked for: a plain JSON answer.
@@ -293,9 +336,14 @@ async def test_binary_and_json_inputs_mix(client: httpx.AsyncClient) -> None:
 
 
 async def test_binary_data_output_with_a_per_output_override(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v2/models/m/infer", json={
-        "inputs": [x_input(2)], "parameters": {"binary_data_output": True},
-        "outputs": [{"name": "y"}, {"name": "n", "parameters": {"binary_data": False}}]})
+    r = await client.post(
+        "/v2/models/m/infer",
+        json={
+            "inputs": [x_input(2)],
+            "parameters": {"binary_data_output": True},
+            "outputs": [{"name": "y"}, {"name": "n", "parameters": {"binary_data": False}}],
+        },
+    )
     assert r.status_code == 200, r.text
     header, blobs = split_binary(r)
     assert set(blobs) == {"y"}
@@ -304,13 +352,15 @@ async def test_binary_data_output_with_a_per_output_override(client: httpx.Async
 
 
 async def test_binary_data_output_false_is_json(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v2/models/m/infer", json={"inputs": [x_input(1)],
-                                                      "parameters": {"binary_data_output": False}})
+    r = await client.post(
+        "/v2/models/m/infer", json={"inputs": [x_input(1)], "parameters": {"binary_data_output": False}}
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert "inference-header-content-length" not in r.headers
 
 
 # --- errors --------------------------------------------------------------------------------------
+
 
 async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
     big = b"x" * (MAX_BODY + 1)
@@ -330,15 +380,16 @@ async def test_streamed_body_under_the_limit_is_read_whole(client: httpx.AsyncCl
 
     async def chunks() -> AsyncIterator[bytes]:
         for i in range(0, len(payload), 7):
-            yield payload[i:i + 7]
+            yield payload[i : i + 7]
 
     r = await client.post("/v2/models/m/infer", content=chunks())
     assert r.status_code == 200, r.text
 
 
 async def test_tensor_over_the_element_cap_is_413(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v2/models/m/infer", json={
-        "inputs": [{"name": "x", "shape": [1 << 40, 2], "datatype": "FP32", "data": []}]})
+    r = await client.post(
+        "/v2/models/m/infer", json={"inputs": [{"name": "x", "shape": [1 << 40, 2], "datatype": "FP32", "data": []}]}
+    )
     assert "'x'" in error_of(r, 413)
 
 
@@ -347,8 +398,15 @@ async def test_invalid_json_is_400(client: httpx.AsyncClient) -> None:
     assert "JSON" in msg
 
 
-@pytest.mark.parametrize("body", [{}, {"inputs": "x"}, {"inputs": [{"name": "x", "shape": "2", "datatype": "FP32"}]},
-                                  {"inputs": [{"name": 3, "shape": [1], "datatype": "FP32", "data": [1]}]}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"inputs": "x"},
+        {"inputs": [{"name": "x", "shape": "2", "datatype": "FP32"}]},
+        {"inputs": [{"name": 3, "shape": [1], "datatype": "FP32", "data": [1]}]},
+    ],
+)
 async def test_schema_violations_are_400_naming_the_field(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
     assert "inputs" in error_of(await client.post("/v2/models/m/infer", json=body), 400)
 
@@ -361,9 +419,11 @@ async def test_missing_data_is_400_naming_the_input(client: httpx.AsyncClient) -
 
 async def test_extra_binary_bytes_are_400(client: httpx.AsyncClient) -> None:
     x = np.zeros((1, 2), dtype=np.float32)
-    body, headers = binary_request({"inputs": [
-        {"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]},
-        x.tobytes(), b"extra")
+    body, headers = binary_request(
+        {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]},
+        x.tobytes(),
+        b"extra",
+    )
     msg = error_of(await client.post("/v2/models/m/infer", content=body, headers=headers), 400)
     assert "5 bytes" in msg
 
@@ -374,35 +434,45 @@ async def test_binary_without_any_binary_input_is_400(client: httpx.AsyncClient)
 
 
 async def test_binary_size_past_the_end_is_400(client: httpx.AsyncClient) -> None:
-    body, headers = binary_request({"inputs": [
-        {"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]}, bytes(8))
+    body, headers = binary_request(
+        {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]},
+        bytes(8),
+    )
     msg = error_of(await client.post("/v2/models/m/infer", content=body, headers=headers), 400)
     assert "'x'" in msg
 
 
 async def test_binary_size_not_matching_the_shape_is_400(client: httpx.AsyncClient) -> None:
-    body, headers = binary_request({"inputs": [
-        {"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 4}}]}, bytes(4))
+    body, headers = binary_request(
+        {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 4}}]},
+        bytes(4),
+    )
     assert "'x'" in error_of(await client.post("/v2/models/m/infer", content=body, headers=headers), 400)
 
 
 @pytest.mark.parametrize("size", [-1, "8", 1.5, True])
 async def test_bad_binary_data_size_is_400(client: httpx.AsyncClient, size: Any) -> None:
-    body, headers = binary_request({"inputs": [
-        {"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": size}}]}, bytes(8))
+    body, headers = binary_request(
+        {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": size}}]},
+        bytes(8),
+    )
     assert "binary_data_size" in error_of(await client.post("/v2/models/m/infer", content=body, headers=headers), 400)
 
 
 @pytest.mark.parametrize("value", ["abc", "9999999"])
 async def test_bad_header_length_is_400(client: httpx.AsyncClient, value: str) -> None:
-    r = await client.post("/v2/models/m/infer", content=orjson.dumps({"inputs": [x_input(1)]}),
-                          headers={"Inference-Header-Content-Length": value})
+    r = await client.post(
+        "/v2/models/m/infer",
+        content=orjson.dumps({"inputs": [x_input(1)]}),
+        headers={"Inference-Header-Content-Length": value},
+    )
     assert "Inference-Header-Content-Length" in error_of(r, 400)
 
 
 async def test_validation_errors_are_400(client: httpx.AsyncClient) -> None:
-    r = await client.post("/v2/models/m/infer", json={"inputs": [
-        {"name": "x", "shape": [1, 2], "datatype": "INT32", "data": [1, 2]}]})
+    r = await client.post(
+        "/v2/models/m/infer", json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "INT32", "data": [1, 2]}]}
+    )
     assert "'x'" in error_of(r, 400)
     r = await client.post("/v2/models/m/infer", json={"inputs": [x_input(1)], "outputs": [{"name": "nope"}]})
     assert "'nope'" in error_of(r, 400)
@@ -430,16 +500,35 @@ async def test_timeout_header(client: httpx.AsyncClient, plane: SpyPlane) -> Non
     assert req.deadline is not None and req.deadline - req.received_at == pytest.approx(0.25)
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/v2/models/m/infer"), ("POST", "/v2/health/live"), ("PUT", "/v2"), ("POST", "/v2/models/m"),
-    ("GET", "/v2/repository/index"), ("DELETE", "/v2/models/m/ready"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v2/models/m/infer"),
+        ("POST", "/v2/health/live"),
+        ("PUT", "/v2"),
+        ("POST", "/v2/models/m"),
+        ("GET", "/v2/repository/index"),
+        ("DELETE", "/v2/models/m/ready"),
+    ],
+)
 async def test_wrong_method_is_405(client: httpx.AsyncClient, method: str, path: str) -> None:
     assert "use" in error_of(await client.request(method, path), 405)
 
 
-@pytest.mark.parametrize("path", ["/", "/v1/models", "/v2/nope", "/v2/health", "/v2/health/dead", "/v2/models",
-                                  "/v2/models/m/versions", "/v2/models/m/explain", "/v2/models/m/versions/1/x/y"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/v1/models",
+        "/v2/nope",
+        "/v2/health",
+        "/v2/health/dead",
+        "/v2/models",
+        "/v2/models/m/versions",
+        "/v2/models/m/explain",
+        "/v2/models/m/versions/1/x/y",
+    ],
+)
 async def test_unknown_path_is_404(client: httpx.AsyncClient, path: str) -> None:
     assert "no route" in error_of(await client.get(path), 404)
 

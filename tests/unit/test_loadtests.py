@@ -45,8 +45,7 @@ def _nearest_rank(samples: np.ndarray, q: float) -> float:
 def test_histogram_percentiles_within_relative_error(seed: int) -> None:
     rng = np.random.default_rng(seed)
     # Latency-like: lognormal around 2 ms with a long tail, plus a few sub-128 us values.
-    samples = np.concatenate([
-        rng.lognormal(np.log(2000), 1.0, 20000), rng.integers(0, 128, 200)]).astype(np.int64)
+    samples = np.concatenate([rng.lognormal(np.log(2000), 1.0, 20000), rng.integers(0, 128, 200)]).astype(np.int64)
     hist = Histogram()
     for value in samples.tolist():
         hist.record(value)
@@ -80,7 +79,11 @@ def test_histogram_merge_equals_recording_everything_once() -> None:
     left.merge(Histogram.from_dict(json.loads(json.dumps(right.to_dict()))))
     assert left.counts == whole.counts
     assert (left.total, left.sum_us, left.min_us, left.max_us) == (
-        whole.total, whole.sum_us, whole.min_us, whole.max_us)
+        whole.total,
+        whole.sum_us,
+        whole.min_us,
+        whole.max_us,
+    )
     assert left.percentiles([50, 99]) == whole.percentiles([50, 99])
 
 
@@ -109,8 +112,7 @@ def test_recorder_series_keeps_silent_seconds() -> None:
 def test_constant_schedule_is_evenly_spaced_and_shares_interleave() -> None:
     gaps = np.diff(list(islice(constant_offsets(250.0), 1000)))
     assert np.allclose(gaps, 1 / 250.0)
-    union = sorted(t for share in range(3)
-                   for t in islice(offsets("constant", 300.0, share=share, shares=3), 100))
+    union = sorted(t for share in range(3) for t in islice(offsets("constant", 300.0, share=share, shares=3), 100))
     assert np.allclose(np.diff(union), 1 / 300.0)
 
 
@@ -168,7 +170,7 @@ def test_grpc_payload_round_trips_through_triton_messages() -> None:
     assert np.array_equal(np.frombuffer(raw["f"], "<f4").reshape(2, 4), f.data)
     s = next(t for t in call.inputs if t.name == "s")
     first = s.data.reshape(-1)[0]
-    assert raw["s"][:4] == struct.pack("<I", len(first)) and raw["s"][4:4 + len(first)] == first
+    assert raw["s"][:4] == struct.pack("<I", len(first)) and raw["s"][4 : 4 + len(first)] == first
 
 
 @pytest.mark.parametrize("binary", [False, True])
@@ -193,17 +195,31 @@ def test_http_payload_is_a_complete_request(binary: bool) -> None:
 
 def test_replay_reader_is_tolerant() -> None:
     lines = [
-        json.dumps({"model": "m", "id": "r1", "ts": 1.5, "outputs": [], "latency_ms": {"total": 2},
-                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 2],
-                                "data": [[1, 2], [3, 4]], "parameters": {}}]}),
+        json.dumps(
+            {
+                "model": "m",
+                "id": "r1",
+                "ts": 1.5,
+                "outputs": [],
+                "latency_ms": {"total": 2},
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3, 4]], "parameters": {}}
+                ],
+            }
+        ),
         "",
         "not json",
-        json.dumps({"model": "other", "inputs": [
-            {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}),
-        json.dumps({"model": "m", "inputs": [{"name": "x", "datatype": "FP32", "shape": [3],
-                                              "data": [1, 2]}]}),  # wrong size
-        json.dumps({"model": "m", "model_version": "7", "inputs": [
-            {"name": "t", "datatype": "BYTES", "shape": [2], "data": ["a", "bc"]}]}),
+        json.dumps({"model": "other", "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]}),
+        json.dumps(
+            {"model": "m", "inputs": [{"name": "x", "datatype": "FP32", "shape": [3], "data": [1, 2]}]}
+        ),  # wrong size
+        json.dumps(
+            {
+                "model": "m",
+                "model_version": "7",
+                "inputs": [{"name": "t", "datatype": "BYTES", "shape": [2], "data": ["a", "bc"]}],
+            }
+        ),
     ]
     calls, skipped = read_replay(lines, model="m")
     assert skipped == 3 and len(calls) == 2
@@ -217,15 +233,15 @@ def test_replay_reader_is_tolerant() -> None:
 
 
 def test_http_framing() -> None:
-    buffer = bytearray(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nInference-Header-Content-Length: 2"
-                       b"\r\n\r\nabc")
+    buffer = bytearray(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nInference-Header-Content-Length: 2\r\n\r\nabc")
     head = parse_head(buffer)
     assert head is not None and head.status == 200 and head.json_length == 2
     assert read_body(buffer, head) is None
     buffer += b"deHTTP/1.1"
     assert read_body(buffer, head) == (b"abcde", head.head_length + 5)
-    chunked = bytearray(b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-                        b"3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n")
+    chunked = bytearray(
+        b"HTTP/1.1 503 X\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n"
+    )
     head = parse_head(chunked)
     assert head is not None and head.status == 503 and head.chunked and head.close
     assert read_body(chunked, head) == (b"abcde", len(chunked))
@@ -251,10 +267,28 @@ def test_config_parsers_and_validation() -> None:
 def test_cli_arguments_fill_the_config() -> None:
     parser = argparse.ArgumentParser(prog="gateway loadtest")
     add_arguments(parser)
-    args = parser.parse_args(["--target", "http://127.0.0.1:8000", "--model", "m", "--sweep",
-                              "100:500:100", "--slo-p99-ms", "50", "--duration", "1m",
-                              "--warmup", "2s", "--processes", "2", "--http-binary",
-                              "--no-progress", "--report", "r.json"])
+    args = parser.parse_args(
+        [
+            "--target",
+            "http://127.0.0.1:8000",
+            "--model",
+            "m",
+            "--sweep",
+            "100:500:100",
+            "--slo-p99-ms",
+            "50",
+            "--duration",
+            "1m",
+            "--warmup",
+            "2s",
+            "--processes",
+            "2",
+            "--http-binary",
+            "--no-progress",
+            "--report",
+            "r.json",
+        ]
+    )
     config = config_from_args(args)
     config.validate()
     assert (config.mode, config.duration_s, config.warmup_s, config.processes) == ("sweep", 60, 2, 2)
@@ -277,8 +311,7 @@ def _target(server: FakeServer, protocol: str) -> str:
 
 
 def _run(server: FakeServer, protocol: str, **options: object) -> Report:
-    config = LoadConfig(target=_target(server, protocol), model="m", progress=False,
-                        **options)  # type: ignore[arg-type]
+    config = LoadConfig(target=_target(server, protocol), model="m", progress=False, **options)  # type: ignore[arg-type]
     report = run_load(config)
     assert isinstance(report, Report)
     assert report.sent == report.ok + sum(report.errors_by_code.values())
@@ -297,8 +330,7 @@ def test_closed_loop(fake: FakeServer, protocol: str) -> None:
 
 @pytest.mark.parametrize(("protocol", "binary"), [("grpc", False), ("http", False), ("http", True)])
 def test_open_loop_keeps_the_requested_rate(fake: FakeServer, protocol: str, binary: bool) -> None:
-    report = _run(fake, protocol, rate=200.0, arrival="constant", duration_s=1.5, warmup_s=0.2,
-                  http_binary=binary)
+    report = _run(fake, protocol, rate=200.0, arrival="constant", duration_s=1.5, warmup_s=0.2, http_binary=binary)
     assert report.errors == 0 and report.late == 0 and fake.invalid == 0
     assert report.achieved_qps == pytest.approx(200.0, rel=0.05)
     assert report.sent == report.scheduled == pytest.approx(300, abs=2)
@@ -332,8 +364,7 @@ def test_errors_are_counted_by_code(protocol: str, code: str) -> None:
 def test_unfinished_requests_become_timeouts_and_the_run_ends(fake: FakeServer) -> None:
     fake.behaviour.delay_s = 5.0
     started = time.monotonic()
-    report = _run(fake, "grpc", rate=50.0, arrival="constant", duration_s=0.4,
-                  drain_timeout_s=0.3)
+    report = _run(fake, "grpc", rate=50.0, arrival="constant", duration_s=0.4, drain_timeout_s=0.3)
     assert time.monotonic() - started < 3.0
     assert report.ok == 0 and report.errors_by_code == {"TIMEOUT": report.sent}
     assert report.sent == pytest.approx(20, abs=1)
@@ -353,20 +384,48 @@ def test_two_processes_merge_their_results(fake: FakeServer) -> None:
 
 def test_replay_file_report_and_plot(fake: FakeServer, tmp_path: Path) -> None:
     records = tmp_path / "requests.jsonl"
-    records.write_text("\n".join(json.dumps({
-        "model": "m", "request_id": str(i), "status": "ok",
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [i, 1, 2, 3]}],
-    }) for i in range(5)) + "\n")
+    records.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "model": "m",
+                    "request_id": str(i),
+                    "status": "ok",
+                    "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [i, 1, 2, 3]}],
+                }
+            )
+            for i in range(5)
+        )
+        + "\n"
+    )
     report_path, plot_path = tmp_path / "out.json", tmp_path / "out.png"
-    config = LoadConfig(target=_target(fake, "grpc"), input_file=str(records), rate=100.0,
-                        duration_s=0.5, progress=False, report_path=str(report_path),
-                        plot_path=str(plot_path))
+    config = LoadConfig(
+        target=_target(fake, "grpc"),
+        input_file=str(records),
+        rate=100.0,
+        duration_s=0.5,
+        progress=False,
+        report_path=str(report_path),
+        plot_path=str(plot_path),
+    )
     report = run_load(config)
     assert isinstance(report, Report) and report.ok > 0 and fake.invalid == 0
     doc = json.loads(report_path.read_text())
-    for key in ("target", "mode", "requested_rate", "duration_s", "sent", "ok", "errors_by_code",
-                "late", "achieved_qps", "latency_ms", "per_second", "generator_cpu_percent",
-                "kept_up"):
+    for key in (
+        "target",
+        "mode",
+        "requested_rate",
+        "duration_s",
+        "sent",
+        "ok",
+        "errors_by_code",
+        "late",
+        "achieved_qps",
+        "latency_ms",
+        "per_second",
+        "generator_cpu_percent",
+        "kept_up",
+    ):
         assert key in doc
     assert set(doc["latency_ms"]) >= {"p50", "p90", "p99", "p999", "max", "mean"}
     assert plot_path.read_bytes()[:4] == b"\x89PNG"
@@ -374,22 +433,30 @@ def test_replay_file_report_and_plot(fake: FakeServer, tmp_path: Path) -> None:
 
 def test_sweep_stops_after_two_misses(fake: FakeServer) -> None:
     fake.behaviour.delay_s = 0.03
-    config = LoadConfig(target=_target(fake, "grpc"), model="m", sweep="50:200:50",
-                        slo_p99_ms=10.0, duration_s=0.4, progress=False)
+    config = LoadConfig(
+        target=_target(fake, "grpc"), model="m", sweep="50:200:50", slo_p99_ms=10.0, duration_s=0.4, progress=False
+    )
     sweep = run_load(config)
     assert isinstance(sweep, SweepReport)
     assert sweep.best_rate is None and len(sweep.steps) == 2
 
 
-def test_sweep_finds_the_highest_rate_meeting_the_objective(fake: FakeServer, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sweep_finds_the_highest_rate_meeting_the_objective(
+    fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # What is tested is the sweep's choice; a generator hiccup on a busy machine (send lag over 10 ms)
     # would disqualify a step for a reason this test is not about.
     monkeypatch.setattr("loadtests.report.MAX_LAG_P99_MS", 1000.0)
     plot_path = tmp_path / "sweep.png"
-    config = LoadConfig(target=_target(fake, "http"), model="m", sweep="100:200:100",
-                        slo_p99_ms=200.0, duration_s=0.5, progress=False,
-                        plot_path=str(plot_path))
+    config = LoadConfig(
+        target=_target(fake, "http"),
+        model="m",
+        sweep="100:200:100",
+        slo_p99_ms=200.0,
+        duration_s=0.5,
+        progress=False,
+        plot_path=str(plot_path),
+    )
     sweep = run_load(config)
     assert isinstance(sweep, SweepReport)
     assert [s.requested_rate for s in sweep.steps] == [100.0, 200.0]
@@ -401,8 +468,12 @@ def test_hotpath_bench_runs_the_real_handler_and_reports(tmp_path: Path) -> None
     from loadtests.bench import hotpath as hotpath_bench
 
     out = tmp_path / "hotpath.json"
-    assert hotpath_bench.main(["--requests", "300", "--concurrency", "8", "--rounds", "2", "--model-ms", "0",
-                               "--out", str(out)]) == 0
+    assert (
+        hotpath_bench.main(
+            ["--requests", "300", "--concurrency", "8", "--rounds", "2", "--model-ms", "0", "--out", str(out)]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert len(result["rounds"]) == 2
     assert result["medians"]["req_per_s"] > 0 and result["medians"]["process_us"] >= result["medians"]["loop_us"] > 0
@@ -411,8 +482,10 @@ def test_hotpath_bench_runs_the_real_handler_and_reports(tmp_path: Path) -> None
 def test_bench_pin_moves_every_thread_of_a_process() -> None:
     from loadtests.harness import pids_running, pin
 
-    code = "import threading, time; [threading.Thread(target=time.sleep, args=(30,)).start() for _ in range(3)]; " \
-           "print('up', flush=True); time.sleep(30)"
+    code = (
+        "import threading, time; [threading.Thread(target=time.sleep, args=(30,)).start() for _ in range(3)]; "
+        "print('up', flush=True); time.sleep(30)"
+    )
     marker = f"# pin-test-{os.getpid()}"
     proc = subprocess.Popen([sys.executable, "-c", code + " " + marker], stdout=subprocess.PIPE)
     try:

@@ -13,8 +13,11 @@ VALUES = [0.0, 0.0005, 0.0007, 0.001, 0.0031, 0.02, 0.049, 0.5, 9.99, 10.0, 10.5
 
 
 def exposition(m: Metrics) -> list[str]:
-    return [line for line in generate_latest(m.registry).decode().splitlines() if not line.startswith("#")
-            and "_created" not in line]
+    return [
+        line
+        for line in generate_latest(m.registry).decode().splitlines()
+        if not line.startswith("#") and "_created" not in line
+    ]
 
 
 def test_request_cells_match_prometheus_observe() -> None:

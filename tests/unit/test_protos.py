@@ -124,9 +124,7 @@ def _compatibility_errors(ours: FileDescriptor) -> list[str]:
         for field in desc.fields:
             other = theirs.fields_by_number.get(field.number)
             if other is None:
-                errors.append(
-                    f"{desc.full_name}.{field.name}: number {field.number} unknown"
-                )
+                errors.append(f"{desc.full_name}.{field.name}: number {field.number} unknown")
             elif _field_signature(field) != _field_signature(other):
                 errors.append(
                     f"{desc.full_name} #{field.number}: ours {_field_signature(field)} "
@@ -154,9 +152,7 @@ def test_enums_match_triton() -> None:
     # We define none today; if one is added it must match too.
     for enum in inference_pb2.DESCRIPTOR.enum_types_by_name.values():
         theirs = triton_pb2.DESCRIPTOR.pool.FindEnumTypeByName(enum.full_name)
-        assert {v.name: v.number for v in enum.values} == {
-            v.name: v.number for v in theirs.values
-        }
+        assert {v.name: v.number for v in enum.values} == {v.name: v.number for v in theirs.values}
 
 
 def test_service_methods_match_triton() -> None:
@@ -183,9 +179,7 @@ def test_service_methods_match_triton() -> None:
 
 def test_compatibility_check_catches_a_wrong_field_number() -> None:
     # Renumber raw_input_contents 7 -> 8 in a copy of our file and check the check.
-    proto = descriptor_pb2.FileDescriptorProto.FromString(
-        inference_pb2.DESCRIPTOR.serialized_pb
-    )
+    proto = descriptor_pb2.FileDescriptorProto.FromString(inference_pb2.DESCRIPTOR.serialized_pb)
     (request,) = (m for m in proto.message_type if m.name == "ModelInferRequest")
     (raw,) = (f for f in request.field if f.name == "raw_input_contents")
     raw.number = 8
@@ -222,9 +216,7 @@ def _triton_request() -> triton_pb2.ModelInferRequest:
 def test_triton_request_parses_with_ours() -> None:
     theirs = _triton_request()
     ours = inference_pb2.ModelInferRequest.FromString(theirs.SerializeToString())
-    assert (
-        ours.model_name == "iris" and ours.model_version == "2" and ours.id == "req-1"
-    )
+    assert ours.model_name == "iris" and ours.model_version == "2" and ours.id == "req-1"
     assert ours.parameters["priority"].int64_param == -3
     assert ours.parameters["sequence_id"].uint64_param == 2**63 + 5
     assert ours.parameters["binary"].bool_param is True
@@ -250,9 +242,7 @@ def test_triton_request_parses_with_ours() -> None:
 def test_our_request_and_response_parse_with_triton() -> None:
     req = inference_pb2.ModelInferRequest(model_name="m", id="7")
     req.parameters["timeout"].int64_param = 1000
-    req.inputs.add(
-        name="in", datatype="INT64", shape=[1, 3]
-    ).contents.int64_contents.extend([1, -2, 3])
+    req.inputs.add(name="in", datatype="INT64", shape=[1, 3]).contents.int64_contents.extend([1, -2, 3])
     req.raw_input_contents.append(b"\x01\x02")
     theirs = triton_pb2.ModelInferRequest.FromString(req.SerializeToString())
     assert theirs.parameters["timeout"].int64_param == 1000
@@ -264,9 +254,7 @@ def test_our_request_and_response_parse_with_triton() -> None:
     resp.parameters["triton_final_response"].bool_param = True
     out = resp.outputs.add(name="y", datatype="FP64", shape=[1])
     out.parameters["binary_data_size"].int64_param = 8
-    resp.outputs.add(
-        name="z", datatype="FP32", shape=[2]
-    ).contents.fp32_contents.extend([0.5, 1.5])
+    resp.outputs.add(name="z", datatype="FP32", shape=[2]).contents.fp32_contents.extend([0.5, 1.5])
     resp.raw_output_contents.append(b"\x00" * 8)
     parsed = triton_pb2.ModelInferResponse.FromString(resp.SerializeToString())
     assert (parsed.model_name, parsed.model_version, parsed.id) == ("m", "1", "7")
@@ -281,33 +269,22 @@ def test_our_request_and_response_parse_with_triton() -> None:
 
 
 def test_metadata_and_repository_messages_round_trip() -> None:
-    meta = inference_pb2.ModelMetadataResponse(
-        name="iris", versions=["1", "2"], platform="onnxruntime_onnx"
-    )
+    meta = inference_pb2.ModelMetadataResponse(name="iris", versions=["1", "2"], platform="onnxruntime_onnx")
     meta.inputs.add(name="x", datatype="FP32", shape=[-1, 4])
     meta.outputs.add(name="y", datatype="INT64", shape=[-1])
     t_meta = triton_pb2.ModelMetadataResponse.FromString(meta.SerializeToString())
     assert list(t_meta.versions) == ["1", "2"] and t_meta.platform == "onnxruntime_onnx"
-    assert (
-        list(t_meta.inputs[0].shape) == [-1, 4]
-        and t_meta.outputs[0].datatype == "INT64"
-    )
+    assert list(t_meta.inputs[0].shape) == [-1, 4] and t_meta.outputs[0].datatype == "INT64"
 
-    server = inference_pb2.ServerMetadataResponse(
-        name="gateway", version="0.1.0", extensions=["model_repository"]
-    )
+    server = inference_pb2.ServerMetadataResponse(name="gateway", version="0.1.0", extensions=["model_repository"])
     t_server = triton_pb2.ServerMetadataResponse.FromString(server.SerializeToString())
     assert list(t_server.extensions) == ["model_repository"]
 
     t_index_req = triton_pb2.RepositoryIndexRequest(repository_name="", ready=True)
-    assert inference_pb2.RepositoryIndexRequest.FromString(
-        t_index_req.SerializeToString()
-    ).ready
+    assert inference_pb2.RepositoryIndexRequest.FromString(t_index_req.SerializeToString()).ready
     index = inference_pb2.RepositoryIndexResponse()
     index.models.add(name="iris", version="1", state="READY")
-    index.models.add(
-        name="bert", version="3", state="UNAVAILABLE", reason="loading failed"
-    )
+    index.models.add(name="bert", version="3", state="UNAVAILABLE", reason="loading failed")
     t_index = triton_pb2.RepositoryIndexResponse.FromString(index.SerializeToString())
     assert [(m.name, m.version, m.state, m.reason) for m in t_index.models] == [
         ("iris", "1", "READY", ""),
@@ -321,18 +298,12 @@ def test_metadata_and_repository_messages_round_trip() -> None:
 class _EchoServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     """Minimal in-process server: doubles FP32 input "x" into output "y"."""
 
-    def ServerLive(
-        self, request: inference_pb2.ServerLiveRequest, context: object
-    ) -> inference_pb2.ServerLiveResponse:
+    def ServerLive(self, request: inference_pb2.ServerLiveRequest, context: object) -> inference_pb2.ServerLiveResponse:
         return inference_pb2.ServerLiveResponse(live=True)
 
-    def ModelInfer(
-        self, request: inference_pb2.ModelInferRequest, context: object
-    ) -> inference_pb2.ModelInferResponse:
+    def ModelInfer(self, request: inference_pb2.ModelInferRequest, context: object) -> inference_pb2.ModelInferResponse:
         x = np.frombuffer(request.raw_input_contents[0], dtype="<f4")
-        resp = inference_pb2.ModelInferResponse(
-            model_name=request.model_name, model_version="1", id=request.id
-        )
+        resp = inference_pb2.ModelInferResponse(model_name=request.model_name, model_version="1", id=request.id)
         resp.outputs.add(name="y", datatype="FP32", shape=request.inputs[0].shape)
         resp.raw_output_contents.append((x * 2).astype("<f4").tobytes())
         return resp
@@ -347,9 +318,7 @@ class _EchoServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
 def test_tritonclient_talks_to_our_servicer() -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        _EchoServicer(), server
-    )
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(_EchoServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:

@@ -14,8 +14,14 @@ from hypothesis import strategies as st
 from contract.ramp import N_BUCKETS, PlanError, Ramp, RampPlan, Window, latency_bucket, split_with
 from serving.traffic_table import TrafficTable
 
-PLAN = {"version": "2", "steps": [10, 50, 100], "every_s": 60, "max_error_rate": 0.05, "max_p99_ms": 100,
-        "min_requests": 10}
+PLAN = {
+    "version": "2",
+    "steps": [10, 50, 100],
+    "every_s": 60,
+    "max_error_rate": 0.05,
+    "max_p99_ms": 100,
+    "min_requests": 10,
+}
 
 
 def counts(requests: int, failures: int = 0, ms: float = 5.0) -> list[object]:
@@ -24,8 +30,11 @@ def counts(requests: int, failures: int = 0, ms: float = 5.0) -> list[object]:
     return [requests, failures, buckets]
 
 
-@given(st.dictionaries(st.sampled_from(["1", "2", "3", "4"]), st.integers(0, 100), min_size=1),
-       st.sampled_from(["1", "2", "5"]), st.integers(1, 100))
+@given(
+    st.dictionaries(st.sampled_from(["1", "2", "3", "4"]), st.integers(0, 100), min_size=1),
+    st.sampled_from(["1", "2", "5"]),
+    st.integers(1, 100),
+)
 def test_split_with_is_exact_whole_percents(base: dict[str, int], version: str, percent: int) -> None:
     if not any(w > 0 for v, w in base.items() if v != version) and percent < 100:
         with pytest.raises(PlanError):
@@ -45,11 +54,24 @@ def test_zero_and_hundred_are_exact() -> None:
     assert split_with({"1": 1, "3": 2}, "2", 97) == {"1": 1, "3": 2, "2": 97}
 
 
-@pytest.mark.parametrize("bad", [
-    {**PLAN, "steps": []}, {**PLAN, "steps": [50, 10]}, {**PLAN, "steps": [0, 50]}, {**PLAN, "steps": [50, 101]},
-    {**PLAN, "every_s": 0}, {**PLAN, "max_error_rate": 2}, {**PLAN, "min_requests": -1}, {**PLAN, "surprise": 1},
-    {"steps": [5], "every_s": 1}, {**PLAN, "steps": [12.5, 50]}, {**PLAN, "steps": [True]},
-    {**PLAN, "max_p99_ms": "fast"}, {**PLAN, "min_requests": "many"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {**PLAN, "steps": []},
+        {**PLAN, "steps": [50, 10]},
+        {**PLAN, "steps": [0, 50]},
+        {**PLAN, "steps": [50, 101]},
+        {**PLAN, "every_s": 0},
+        {**PLAN, "max_error_rate": 2},
+        {**PLAN, "min_requests": -1},
+        {**PLAN, "surprise": 1},
+        {"steps": [5], "every_s": 1},
+        {**PLAN, "steps": [12.5, 50]},
+        {**PLAN, "steps": [True]},
+        {**PLAN, "max_p99_ms": "fast"},
+        {**PLAN, "min_requests": "many"},
+    ],
+)
 def test_bad_plans_are_refused_with_a_reason(bad: dict[str, object]) -> None:
     with pytest.raises(PlanError):
         RampPlan.parse(bad)
@@ -113,6 +135,7 @@ def test_ramp_state_round_trips() -> None:
 
 
 # --- the table ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 async def table(tmp_path: Path) -> AsyncIterator[TrafficTable]:
@@ -178,8 +201,11 @@ async def test_a_ramp_needs_a_split_or_a_base(table: TrafficTable) -> None:
 
 
 async def test_bad_changes_store_nothing(table: TrafficTable) -> None:
-    for call in (table.set_model("m", {"1": 60}, "op", ""), table.set_shadows("m", {"2": 1.5}, "op", ""),
-                 table.start_ramp("m", {**PLAN, "steps": [50, 10]}, "op", "")):
+    for call in (
+        table.set_model("m", {"1": 60}, "op", ""),
+        table.set_shadows("m", {"2": 1.5}, "op", ""),
+        table.start_ramp("m", {**PLAN, "steps": [50, 10]}, "op", ""),
+    ):
         with pytest.raises(PlanError):
             await call
     assert table.revision == 0 and table.models == {} and table.shadows == {}
@@ -196,8 +222,11 @@ async def test_everything_survives_a_restart(tmp_path: Path) -> None:
     first._ticker.cancel()
     again = TrafficTable(path)
     assert again.revision == first.revision == 3
-    assert (again.models, again.shadows) == (first.models, first.shadows) == ({"m": {"1": 90, "2": 10}},
-                                                                              {"m": {"3": 0.25}})
+    assert (
+        (again.models, again.shadows)
+        == (first.models, first.shadows)
+        == ({"m": {"1": 90, "2": 10}}, {"m": {"3": 0.25}})
+    )
     assert again.ramps["m"].plan == first.ramps["m"].plan and again.ramps["m"].base == {"1": 100}
     assert again.ramps["m"].window.requests == 0  # live counts since the last change are not persisted
     assert [e["reason"] for e in again.model_history("m")] == [e["reason"] for e in first.model_history("m")]

@@ -19,8 +19,26 @@ async def test_a_request_log_segment_replays_request_for_request(tmp_path: Path)
         x = Tensor("INPUT0", "FP32", np.full((2, 16), i, np.float32))
         y = Tensor("OUTPUT0", "FP32", x.data)
         sent.append(x.data)
-        await writer.append(RequestRecord(f"r{i}", 1.0, "echo", "1", "primary", "weighted split", (x,), (y,), "OK",
-                                          "", 0.1, 0.2, 0.4, 2, "127.0.0.1:1", "grpc"))
+        await writer.append(
+            RequestRecord(
+                f"r{i}",
+                1.0,
+                "echo",
+                "1",
+                "primary",
+                "weighted split",
+                (x,),
+                (y,),
+                "OK",
+                "",
+                0.1,
+                0.2,
+                0.4,
+                2,
+                "127.0.0.1:1",
+                "grpc",
+            )
+        )
     await writer.close()
     (segment,) = sorted((tmp_path / "g").glob("*.jsonl"))
     calls, skipped = read_replay(segment.read_text().splitlines())

@@ -14,9 +14,14 @@ from contract.repository import MANIFEST, Repository, RepositoryError, version_s
 
 
 def manifest(name: str = "m", version: str = "1") -> Manifest:
-    return Manifest(name=name, version=version, runtime="array", options={"program": "identity"},
-                    inputs=[TensorSpecModel(name="x", datatype="FP32", shape=[-1, 4])],
-                    outputs=[TensorSpecModel(name="y", datatype="FP32", shape=[-1, 4])])
+    return Manifest(
+        name=name,
+        version=version,
+        runtime="array",
+        options={"program": "identity"},
+        inputs=[TensorSpecModel(name="x", datatype="FP32", shape=[-1, 4])],
+        outputs=[TensorSpecModel(name="y", datatype="FP32", shape=[-1, 4])],
+    )
 
 
 def write_weights(folder: Path) -> None:
@@ -79,7 +84,13 @@ def test_scan_sorts_versions_numerically_then_names(tmp_path: Path) -> None:
     for model, version in [("b", "10"), ("b", "2"), ("b", "1"), ("a", "3"), ("b", "beta"), ("b", "alpha")]:
         repo.write_version(manifest(model, version), write_weights)
     assert [(e.manifest.name, e.manifest.version) for e in repo.scan()] == [
-        ("a", "3"), ("b", "1"), ("b", "2"), ("b", "10"), ("b", "alpha"), ("b", "beta")]
+        ("a", "3"),
+        ("b", "1"),
+        ("b", "2"),
+        ("b", "10"),
+        ("b", "alpha"),
+        ("b", "beta"),
+    ]
     assert repo.versions("b") == ["1", "2", "10", "alpha", "beta"]
     assert repo.versions("nope") == []
 
@@ -116,13 +127,17 @@ def test_manifest_name_or_version_mismatch_is_an_error(tmp_path: Path, model: st
     assert str(path) in str(e.value) and "m/1" in str(e.value) and f"{model}/{version}" in str(e.value)
 
 
-@pytest.mark.parametrize("text", [
-    "{not json",
-    json.dumps({"name": "m", "version": "1", "runtime": "tensorflow", "inputs": [], "outputs": []}),
-    json.dumps({**json.loads(manifest().model_dump_json()), "surprise": 1}),
-    json.dumps({**json.loads(manifest().model_dump_json()),
-                "inputs": [{"name": "x", "datatype": "FP8", "shape": [-1]}]}),
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        json.dumps({"name": "m", "version": "1", "runtime": "tensorflow", "inputs": [], "outputs": []}),
+        json.dumps({**json.loads(manifest().model_dump_json()), "surprise": 1}),
+        json.dumps(
+            {**json.loads(manifest().model_dump_json()), "inputs": [{"name": "x", "datatype": "FP8", "shape": [-1]}]}
+        ),
+    ],
+)
 def test_invalid_manifest_is_an_error_naming_the_file(tmp_path: Path, text: str) -> None:
     path = place(tmp_path, "m", "1", text)
     with pytest.raises(RepositoryError) as e:

@@ -28,15 +28,36 @@ from gateway.request_log.sink import SegmentSink
 from gateway.types import RequestRecord, Tensor
 
 
-def record(i: int, *, model: str = "m", version: str = "1", code: str = "OK", floats: int = 16,
-           inputs: tuple[Tensor, ...] | None = None, error: str = "") -> RequestRecord:
+def record(
+    i: int,
+    *,
+    model: str = "m",
+    version: str = "1",
+    code: str = "OK",
+    floats: int = 16,
+    inputs: tuple[Tensor, ...] | None = None,
+    error: str = "",
+) -> RequestRecord:
     x = np.arange(floats, dtype=np.float32).reshape(1, floats) + i
     return RequestRecord(
-        request_id=f"req-{i}", time=1_700_000_000.0 + i / 1000, model=model, version=version, role="primary",
-        routing_reason="newest ready version", inputs=inputs if inputs is not None else (Tensor("x", "FP32", x),),
+        request_id=f"req-{i}",
+        time=1_700_000_000.0 + i / 1000,
+        model=model,
+        version=version,
+        role="primary",
+        routing_reason="newest ready version",
+        inputs=inputs if inputs is not None else (Tensor("x", "FP32", x),),
         outputs=(Tensor("y", "FP32", np.array([[0.25, 0.75]], np.float32)),) if code == "OK" else (),
-        code=code, error=error, queue_ms=0.5, model_ms=1.25, total_ms=2.0 + i, batch_rows=1,
-        client="127.0.0.1:5000", protocol="grpc", trace_id=f"t{i}")
+        code=code,
+        error=error,
+        queue_ms=0.5,
+        model_ms=1.25,
+        total_ms=2.0 + i,
+        batch_rows=1,
+        client="127.0.0.1:5000",
+        protocol="grpc",
+        trace_id=f"t{i}",
+    )
 
 
 def settings(tmp_path: Path, **kw: Any) -> RequestLogSettings:
@@ -71,12 +92,31 @@ async def _wait_for(cond: Any, what: str) -> None:
 
 
 def assert_same(a: RequestRecord, b: RequestRecord) -> None:
-    for name in ("request_id", "time", "model", "version", "role", "routing_reason", "code", "error", "queue_ms",
-                 "model_ms", "total_ms", "batch_rows", "client", "protocol", "trace_id"):
+    for name in (
+        "request_id",
+        "time",
+        "model",
+        "version",
+        "role",
+        "routing_reason",
+        "code",
+        "error",
+        "queue_ms",
+        "model_ms",
+        "total_ms",
+        "batch_rows",
+        "client",
+        "protocol",
+        "trace_id",
+    ):
         assert getattr(a, name) == getattr(b, name), name
     for ta, tb in zip(a.inputs + a.outputs, b.inputs + b.outputs, strict=True):
-        assert (ta.name, ta.datatype, ta.data.dtype, ta.data.shape) == (tb.name, tb.datatype, tb.data.dtype,
-                                                                        tb.data.shape)
+        assert (ta.name, ta.datatype, ta.data.dtype, ta.data.shape) == (
+            tb.name,
+            tb.datatype,
+            tb.data.dtype,
+            tb.data.shape,
+        )
         assert ta.data.tolist() == tb.data.tolist()
 
 
@@ -85,9 +125,13 @@ async def test_n_appends_read_back_equal(tmp_path: Path) -> None:
     blob[:] = [b"\xff\x00", b"ok"]
     words = np.empty((1, 2), dtype=object)
     words[0] = [b"hello", "w\u00f6rld".encode()]
-    extra = (Tensor("i", "INT64", np.array([[1, -2]], np.int64)), Tensor("b", "BOOL", np.array([True, False])),
-             Tensor("h", "FP16", np.array([0.5], np.float16)), Tensor("s", "BYTES", words),
-             Tensor("raw", "BYTES", blob))
+    extra = (
+        Tensor("i", "INT64", np.array([[1, -2]], np.int64)),
+        Tensor("b", "BOOL", np.array([True, False])),
+        Tensor("h", "FP16", np.array([0.5], np.float16)),
+        Tensor("s", "BYTES", words),
+        Tensor("raw", "BYTES", blob),
+    )
     originals = [record(i) for i in range(40)]
     originals += [record(40, inputs=extra), record(41, code="NOT_FOUND", error="no model 'q'")]
     w = RequestLogWriter(settings(tmp_path)).start()
@@ -189,8 +233,9 @@ async def test_foreground_records_are_written_ahead_of_background_ones_in_one_ba
     w = RequestLogWriter(s, sink=sink).start()
     first = asyncio.create_task(w.append(record(0)))
     assert await asyncio.to_thread(sink.entered.wait, 10)  # the writer is busy: the next appends form one batch
-    shadows = [asyncio.create_task(w.append(dataclasses.replace(record(i), role="shadow"), background=True))
-               for i in (1, 2, 3)]
+    shadows = [
+        asyncio.create_task(w.append(dataclasses.replace(record(i), role="shadow"), background=True)) for i in (1, 2, 3)
+    ]
     primary = asyncio.create_task(w.append(record(4)))
     await asyncio.sleep(0)
     sink.release.set()
@@ -354,8 +399,11 @@ async def test_sampling_per_model_never_drops_errors(tmp_path: Path) -> None:
 
 
 async def test_redaction_masks_or_drops_named_inputs(tmp_path: Path) -> None:
-    inputs = (Tensor("x", "FP32", np.ones((1, 3), np.float32)), Tensor("ssn", "INT64", np.array([[123456789]])),
-              Tensor("note", "BYTES", np.array([b"secret"], dtype=object)))
+    inputs = (
+        Tensor("x", "FP32", np.ones((1, 3), np.float32)),
+        Tensor("ssn", "INT64", np.array([[123456789]])),
+        Tensor("note", "BYTES", np.array([b"secret"], dtype=object)),
+    )
     w = RequestLogWriter(settings(tmp_path, redact_inputs={"ssn": "mask", "note": "drop"})).start()
     await w.append(record(1, inputs=inputs))
     await w.close()
@@ -373,8 +421,9 @@ async def test_size_cap_drops_tensor_data_keeps_metadata(tmp_path: Path) -> None
     await w.append(record(3, code="INTERNAL", error="x" * 20_000))
     await w.close()
     big, small, err = RequestLogReader(tmp_path / "log")
-    assert big["truncated"] is True and big["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [1, 5000],
-                                                          "data": None}]
+    assert big["truncated"] is True and big["inputs"] == [
+        {"name": "x", "datatype": "FP32", "shape": [1, 5000], "data": None}
+    ]
     assert big["outputs"][0]["shape"] == [1, 2] and big["total_ms"] == 3.0
     assert small["truncated"] is False and len(small["inputs"][0]["data"]) == 16
     assert err["truncated"] is True and err["code"] == "INTERNAL" and len(err["error"]) < 4096
@@ -392,7 +441,9 @@ async def test_two_writers_with_one_id_get_distinct_folders(tmp_path: Path) -> N
     await a.close()
     await b.close()
     assert [(r["gateway_id"], r["request_id"]) for r in RequestLogReader(tmp_path / "log")] == [
-        ("gw", "req-1"), ("gw-1", "req-2")]
+        ("gw", "req-1"),
+        ("gw-1", "req-2"),
+    ]
     c = RequestLogWriter(settings(tmp_path)).start()  # the id is free again after close
     assert c.gateway_id == "gw"
     await c.close()

@@ -39,8 +39,9 @@ def test_tail_prints_the_last_records(log_root: Path, capsys: pytest.CaptureFixt
     assert len(out) == 5 and all('"model":"b"' in line for line in out)
 
 
-def test_tail_with_a_checkpoint_prints_each_record_once(log_root: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_tail_with_a_checkpoint_prints_each_record_once(
+    log_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = str(tmp_path / "ckpt.json")
     assert gateway(["tail", "--dir", str(log_root), "--checkpoint", ckpt]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 10
@@ -57,8 +58,10 @@ def test_query_prints_a_table(log_root: Path, capsys: pytest.CaptureFixture[str]
     assert out[2].split() == ["1", "4", "6.5"]  # requests 0, 3, 6 and 9: total_ms is 2 + i
     assert gateway(["query", "SELECT nonsense FROM requests", "--dir", str(log_root)]) == 1
     assert "nonsense" in capsys.readouterr().err
-    assert gateway(["query", "SELECT code, count(*) FROM requests GROUP BY 1 ORDER BY 1", "--dir", str(log_root),
-                    "--csv"]) == 0
+    assert (
+        gateway(["query", "SELECT code, count(*) FROM requests GROUP BY 1 ORDER BY 1", "--dir", str(log_root), "--csv"])
+        == 0
+    )
     assert capsys.readouterr().out.splitlines() == ["code,count_star()", "NOT_FOUND,1", "OK,9"]
 
 

@@ -25,9 +25,13 @@ class Doubler:
 
 
 def plane(writer: RequestLogWriter) -> DataPlane:
-    m = Manifest(name="m", version="1", runtime="array",
-                 inputs=[TensorSpecModel(name="x", datatype="FP32", shape=[-1, 2])],
-                 outputs=[TensorSpecModel(name="y", datatype="FP32", shape=[-1, 2])])
+    m = Manifest(
+        name="m",
+        version="1",
+        runtime="array",
+        inputs=[TensorSpecModel(name="x", datatype="FP32", shape=[-1, 2])],
+        outputs=[TensorSpecModel(name="y", datatype="FP32", shape=[-1, 2])],
+    )
     info = VersionInfo.from_manifest(m, BatchingOverride())
     info.state = "READY"
     return DataPlane(Catalog([info]), Doubler(), request_log=writer)

@@ -270,8 +270,9 @@ async def test_duckdb_query_over_mixed_jsonl_and_parquet(tmp_path: Path) -> None
     for i in range(12, 15):
         await w.append(record(i, version="1" if i % 3 else "2", floats=100))
     assert {k for _, k in kinds(root)} == {"jsonl", "parquet"}
-    columns, rows = query(root, "SELECT version, count(*) AS n, avg(total_ms) AS ms FROM requests "
-                                "GROUP BY 1 ORDER BY 1")
+    columns, rows = query(
+        root, "SELECT version, count(*) AS n, avg(total_ms) AS ms FROM requests GROUP BY 1 ORDER BY 1"
+    )
     assert columns == ["version", "n", "ms"]
     v1 = [2.0 + i for i in range(15) if i % 3]
     v2 = [2.0 + i for i in range(15) if not i % 3]
@@ -303,8 +304,9 @@ async def test_tailer_listing_taken_before_a_compaction(tmp_path: Path, monkeypa
     assert list(read_segment(stale["gw"][0], start=3)) == list(RequestLogReader(root))[3:]
 
 
-async def test_tailer_keeps_positions_of_segments_a_listing_missed(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_tailer_keeps_positions_of_segments_a_listing_missed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A directory read racing a rename may miss a segment: its position must survive (no re-delivery)."""
     root = tmp_path / "log"
     w = RequestLogWriter(settings(tmp_path, rotate_bytes=2048)).start()
@@ -351,5 +353,5 @@ def test_unknown_format_version_stops_the_reader(tmp_path: Path) -> None:
     segment_path(gw_dir, 0, "jsonl").write_bytes(b'{"format_version":2,"request_id":"x"}\n')
     with pytest.raises(FormatVersionError, match="format_version 2"):
         list(RequestLogReader(tmp_path / "log"))
-    segment_path(gw_dir, 0, "jsonl").write_bytes(b'[1, 2]\nnot json\n')  # not records: skipped
+    segment_path(gw_dir, 0, "jsonl").write_bytes(b"[1, 2]\nnot json\n")  # not records: skipped
     assert list(RequestLogReader(tmp_path / "log")) == []

@@ -23,15 +23,38 @@ from serving.retrain_data import load_labelled, row_labels, split_held_out
 MODEL = "breast_cancer"
 
 
-def record(rid: str, t: float, x: np.ndarray, model: str = MODEL, code: str = "OK", role: str = "primary",
-           name: str = "features") -> RequestRecord:
-    return RequestRecord(request_id=rid, time=t, model=model, version="1", role=role, routing_reason="",
-                         inputs=(Tensor(name, "FP32", x.astype(np.float32)),), outputs=(), code=code, error="",
-                         queue_ms=0.0, model_ms=0.0, total_ms=0.0, batch_rows=len(x), client="", protocol="http")
+def record(
+    rid: str,
+    t: float,
+    x: np.ndarray,
+    model: str = MODEL,
+    code: str = "OK",
+    role: str = "primary",
+    name: str = "features",
+) -> RequestRecord:
+    return RequestRecord(
+        request_id=rid,
+        time=t,
+        model=model,
+        version="1",
+        role=role,
+        routing_reason="",
+        inputs=(Tensor(name, "FP32", x.astype(np.float32)),),
+        outputs=(),
+        code=code,
+        error="",
+        queue_ms=0.0,
+        model_ms=0.0,
+        total_ms=0.0,
+        batch_rows=len(x),
+        client="",
+        protocol="http",
+    )
 
 
-def write_log(root: Path, records: list[RequestRecord], labels: list[tuple[str, Any]], model: str = MODEL,
-              **settings: Any) -> None:
+def write_log(
+    root: Path, records: list[RequestRecord], labels: list[tuple[str, Any]], model: str = MODEL, **settings: Any
+) -> None:
     async def go() -> None:
         s = RequestLogSettings(dir=root, gateway_id="gw", **settings)
         writer, feedback = RequestLogWriter(s).start(), FeedbackLog(s).start()
@@ -56,14 +79,30 @@ def test_row_labels() -> None:
 def test_join_keeps_labelled_answered_rows_of_the_model_in_the_window(tmp_path: Path) -> None:
     one = np.arange(4, dtype=np.float32).reshape(1, 4)
     records = [
-        record("a", 100.0, one), record("b", 101.0, one + 1), record("c", 102.0, np.vstack([one + 2, one + 3])),
-        record("no-label", 103.0, one), record("err", 104.0, one, code="INVALID_ARGUMENT"),
-        record("b", 105.0, one + 9, role="shadow"), record("other", 106.0, one, model="other"),
-        record("late", 500.0, one), record("wide", 107.0, np.ones((1, 5))), record("bad-label", 108.0, one),
+        record("a", 100.0, one),
+        record("b", 101.0, one + 1),
+        record("c", 102.0, np.vstack([one + 2, one + 3])),
+        record("no-label", 103.0, one),
+        record("err", 104.0, one, code="INVALID_ARGUMENT"),
+        record("b", 105.0, one + 9, role="shadow"),
+        record("other", 106.0, one, model="other"),
+        record("late", 500.0, one),
+        record("wide", 107.0, np.ones((1, 5))),
+        record("bad-label", 108.0, one),
         record("trunc", 109.0, one, name="other_input"),
     ]
-    labels = [("a", 0), ("b", 0), ("b", 1), ("c", [1, 0]), ("err", 1), ("late", 1), ("wide", 1), ("bad-label", 7),
-              ("trunc", 1), ("never-logged", 1)]
+    labels = [
+        ("a", 0),
+        ("b", 0),
+        ("b", 1),
+        ("c", [1, 0]),
+        ("err", 1),
+        ("late", 1),
+        ("wide", 1),
+        ("bad-label", 7),
+        ("trunc", 1),
+        ("never-logged", 1),
+    ]
     write_log(tmp_path, records, labels)
     data = load_labelled(tmp_path, MODEL, "features", 4, 2, since=100.0, until=200.0, max_rows=100)
     assert data.request_ids == ["a", "b", "c", "c"]
@@ -71,8 +110,14 @@ def test_join_keeps_labelled_answered_rows_of_the_model_in_the_window(tmp_path: 
     np.testing.assert_array_equal(data.x, np.vstack([one, one + 1, one + 2, one + 3]))
     assert data.times.tolist() == [100.0, 101.0, 102.0, 102.0]
     assert data.scanned == 9 and data.labelled_requests == 3  # "late" and "other" are not counted
-    assert data.skipped == {"no_label": 1, "not_answered": 1, "shadow": 1, "input_shape": 1, "label_unusable": 1,
-                            "no_input_data": 1}
+    assert data.skipped == {
+        "no_label": 1,
+        "not_answered": 1,
+        "shadow": 1,
+        "input_shape": 1,
+        "label_unusable": 1,
+        "no_input_data": 1,
+    }
     window = data.window(100.0, 200.0)
     assert window["first_request_time"] == 100.0 and window["last_request_time"] == 102.0
     assert window["labelled_rows"] == 4 and window["request_records"] == 9
@@ -100,17 +145,21 @@ def test_held_out_split_is_stratified_seeded_and_disjoint() -> None:
         split_held_out(np.array([0, 0, 0, 1]), 0.3, seed=0)
 
 
-@pytest.mark.parametrize(("new", "parent", "rule", "better", "says"), [
-    ((0.95, 0.2), (0.90, 0.3), retrain.Rule(0.01), True, "gain +0.0500"),
-    ((0.91, 0.2), (0.90, 0.3), retrain.Rule(0.01), True, "gain +0.0100"),
-    ((0.905, 0.2), (0.90, 0.3), retrain.Rule(0.01), False, "under min_gain"),
-    ((0.95, 0.4), (0.90, 0.3), retrain.Rule(0.01), False, "log-loss 0.4000 is worse"),
-    ((0.95, 0.4), (0.90, 0.3), retrain.Rule(0.01, allow_worse_log_loss=True), True, "gain"),
-    ((0.90, 0.3), (0.90, 0.3), retrain.Rule(0.0), True, "gain +0.0000"),
-    ((0.89, 0.1), (0.90, 0.3), retrain.Rule(0.0), False, "under min_gain"),
-])
-def test_rule(new: tuple[float, float], parent: tuple[float, float], rule: retrain.Rule, better: bool,
-              says: str) -> None:
+@pytest.mark.parametrize(
+    ("new", "parent", "rule", "better", "says"),
+    [
+        ((0.95, 0.2), (0.90, 0.3), retrain.Rule(0.01), True, "gain +0.0500"),
+        ((0.91, 0.2), (0.90, 0.3), retrain.Rule(0.01), True, "gain +0.0100"),
+        ((0.905, 0.2), (0.90, 0.3), retrain.Rule(0.01), False, "under min_gain"),
+        ((0.95, 0.4), (0.90, 0.3), retrain.Rule(0.01), False, "log-loss 0.4000 is worse"),
+        ((0.95, 0.4), (0.90, 0.3), retrain.Rule(0.01, allow_worse_log_loss=True), True, "gain"),
+        ((0.90, 0.3), (0.90, 0.3), retrain.Rule(0.0), True, "gain +0.0000"),
+        ((0.89, 0.1), (0.90, 0.3), retrain.Rule(0.0), False, "under min_gain"),
+    ],
+)
+def test_rule(
+    new: tuple[float, float], parent: tuple[float, float], rule: retrain.Rule, better: bool, says: str
+) -> None:
     got, reason = rule.decide({"accuracy": new[0], "log_loss": new[1]}, {"accuracy": parent[0], "log_loss": parent[1]})
     assert got is better and says in reason
 
@@ -136,8 +185,18 @@ def test_register_writes_a_new_version_with_lineage(tmp_path: Path) -> None:
     report.write_text('{"psi": 0.4}')
     metrics = {"new": {"accuracy": 0.97, "log_loss": 0.1}, "parent": {"accuracy": 0.8, "log_loss": 0.5}}
     window = {"since": 1.0, "until": 2.0, "labelled_rows": 10}
-    lineage = retrain.lineage_for(parent, params, 3, window, {"reference": 426, "held_out": 3}, metrics,
-                                  "recent rows", retrain.Rule(0.02), "drift_report.json", str(report))
+    lineage = retrain.lineage_for(
+        parent,
+        params,
+        3,
+        window,
+        {"reference": 426, "held_out": 3},
+        metrics,
+        "recent rows",
+        retrain.Rule(0.02),
+        "drift_report.json",
+        str(report),
+    )
     entry = retrain.register(repo, parent, model, lineage, metrics["new"], x, y, report)
     m = entry.manifest
     assert (m.name, m.version, m.metrics) == (MODEL, "2", metrics["new"])
@@ -177,9 +236,22 @@ def test_propose_canary_calls_start_ramp_with_the_plan() -> None:
     plan = retrain.ramp_plan("3", [5, 50, 100], 60.0, 0.01, None, 100, parent="1")
     answer = retrain.propose_canary(table, MODEL, plan, "retrain", "why", get=lambda ref: ref.value)
     assert answer == {"revision": 7}
-    assert table.calls == [(MODEL, {"version": "3", "steps": [5, 50, 100], "every_s": 60.0, "max_error_rate": 0.01,
-                                     "max_p99_ms": None, "min_requests": 100, "base": {"1": 100}},
-                                    "retrain", "why")]
+    assert table.calls == [
+        (
+            MODEL,
+            {
+                "version": "3",
+                "steps": [5, 50, 100],
+                "every_s": 60.0,
+                "max_error_rate": 0.01,
+                "max_p99_ms": None,
+                "min_requests": 100,
+                "base": {"1": 100},
+            },
+            "retrain",
+            "why",
+        )
+    ]
     RampPlan.parse(plan)  # what the traffic table accepts
 
 
@@ -202,8 +274,21 @@ def test_too_little_labelled_data_registers_nothing(tmp_path: Path, capsys: pyte
     repo = Repository(tmp_path / "repo")
     write_classifier(repo, "1", "logistic")
     write_log(tmp_path / "log", [record("a", 1000.0, np.ones((1, 30)))], [("a", 1)])
-    code = retrain.main(["--model", MODEL, "--parent-version", "1", "--repository", str(repo.root), "--log-dir",
-                         str(tmp_path / "log"), "--until", "2000", "--no-deploy"])
+    code = retrain.main(
+        [
+            "--model",
+            MODEL,
+            "--parent-version",
+            "1",
+            "--repository",
+            str(repo.root),
+            "--log-dir",
+            str(tmp_path / "log"),
+            "--until",
+            "2000",
+            "--no-deploy",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["outcome"] == "skipped" and "1 labelled row(s)" in out["reason"]
     assert repo.versions(MODEL) == ["1"]

@@ -41,12 +41,23 @@ def spec(name: str, shape: list[int], datatype: str = "FP32") -> TensorSpecModel
 
 def array_manifest(program: str = "identity", **options: object) -> Manifest:
     if program == "identity":
-        return Manifest(name="a", version="1", runtime="array", options={"program": program, **options},
-                        inputs=[spec("p", [-1, 2]), spec("q", [-1], "INT64")],
-                        outputs=[spec("P", [-1, 2]), spec("Q", [-1], "INT64")])
-    return Manifest(name="a", version="1", runtime="array", artifact="weights.npz",
-                    options={"program": program, **options},
-                    inputs=[spec("x", [-1, 3])], outputs=[spec("y", [-1, 4])])
+        return Manifest(
+            name="a",
+            version="1",
+            runtime="array",
+            options={"program": program, **options},
+            inputs=[spec("p", [-1, 2]), spec("q", [-1], "INT64")],
+            outputs=[spec("P", [-1, 2]), spec("Q", [-1], "INT64")],
+        )
+    return Manifest(
+        name="a",
+        version="1",
+        runtime="array",
+        artifact="weights.npz",
+        options={"program": program, **options},
+        inputs=[spec("x", [-1, 3])],
+        outputs=[spec("y", [-1, 4])],
+    )
 
 
 @pytest.fixture
@@ -59,6 +70,7 @@ def weights(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
 
 
 # --- CuPy or NumPy -------------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
 def test_array_module_is_numpy_without_cupy() -> None:
@@ -96,6 +108,7 @@ def test_array_module_prefers_cupy_with_a_device(monkeypatch: pytest.MonkeyPatch
 
 # --- array runtime ---------------------------------------------------------------------------------
 
+
 def test_array_identity_echoes_inputs_in_order(tmp_path: Path) -> None:
     rt = ArrayRuntime(array_manifest("identity"), tmp_path)
     assert rt.device == "cpu" and rt.xp is np
@@ -119,7 +132,8 @@ def test_array_linear_softmax_rows_sum_to_one(weights: tuple[Path, np.ndarray, n
 def test_array_linear_softmax_is_stable_for_large_logits(tmp_path: Path) -> None:
     np.savez(tmp_path / "weights.npz", W=np.eye(3, 4, dtype=np.float32) * 1e4, b=np.zeros(4, dtype=np.float32))
     y = ArrayRuntime(array_manifest("linear", activation="softmax"), tmp_path).run(
-        {"x": np.array([[1.0, 2.0, 3.0]], dtype=np.float32)})["y"]
+        {"x": np.array([[1.0, 2.0, 3.0]], dtype=np.float32)}
+    )["y"]
     assert np.isfinite(y).all() and y[0].argmax() == 2
 
 
@@ -145,9 +159,11 @@ def test_array_unknown_activation_is_refused(weights: tuple[Path, np.ndarray, np
 
 # --- python runtime ---------------------------------------------------------------------------------
 
+
 def test_python_runtime(tmp_path: Path) -> None:
     (tmp_path / "model.py").write_text(
-        "import numpy as np\n\ndef predict(inputs):\n    return {'y': inputs['x'] + 1}\n")
+        "import numpy as np\n\ndef predict(inputs):\n    return {'y': inputs['x'] + 1}\n"
+    )
     m = Manifest(name="py", version="3", runtime="python", inputs=[spec("x", [-1])], outputs=[spec("y", [-1])])
     rt = load_runtime(m, tmp_path)
     assert isinstance(rt, PythonRuntime) and rt.device == "cpu"
@@ -159,6 +175,7 @@ def test_load_runtime_picks_by_manifest(tmp_path: Path) -> None:
 
 
 # --- ONNX Runtime on the example classifier --------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory: pytest.TempPathFactory) -> VersionEntry:
@@ -228,12 +245,17 @@ def test_echo_example_is_an_identity_array_model(tmp_path: Path) -> None:
 
 # --- remote runtime: a real Open Inference Protocol server on loopback (tests/oip_server.py) -----------
 
+
 def remote_manifest(url: str, protocol: str = "grpc", **backend: object) -> Manifest:
     """The example classifier served elsewhere; the width is left open so the remote server checks it."""
-    return Manifest(name="cancer", version="7", runtime="remote",
-                    remote=RemoteBackend(url=url, protocol=protocol, model_name="breast_cancer", **backend),
-                    inputs=[spec("features", [-1, -1])],
-                    outputs=[spec("probabilities", [-1, 2]), spec("label", [-1], "INT64")])
+    return Manifest(
+        name="cancer",
+        version="7",
+        runtime="remote",
+        remote=RemoteBackend(url=url, protocol=protocol, model_name="breast_cancer", **backend),
+        inputs=[spec("features", [-1, -1])],
+        outputs=[spec("probabilities", [-1, 2]), spec("label", [-1], "INT64")],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -253,8 +275,9 @@ def server_url(oip: OipServer, protocol: str) -> str:
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-async def test_remote_runtime_answers_like_onnx_runtime_run_here(classifier: VersionEntry, oip: OipServer,
-                                                                 protocol: str) -> None:
+async def test_remote_runtime_answers_like_onnx_runtime_run_here(
+    classifier: VersionEntry, oip: OipServer, protocol: str
+) -> None:
     rt = load_runtime(remote_manifest(server_url(oip, protocol), protocol), classifier.path)
     assert isinstance(rt, RemoteRuntime) and isinstance(rt, AsyncRuntime) and rt.device == "remote"
     local = OnnxRuntime(classifier.manifest, classifier.path)
@@ -275,8 +298,9 @@ async def test_remote_runtime_answers_like_onnx_runtime_run_here(classifier: Ver
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-async def test_remote_refusal_is_invalid_argument_with_the_remote_reason(classifier: VersionEntry, oip: OipServer,
-                                                                          protocol: str) -> None:
+async def test_remote_refusal_is_invalid_argument_with_the_remote_reason(
+    classifier: VersionEntry, oip: OipServer, protocol: str
+) -> None:
     rt = RemoteRuntime(remote_manifest(server_url(oip, protocol), protocol))
     with pytest.raises(RuntimeFault) as caught:
         await rt.run_async({"features": np.ones((2, 29), np.float32)})  # the model takes 30 features
@@ -285,8 +309,9 @@ async def test_remote_refusal_is_invalid_argument_with_the_remote_reason(classif
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-async def test_remote_unknown_model_is_unavailable_and_says_to_check_the_manifest(oip: OipServer,
-                                                                                  protocol: str) -> None:
+async def test_remote_unknown_model_is_unavailable_and_says_to_check_the_manifest(
+    oip: OipServer, protocol: str
+) -> None:
     m = remote_manifest(server_url(oip, protocol), protocol)
     rt = RemoteRuntime(m.model_copy(update={"remote": m.remote.model_copy(update={"model_name": "nope"})}))
     with pytest.raises(RuntimeFault) as caught:
@@ -316,11 +341,24 @@ def test_runtime_fault_survives_pickling_as_ray_sends_it() -> None:
     assert isinstance(fault, RuntimeFault) and (fault.code, fault.message) == ("UNAVAILABLE", "down")
 
 
-@pytest.mark.parametrize(("status", "code"), [
-    ("INVALID_ARGUMENT", "INVALID_ARGUMENT"), ("UNAVAILABLE", "UNAVAILABLE"), ("NOT_FOUND", "UNAVAILABLE"),
-    ("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"), ("RESOURCE_EXHAUSTED", "UNAVAILABLE"), ("INTERNAL", "INTERNAL"),
-    ("UNKNOWN", "INTERNAL"), ("400", "INVALID_ARGUMENT"), ("404", "UNAVAILABLE"), ("503", "UNAVAILABLE"),
-    ("504", "DEADLINE_EXCEEDED"), ("500", "INTERNAL"), ("", "INTERNAL")])
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        ("INVALID_ARGUMENT", "INVALID_ARGUMENT"),
+        ("UNAVAILABLE", "UNAVAILABLE"),
+        ("NOT_FOUND", "UNAVAILABLE"),
+        ("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"),
+        ("RESOURCE_EXHAUSTED", "UNAVAILABLE"),
+        ("INTERNAL", "INTERNAL"),
+        ("UNKNOWN", "INTERNAL"),
+        ("400", "INVALID_ARGUMENT"),
+        ("404", "UNAVAILABLE"),
+        ("503", "UNAVAILABLE"),
+        ("504", "DEADLINE_EXCEEDED"),
+        ("500", "INTERNAL"),
+        ("", "INTERNAL"),
+    ],
+)
 def test_remote_status_maps_onto_the_error_table(status: str, code: str) -> None:
     backend = RemoteBackend(url="h:1")
     fault = fault_for(remote_status(f"StatusCode.{status}" if status.isalpha() else status), "why", backend, "m")
@@ -328,13 +366,16 @@ def test_remote_status_maps_onto_the_error_table(status: str, code: str) -> None
     assert ("why" in fault.message) == (code == "INVALID_ARGUMENT")  # only refusals repeat the remote's words
 
 
-@pytest.mark.parametrize(("manifest", "error"), [
-    ({"runtime": "remote"}, "needs a 'remote' block"),
-    ({"runtime": "onnx", "remote": {"url": "h:1"}}, "only applies to runtime 'remote'"),
-    ({"runtime": "remote", "remote": {"url": "grpc://h:1"}}, "without a scheme"),
-    ({"runtime": "remote", "remote": {"url": "localhost"}}, "host:port"),
-    ({"runtime": "remote", "remote": {"url": "h:1", "protocol": "kafka"}}, "protocol"),
-])
+@pytest.mark.parametrize(
+    ("manifest", "error"),
+    [
+        ({"runtime": "remote"}, "needs a 'remote' block"),
+        ({"runtime": "onnx", "remote": {"url": "h:1"}}, "only applies to runtime 'remote'"),
+        ({"runtime": "remote", "remote": {"url": "grpc://h:1"}}, "without a scheme"),
+        ({"runtime": "remote", "remote": {"url": "localhost"}}, "host:port"),
+        ({"runtime": "remote", "remote": {"url": "h:1", "protocol": "kafka"}}, "protocol"),
+    ],
+)
 def test_remote_manifest_is_validated(manifest: dict[str, object], error: str) -> None:
     doc = {"name": "m", "version": "1", "inputs": [], "outputs": [], **manifest}
     with pytest.raises(ValidationError, match=error):
@@ -342,8 +383,10 @@ def test_remote_manifest_is_validated(manifest: dict[str, object], error: str) -
 
 
 def test_remote_manifest_defaults() -> None:
-    m = Manifest.model_validate({"name": "m", "version": "1", "runtime": "remote", "remote": {"url": "h:8001"},
-                                 "inputs": [], "outputs": []})
-    assert m.remote == RemoteBackend(url="h:8001", protocol="grpc", model_name="", model_version="",
-                                     timeout_s=30.0, tls=False)
+    m = Manifest.model_validate(
+        {"name": "m", "version": "1", "runtime": "remote", "remote": {"url": "h:8001"}, "inputs": [], "outputs": []}
+    )
+    assert m.remote == RemoteBackend(
+        url="h:8001", protocol="grpc", model_name="", model_version="", timeout_s=30.0, tls=False
+    )
     assert m.display_platform == "remote" and RemoteRuntime(m).model == "m"

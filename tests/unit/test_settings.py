@@ -42,14 +42,17 @@ def test_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_yaml_file(tmp_path: Path) -> None:
-    path = yaml_file(tmp_path, """
+    path = yaml_file(
+        tmp_path,
+        """
 http_port: 9100
 repository: /srv/models
 ray_address: ray://head:10001
 batching:
   echo:
     max_batch_size: 64
-""")
+""",
+    )
     s = load_settings(path)
     assert s.http_port == 9100 and s.repository == Path("/srv/models") and s.ray_address == "ray://head:10001"
     assert s.batching["echo"] == BatchingOverride(max_batch_size=64)
@@ -77,15 +80,18 @@ def test_none_overrides_are_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert (s.http_port, s.grpc_port) == (9100, 9201)
 
 
-@pytest.mark.parametrize(("text", "field"), [
-    ("http_port: 70000\n", "http_port"),
-    ("http_port: eighty\n", "http_port"),
-    ("max_request_bytes: 10\n", "max_request_bytes"),
-    ("default_timeout_ms: 0\n", "default_timeout_ms"),
-    ("batching:\n  echo:\n    max_batch_size: 0\n", "batching.echo.max_batch_size"),
-    ("batching:\n  '*':\n    max_batch: 1\n", "batching.*.max_batch"),
-    ("no_such_setting: 1\n", "no_such_setting"),
-])
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("http_port: 70000\n", "http_port"),
+        ("http_port: eighty\n", "http_port"),
+        ("max_request_bytes: 10\n", "max_request_bytes"),
+        ("default_timeout_ms: 0\n", "default_timeout_ms"),
+        ("batching:\n  echo:\n    max_batch_size: 0\n", "batching.echo.max_batch_size"),
+        ("batching:\n  '*':\n    max_batch: 1\n", "batching.*.max_batch"),
+        ("no_such_setting: 1\n", "no_such_setting"),
+    ],
+)
 def test_invalid_file_value_names_the_field(tmp_path: Path, text: str, field: str) -> None:
     with pytest.raises(SettingsError) as e:
         load_settings(yaml_file(tmp_path, text))
@@ -123,7 +129,10 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_batching_for_merges_star_and_model(tmp_path: Path) -> None:
-    s = load_settings(yaml_file(tmp_path, """
+    s = load_settings(
+        yaml_file(
+            tmp_path,
+            """
 batching:
   '*':
     max_wait_ms: 2
@@ -131,7 +140,9 @@ batching:
   echo:
     max_batch_size: 64
     enabled: false
-"""))
+""",
+        )
+    )
     assert s.batching_for("echo") == BatchingOverride(max_wait_ms=2, max_batch_size=64, enabled=False)
     assert s.batching_for("other") == BatchingOverride(max_wait_ms=2, max_batch_size=16)
     assert GatewaySettings().batching_for("echo") == BatchingOverride()

@@ -50,8 +50,12 @@ class Log:
 
 def plane(shadows: dict[str, float], max_inflight: int = 64) -> tuple[DataPlane, Versions, Log]:
     versions, log = Versions(), Log()
-    p = DataPlane(catalog(*[("m", v, "READY") for v in "1234"]), versions, request_log=log,
-                  shadow=ShadowSettings(max_inflight=max_inflight, timeout_ms=GUARD_S * 1000))
+    p = DataPlane(
+        catalog(*[("m", v, "READY") for v in "1234"]),
+        versions,
+        request_log=log,
+        shadow=ShadowSettings(max_inflight=max_inflight, timeout_ms=GUARD_S * 1000),
+    )
     p.shadow._rng = random.Random(5)  # the sampling test's count is then fixed
     p.router.apply(RoutingTable(models={"m": ModelSplit(weights={"1": 100})}, shadows={"m": shadows}))
     return p, versions, log
@@ -77,7 +81,8 @@ async def test_a_slow_and_a_failing_shadow_leave_the_primary_alone() -> None:
     shadow = [r for r in log.records if r.role == "shadow"]
     assert len(primary) == 20 and all(r.code == "OK" for r in primary)
     assert sorted((r.request_id, r.version, r.code) for r in shadow) == sorted(
-        [(f"r{i}", "2", "OK") for i in range(20)] + [(f"r{i}", "3", "INTERNAL") for i in range(20)])
+        [(f"r{i}", "2", "OK") for i in range(20)] + [(f"r{i}", "3", "INTERNAL") for i in range(20)]
+    )
     assert all(r.routing_reason == "shadow of version 1" for r in shadow)
     assert sample(p, "gateway_shadow_comparisons_total", {"model": "m", "version": "2", "result": "agree"}) == 20
     assert sample(p, "gateway_shadow_dropped_total", {"model": "m", "version": "3", "reason": "error"}) == 20

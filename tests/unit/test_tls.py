@@ -60,41 +60,69 @@ class Pki:
     def _ca(self, name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        cert = (self._builder(subject, subject, key.public_key())
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                             content_commitment=False, key_encipherment=False,
-                                             data_encipherment=False, key_agreement=False, encipher_only=False,
-                                             decipher_only=False), critical=True)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-                .sign(key, hashes.SHA256()))
+        cert = (
+            self._builder(subject, subject, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
         return key, cert
 
-    def _leaf(self, name: str, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
-              server: bool) -> tuple[Path, Path]:
+    def _leaf(
+        self, name: str, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, server: bool
+    ) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
-        builder = (self._builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), ca_cert.subject,
-                                 key.public_key())
-                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
-                                                         else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                                  critical=False))
+        builder = (
+            self._builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), ca_cert.subject, key.public_key())
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        )
         if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         cert = builder.sign(ca_key, hashes.SHA256())
         key_path = self.root / f"{name}.key"
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         return self._write(f"{name}.pem", cert), key_path
 
     @staticmethod
     def _builder(subject: x509.Name, issuer: x509.Name, public_key: Any) -> x509.CertificateBuilder:
         now = datetime.datetime.now(datetime.UTC)
-        return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-                .not_valid_after(now + datetime.timedelta(days=1)))
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
 
     def _write(self, name: str, cert: x509.Certificate) -> Path:
         path = self.root / name
@@ -140,17 +168,25 @@ def test_settings_name_a_missing_file(pki: Pki, tmp_path: Path) -> None:
         load_settings(tls={"cert_file": str(missing), "key_file": str(pki.server_key)})
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"cert_file": "SERVER"}, "set both cert_file and key_file"),
-    ({"admin_key_file": "SERVER_KEY"}, "set both admin_cert_file and admin_key_file"),
-    ({"admin_client_ca_file": "CA"}, "admin_client_ca_file needs admin_cert_file"),
-    ({"client_ca_file": "CA"}, "client_ca_file needs cert_file"),
-    ({"cert_file": "SERVER", "key_file": "CLIENT_KEY"}, "cannot load certificate"),
-    ({"cert_file": "CA_AS_KEY", "key_file": "SERVER_KEY"}, "cannot load certificate"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cert_file": "SERVER"}, "set both cert_file and key_file"),
+        ({"admin_key_file": "SERVER_KEY"}, "set both admin_cert_file and admin_key_file"),
+        ({"admin_client_ca_file": "CA"}, "admin_client_ca_file needs admin_cert_file"),
+        ({"client_ca_file": "CA"}, "client_ca_file needs cert_file"),
+        ({"cert_file": "SERVER", "key_file": "CLIENT_KEY"}, "cannot load certificate"),
+        ({"cert_file": "CA_AS_KEY", "key_file": "SERVER_KEY"}, "cannot load certificate"),
+    ],
+)
 def test_settings_refuse_incomplete_or_wrong_files(pki: Pki, options: dict[str, str], message: str) -> None:
-    paths = {"SERVER": pki.server_cert, "SERVER_KEY": pki.server_key, "CA": pki.ca, "CLIENT_KEY": pki.client_key,
-             "CA_AS_KEY": pki.server_key}
+    paths = {
+        "SERVER": pki.server_cert,
+        "SERVER_KEY": pki.server_key,
+        "CA": pki.ca,
+        "CLIENT_KEY": pki.client_key,
+        "CA_AS_KEY": pki.server_key,
+    }
     with pytest.raises(SettingsError, match=message):
         load_settings(tls={k: str(paths[v]) for k, v in options.items()})
 
@@ -174,8 +210,10 @@ async def test_http_door_over_tls(pki: Pki) -> None:
     door = HttpDoor(plane(), max_body_bytes=1 << 16, max_elements=1 << 16, default_timeout_s=10)
     async with asgi_server(door, **tls.http_options(settings)) as port:
         async with httpx.AsyncClient(verify=pki.client_context()) as c:
-            r = await c.post(f"https://localhost:{port}/v2/models/m/infer",
-                             json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]})
+            r = await c.post(
+                f"https://localhost:{port}/v2/models/m/infer",
+                json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]},
+            )
             assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [2.0, 4.0]
         # A client that does not trust the CA refuses the server; plaintext HTTP gets no answer.
         async with httpx.AsyncClient() as c:
@@ -204,6 +242,7 @@ async def test_grpc_door_over_tls_with_tritonclient(pki: Pki) -> None:
     port = door.bind("127.0.0.1", 0)
     await door.start()
     try:
+
         def call(**kw: Any) -> Any:
             client = grpcclient.InferenceServerClient(f"localhost:{port}", **kw)
             try:
@@ -227,8 +266,7 @@ async def test_grpc_door_over_tls_with_tritonclient(pki: Pki) -> None:
 
 @pytest.fixture
 async def admin(pki: Pki) -> AsyncIterator[tuple[str, FakeStore]]:
-    settings = TlsSettings(admin_cert_file=pki.server_cert, admin_key_file=pki.server_key,
-                           admin_client_ca_file=pki.ca)
+    settings = TlsSettings(admin_cert_file=pki.server_cert, admin_key_file=pki.server_key, admin_client_ca_file=pki.ca)
     store = FakeStore()
     app = AdminApi(TrafficControl(plane(), store), TOKEN)
     async with asgi_server(app, http=limited_http_protocol(16 * 1024), **tls.admin_options(settings)) as port:
@@ -246,19 +284,22 @@ async def test_admin_with_a_client_certificate_and_the_token(pki: Pki, admin: tu
 
 @pytest.mark.parametrize("who", ["no certificate", "a stranger's certificate"])
 async def test_admin_refuses_at_tls_without_a_trusted_client_certificate(
-        pki: Pki, admin: tuple[str, FakeStore], who: str) -> None:
+    pki: Pki, admin: tuple[str, FakeStore], who: str
+) -> None:
     url, store = admin
     cert = None if who == "no certificate" else (pki.stranger_cert, pki.stranger_key)
     async with httpx.AsyncClient(verify=pki.client_context(cert)) as c:
         # Refused in the handshake: the request, token and all, never reaches the admin API.
         with pytest.raises(httpx.TransportError):
-            await c.put(f"{url}/admin/traffic/m", headers={"authorization": f"Bearer {TOKEN}"},
-                        json={"weights": {"1": 100}})
+            await c.put(
+                f"{url}/admin/traffic/m", headers={"authorization": f"Bearer {TOKEN}"}, json={"weights": {"1": 100}}
+            )
     assert store.log == []
 
 
-async def test_traffic_cli_speaks_mutual_tls(pki: Pki, admin: tuple[str, FakeStore],
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+async def test_traffic_cli_speaks_mutual_tls(
+    pki: Pki, admin: tuple[str, FakeStore], capsys: pytest.CaptureFixture[str]
+) -> None:
     url, store = admin
     parser = argparse.ArgumentParser()
     traffic_cli.add_parser(parser.add_subparsers(dest="cmd"))

@@ -71,10 +71,10 @@ def tracer(exporter: InMemorySpanExporter) -> Iterator[Tracer]:
     provider.shutdown()
 
 
-def plane(tracer: Tracer | None, log: Log, *, batching: bool = True,
-          dispatcher: Dispatcher | None = None) -> DataPlane:
-    return DataPlane(catalog(("m", "1", "READY"), batching=batching), dispatcher or Dispatcher(), request_log=log,
-                     tracer=tracer)
+def plane(tracer: Tracer | None, log: Log, *, batching: bool = True, dispatcher: Dispatcher | None = None) -> DataPlane:
+    return DataPlane(
+        catalog(("m", "1", "READY"), batching=batching), dispatcher or Dispatcher(), request_log=log, tracer=tracer
+    )
 
 
 def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
@@ -90,8 +90,10 @@ def duration_s(span: ReadableSpan) -> float:
 
 # --- the data plane -------------------------------------------------------------------------
 
-async def test_a_traced_request_has_a_server_span_in_its_callers_trace(tracer: Tracer,
-                                                                       exporter: InMemorySpanExporter) -> None:
+
+async def test_a_traced_request_has_a_server_span_in_its_callers_trace(
+    tracer: Tracer, exporter: InMemorySpanExporter
+) -> None:
     log = Log()
     dp = plane(tracer, log)
     resp = await dp.infer(make_request(rows=3, id="req-1", protocol="grpc", traceparent=TRACEPARENT))
@@ -104,9 +106,15 @@ async def test_a_traced_request_has_a_server_span_in_its_callers_trace(tracer: T
     assert server.parent is not None and server.parent.is_remote and f"{server.parent.span_id:016x}" == PARENT_ID
     assert server.status.status_code is StatusCode.UNSET
     assert dict(server.attributes or {}) == {
-        "inference.protocol": "grpc", "inference.request_id": "req-1", "inference.model": "m",
-        "inference.model_version": "1", "inference.code": "OK", "rpc.grpc.status_code": 0,
-        "inference.batch_rows": 3, "inference.batch_requests": 1}
+        "inference.protocol": "grpc",
+        "inference.request_id": "req-1",
+        "inference.model": "m",
+        "inference.model_version": "1",
+        "inference.code": "OK",
+        "rpc.grpc.status_code": 0,
+        "inference.batch_rows": 3,
+        "inference.batch_requests": 1,
+    }
     # Children of the server span, made from the batcher's Timing (the request log holds the same numbers).
     (record,) = log.records
     wait, call = spans["batch wait"], spans["model call"]
@@ -140,9 +148,18 @@ async def test_a_request_without_traceparent_starts_a_trace(tracer: Tracer, expo
     await dp.close()
 
 
-@pytest.mark.parametrize("bad", ["garbage", TRACEPARENT.upper(), f"ff-{TRACE_ID}-{PARENT_ID}-01",
-                                 f"00-{'0' * 32}-{PARENT_ID}-01", f"00-{TRACE_ID}-{'0' * 16}-01",
-                                 f"00-{TRACE_ID}-{PARENT_ID}-01-extra", TRACEPARENT[:-1]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "garbage",
+        TRACEPARENT.upper(),
+        f"ff-{TRACE_ID}-{PARENT_ID}-01",
+        f"00-{'0' * 32}-{PARENT_ID}-01",
+        f"00-{TRACE_ID}-{'0' * 16}-01",
+        f"00-{TRACE_ID}-{PARENT_ID}-01-extra",
+        TRACEPARENT[:-1],
+    ],
+)
 async def test_a_malformed_traceparent_is_ignored(tracer: Tracer, exporter: InMemorySpanExporter, bad: str) -> None:
     assert parse_traceparent(bad) == ""
     log = Log()
@@ -162,7 +179,8 @@ def test_parse_traceparent_accepts_valid_headers() -> None:
 
 
 async def test_failures_set_error_status_and_carry_their_own_traceparent(
-        tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+    tracer: Tracer, exporter: InMemorySpanExporter
+) -> None:
     log = Log()
     dp = plane(tracer, log)
     with pytest.raises(GatewayError) as e:
@@ -181,7 +199,8 @@ async def test_failures_set_error_status_and_carry_their_own_traceparent(
 
 
 async def test_a_failed_batch_gives_each_caller_its_own_traceparent(
-        tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+    tracer: Tracer, exporter: InMemorySpanExporter
+) -> None:
     log = Log()
     dp = plane(tracer, log, dispatcher=Dispatcher(raises=RuntimeError("boom")))
     results = await asyncio.gather(*(dp.infer(make_request(start=i)) for i in range(3)), return_exceptions=True)
@@ -194,7 +213,8 @@ async def test_a_failed_batch_gives_each_caller_its_own_traceparent(
 
 
 async def test_an_unsampled_caller_is_followed_and_its_trace_id_still_logged(
-        tracer: Tracer, exporter: InMemorySpanExporter) -> None:
+    tracer: Tracer, exporter: InMemorySpanExporter
+) -> None:
     log = Log()
     dp = plane(tracer, log)
     resp = await dp.infer(make_request(traceparent=f"00-{TRACE_ID}-{PARENT_ID}-00"))
@@ -219,6 +239,7 @@ async def test_tracing_off_logs_the_callers_trace_id_and_sends_nothing_back() ->
 
 # --- the doors ------------------------------------------------------------------------------
 
+
 @pytest.fixture(params=[True, False], ids=["on", "off"])
 async def http(request: pytest.FixtureRequest, tracer: Tracer) -> AsyncIterator[tuple[httpx.AsyncClient, Log, bool]]:
     on: bool = request.param
@@ -233,11 +254,13 @@ async def http(request: pytest.FixtureRequest, tracer: Tracer) -> AsyncIterator[
 BODY = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}
 
 
-async def test_http_door_takes_and_returns_trace_context(http: tuple[httpx.AsyncClient, Log, bool],
-                                                         exporter: InMemorySpanExporter) -> None:
+async def test_http_door_takes_and_returns_trace_context(
+    http: tuple[httpx.AsyncClient, Log, bool], exporter: InMemorySpanExporter
+) -> None:
     client, log, on = http
-    r = await client.post("/v2/models/m/infer", json=BODY,
-                          headers={"traceparent": TRACEPARENT, "tracestate": "vendor=abc"})
+    r = await client.post(
+        "/v2/models/m/infer", json=BODY, headers={"traceparent": TRACEPARENT, "tracestate": "vendor=abc"}
+    )
     assert r.status_code == 200, r.text
     assert log.records[0].trace_id == TRACE_ID and log.records[0].protocol == "http"
     if not on:
@@ -315,6 +338,7 @@ async def test_grpc_door_takes_and_returns_trace_context(tracer: Tracer, exporte
 
 
 # --- settings -------------------------------------------------------------------------------
+
 
 def test_tracing_is_off_by_default_and_builds_no_provider() -> None:
     tracing = build_tracing(load_settings().tracing)

@@ -19,8 +19,9 @@ def catalog(*versions: tuple[str, str]) -> Catalog:
     spec = [TensorSpecModel(name="x", datatype="FP32", shape=[-1, 1])]
     infos = []
     for version, state in versions:
-        info = VersionInfo.from_manifest(Manifest(name="m", version=version, runtime="array", inputs=spec,
-                                                  outputs=spec), BatchingOverride())
+        info = VersionInfo.from_manifest(
+            Manifest(name="m", version=version, runtime="array", inputs=spec, outputs=spec), BatchingOverride()
+        )
         info.state = state
         infos.append(info)
     return Catalog(infos)
@@ -66,7 +67,9 @@ def test_sticky_keys_stay_and_move_minimally() -> None:
 def test_roles_and_pins() -> None:
     r = router({"1": 90, "2": 10})
     assert {(x.version, x.role) for x in (r.choose("m", None, f"k{i}") for i in range(500))} == {
-        ("1", "primary"), ("2", "canary")}
+        ("1", "primary"),
+        ("2", "canary"),
+    }
     assert r.choose("m", "3", "k").version == "3" and r.choose("m", "3", None).role == "pinned"
 
 
@@ -76,11 +79,14 @@ def test_no_split_means_newest_ready_version() -> None:
     assert (route.version, route.role) == ("2", "primary")
 
 
-@pytest.mark.parametrize(("weights", "message"), [
-    ({"1": 90, "2": 20}, "sum to 100"),
-    ({"1": 110, "2": -10}, "between 0 and 100"),
-    ({}, "at least 1"),
-])
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ({"1": 90, "2": 20}, "sum to 100"),
+        ({"1": 110, "2": -10}, "between 0 and 100"),
+        ({}, "at least 1"),
+    ],
+)
 def test_invalid_weights_are_refused(weights: dict[str, int], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         ModelSplit(weights=weights)

@@ -32,18 +32,44 @@ def test_bad_durations(text: str) -> None:
 
 
 def test_show_prints_split_shadows_and_ramp(capsys: pytest.CaptureFixture[str]) -> None:
-    _print("show", {"model": "m", "weights": {"1": 95, "2": 5}, "shadows": {"3": 0.2}, "revision": 7,
-                    "ramp": {"version": "2", "percent": 5, "steps": [5, 50, 100], "every_s": 600.0,
-                             "live": {"requests": 40, "error_rate": 0.025}}}, "m")
+    _print(
+        "show",
+        {
+            "model": "m",
+            "weights": {"1": 95, "2": 5},
+            "shadows": {"3": 0.2},
+            "revision": 7,
+            "ramp": {
+                "version": "2",
+                "percent": 5,
+                "steps": [5, 50, 100],
+                "every_s": 600.0,
+                "live": {"requests": 40, "error_rate": 0.025},
+            },
+        },
+        "m",
+    )
     out = capsys.readouterr().out
     assert "revision 7" in out and "v1=95%  v2=5%" in out and "v3 (20% of requests)" in out
     assert "ramp: v2 at 5% (steps 5,50,100, every 600 s); this step: 40 requests, 2.5% errors" in out
 
 
 def test_history_prints_splits_and_shadow_changes(capsys: pytest.CaptureFixture[str]) -> None:
-    _print("history", [{"revision": 1, "time": 0, "who": "alice", "before": None, "after": {"1": 100}, "reason": "a"},
-                       {"revision": 2, "time": 0, "who": "bob", "before": {"shadows": {}},
-                        "after": {"shadows": {"2": 0.5}}, "reason": "b"}], "m")
+    _print(
+        "history",
+        [
+            {"revision": 1, "time": 0, "who": "alice", "before": None, "after": {"1": 100}, "reason": "a"},
+            {
+                "revision": 2,
+                "time": 0,
+                "who": "bob",
+                "before": {"shadows": {}},
+                "after": {"shadows": {"2": 0.5}},
+                "reason": "b",
+            },
+        ],
+        "m",
+    )
     lines = capsys.readouterr().out.splitlines()
     assert "alice" in lines[0] and "(none) -> v1=100%" in lines[0]
     assert "shadows none -> shadows v2:0.5" in lines[1]

@@ -13,14 +13,22 @@ from gateway.settings import BatchingOverride
 from gateway.types import RequestedOutput, Tensor
 
 
-def info(*, enabled: bool = True, max_batch_size: int = 4, inputs: list[tuple[str, str, list[int]]] | None = None,
-         ) -> VersionInfo:
+def info(
+    *,
+    enabled: bool = True,
+    max_batch_size: int = 4,
+    inputs: list[tuple[str, str, list[int]]] | None = None,
+) -> VersionInfo:
     specs = inputs or [("a", "FP32", [-1, 3]), ("b", "INT64", [-1])]
     m = Manifest(
-        name="m", version="1", runtime="array",
+        name="m",
+        version="1",
+        runtime="array",
         inputs=[TensorSpecModel(name=n, datatype=d, shape=s) for n, d, s in specs],
-        outputs=[TensorSpecModel(name="y", datatype="FP32", shape=[-1, 3]),
-                 TensorSpecModel(name="z", datatype="INT64", shape=[-1])],
+        outputs=[
+            TensorSpecModel(name="y", datatype="FP32", shape=[-1, 3]),
+            TensorSpecModel(name="z", datatype="INT64", shape=[-1]),
+        ],
         batching=Batching(enabled=enabled, max_batch_size=max_batch_size),
     )
     return VersionInfo.from_manifest(m, BatchingOverride())
@@ -114,9 +122,13 @@ def test_batching_disabled_counts_one_row_and_skips_batch_checks() -> None:
 
 
 def test_override_max_batch_size_applies() -> None:
-    m = Manifest(name="m", version="1", runtime="array",
-                 inputs=[TensorSpecModel(name="a", datatype="FP32", shape=[-1])],
-                 outputs=[TensorSpecModel(name="y", datatype="FP32", shape=[-1])])
+    m = Manifest(
+        name="m",
+        version="1",
+        runtime="array",
+        inputs=[TensorSpecModel(name="a", datatype="FP32", shape=[-1])],
+        outputs=[TensorSpecModel(name="y", datatype="FP32", shape=[-1])],
+    )
     v = VersionInfo.from_manifest(m, BatchingOverride(max_batch_size=2))
     x = Tensor("a", "FP32", np.zeros(3, dtype=np.float32))
     assert "1..2" in refused(v, x)
