@@ -5,6 +5,10 @@
 #
 #   docker build -t model-gateway:0.1.0 .
 #   docker build --build-arg EXTRAS=gpu -t model-gateway:0.1.0-gpu .   # adds CuPy (CUDA 12)
+#
+# The `all` extra is always installed: the build trains the example models (scikit-learn), the
+# drift sidecar draws its reports (matplotlib), and `gateway logs query` in the pod needs DuckDB.
+# EXTRAS adds to it.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -19,10 +23,11 @@ WORKDIR /src
 # Dependencies first, so that a change of the code alone reuses this layer.
 COPY requirements.lock ./
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY gateway ./gateway
 COPY serving ./serving
 COPY loadtests ./loadtests
-RUN pip install --constraint requirements.lock ".${EXTRAS:+[$EXTRAS]}"
+RUN pip install --constraint requirements.lock ".[all${EXTRAS:+,$EXTRAS}]"
 # The example models, trained and exported at build time, so the default install serves them
 # from a read-only path that is the same on the gateway and on every Ray pod.
 RUN cd / && python -c "from pathlib import Path; from serving.examples import ensure_examples; \

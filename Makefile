@@ -1,5 +1,5 @@
-# One-command setup, serve and test. Everything installs into ./.venv from pyproject.toml,
-# constrained by requirements.lock, so nothing depends on what the machine already has.
+# One-command setup, serve and test. Everything installs into ./.venv from pyproject.toml (every
+# extra but gpu), constrained by requirements.lock, so nothing depends on what the machine already has.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable '.[dev]'
+	$(BIN)/python -m pip install --quiet --constraint requirements.lock --editable '.[all,dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

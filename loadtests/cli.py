@@ -34,8 +34,9 @@ examples:
   # replay recorded requests (JSON lines: {"model":..., "inputs":[...]})
   %(prog)s --target grpc://127.0.0.1:8001 --input-file requests.jsonl --rate 200
 
-exit status: 0 done; 1 setup failed (unreachable target, bad inputs); 2 bad arguments;
-3 the --slo-p99-ms objective was not met (or a sweep found no passing rate)."""
+exit status: 0 done; 1 setup failed (unreachable target, bad inputs); 2 bad arguments (or --plot
+without matplotlib, the plots extra); 3 the --slo-p99-ms objective was not met (or a sweep found no
+passing rate)."""
 
 
 def _duration(text: str) -> float:
@@ -188,6 +189,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
         return 2
+    if config.plot_path:
+        # Checked before the run, not when the plot is drawn after it.
+        from contract.extras import MissingExtra, require
+        from loadtests.plot import PURPOSE
+
+        try:
+            require("matplotlib", "plots", PURPOSE)
+        except MissingExtra as exc:
+            print(exc, file=sys.stderr)
+            return 2
     try:
         result = run_load(config)
     except (MetadataError, WorkerError, OSError, ValueError) as exc:

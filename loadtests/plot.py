@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.extras import require
 from loadtests.report import Report, SweepReport
+
+PURPOSE = "gateway loadtest --plot"
 
 
 def plot_report(result: Report | SweepReport, path: str) -> None:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plots", PURPOSE)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

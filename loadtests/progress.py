@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, ClassVar
+
+from contract.extras import MissingExtra, require
 
 
 class Progress:
-    """Combines per-process snapshots into one bar; a no-op when disabled."""
+    """Combines per-process snapshots into one bar; a no-op when disabled, or when tqdm is not installed."""
+
+    # A sweep makes a Progress per step: the note that tqdm is missing is printed once per process.
+    _missing_said: ClassVar[bool] = False
 
     def __init__(self, total_s: float, desc: str, enabled: bool = True, warmup_s: float = 0.0) -> None:
         self._warmup_s = warmup_s
@@ -15,8 +20,14 @@ class Progress:
         self._bar: Any = None
         # No bar when stderr is not a terminal (CI logs): tqdm would print a line per refresh.
         if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
+            try:
+                tqdm = require("tqdm", "progress", "the live progress bar").tqdm
+            except MissingExtra as exc:
+                # A missing progress bar is no reason to refuse a load test: it runs without one.
+                if not Progress._missing_said:
+                    Progress._missing_said = True
+                    print(f"loadtest: no progress bar: {exc} (or pass --no-progress)", file=sys.stderr)
+                return
             self._bar = tqdm(
                 total=round(total_s, 1),
                 desc=desc,

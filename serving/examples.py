@@ -8,6 +8,7 @@ inputs for drift detection. `echo`: a trivial array model, the baseline for benc
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from contract.extras import MissingExtra, require
 from contract.manifest import Batching, Lineage, Manifest, TensorSpecModel
 from contract.repository import Repository, VersionEntry
 
@@ -22,6 +24,7 @@ CLASSIFIER = "breast_cancer"
 ECHO = "echo"
 ECHO_WIDTH = 16
 DATASET = "sklearn.datasets.load_breast_cancer"
+PURPOSE = "writing the example models"
 
 
 def dense_onnx(mean: np.ndarray, scale: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> onnx.ModelProto:
@@ -99,6 +102,7 @@ def fit_classifier(
     """Standardise with x's statistics, fit a binary logistic regression or a one-layer MLP, export it as ONNX.
 
     Returns the model and the hyper-parameters it used (DEFAULT_PARAMS[kind] updated by params)."""
+    require("sklearn", "train", "training a classifier")
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
 
@@ -131,6 +135,7 @@ def predict_proba(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
 def write_classifier(
     repo: Repository, version: str, kind: str, seed: int = 0, parent: str | None = None
 ) -> VersionEntry:
+    require("sklearn", "train", PURPOSE)
     from sklearn.datasets import load_breast_cancer
     from sklearn.metrics import accuracy_score, roc_auc_score
     from sklearn.model_selection import train_test_split
@@ -198,7 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("repository", type=Path, help="the model repository's root folder")
     args = parser.parse_args(argv)
-    for entry in ensure_examples(args.repository):
+    try:
+        written = ensure_examples(args.repository)
+    except MissingExtra as exc:
+        # `gateway serve` runs this program on an empty repository and shows what it printed here.
+        print(exc, file=sys.stderr)
+        return 2
+    for entry in written:
         print(f"wrote {entry.manifest.name} version {entry.manifest.version} into {entry.path}")
     return 0
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from contract.extras import MissingExtra, require
 from contract.manifest import Lineage
 from contract.repository import Repository, RepositoryError, VersionEntry
 from serving.examples import KINDS, fit_classifier, predict_proba, write_reference
@@ -31,6 +32,7 @@ from serving.retrain_data import Labelled, load_labelled, split_held_out
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_DEPLOYED = 0, 1, 2, 3
 WHO = "retrain"
+PURPOSE = "the retraining job"
 Say = Callable[[str], None]
 
 
@@ -66,6 +68,7 @@ class Rule:
 
 def evaluate(model: onnx.ModelProto | Path, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Accuracy and log-loss of an ONNX classifier on (x, y), run by ONNX Runtime."""
+    require("sklearn", "train", PURPOSE)
     from sklearn.metrics import log_loss
 
     proba = predict_proba(model, x).astype(np.float64)
@@ -235,6 +238,10 @@ def deploy(entry: VersionEntry, ray_address: str | None, fpga_resource: str, tim
 
 def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
     started = time.monotonic()
+    try:
+        require("sklearn", "train", PURPOSE)  # before the log is read, not after
+    except MissingExtra as exc:
+        raise JobError(str(exc)) from None
     repo = Repository(a.repository)
     try:
         parent = repo.load(a.model, a.parent_version)
@@ -372,7 +379,8 @@ def parser() -> argparse.ArgumentParser:
         "result as a new version only if it beats the parent on held-out recent data, then deploy it "
         "and start it as a canary. Prints a JSON summary on stdout, progress on stderr.",
         epilog="Exit status: 0 done (a new version, or none and the reason why), 1 unexpected failure, "
-        "2 bad arguments or inputs, 3 version registered but deploying or proposing the canary failed.",
+        "2 bad arguments or inputs (or scikit-learn, the train extra, is not installed), 3 version registered "
+        "but deploying or proposing the canary failed.",
     )
     g = p.add_argument_group("what to retrain")
     g.add_argument("--model", required=True, help="model name in the repository")

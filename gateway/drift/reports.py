@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from contract.extras import require
 from gateway.drift.reference import FeatureScore
 
 ALARMS = "alarms.jsonl"
@@ -105,8 +106,7 @@ def read_alarms(root: Path) -> Iterator[dict[str, Any]]:
 
 def plot_window(path: Path, report: dict[str, Any], features: list[FeatureScore], top: int) -> None:
     """PNG of reference vs live bin proportions for the `top` features with the highest PSI."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plots", "drawing drift reports")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np

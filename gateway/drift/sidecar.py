@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.extras import MissingExtra
 from gateway.drift import reports, state
 from gateway.drift.jobs import RetrainRequest, SubmitError, Submitter, build_entrypoint, submission_id
 from gateway.drift.metrics import DriftMetrics
@@ -66,6 +67,7 @@ class Sidecar:
         self.pending: list[dict[str, Any]] = []  # alarms whose job could not be submitted yet
         self.counts: dict[str, int] = {}
         self._last_plot: dict[Key, float] = {}
+        self._can_plot = True  # False once matplotlib turned out missing: said once, not every window
         self._last_commit = clock()
         self._last_retry = 0.0
         self._recorded = {
@@ -209,12 +211,16 @@ class Sidecar:
             report["alarm"] = {"submission_id": sid}
         path = reports.report_path(self.reports_dir, w.model, w.version, w.index)
         now = self.clock()
-        if verdict.status == "alarm" or now - self._last_plot.get(key, -1e18) >= self.settings.plot_interval_s:
+        due = verdict.status == "alarm" or now - self._last_plot.get(key, -1e18) >= self.settings.plot_interval_s
+        if due and self._can_plot:
             png = path.with_suffix(".png")
             try:
                 reports.plot_window(png, report, features, self.settings.plot_features)
                 report["plot"] = str(png)
                 self._last_plot[key] = now
+            except MissingExtra as exc:
+                self._can_plot = False
+                log.warning("drift: reports without plots: %s", exc)
             except Exception as exc:  # noqa: BLE001 - a plot is a convenience; the JSON report must still be written
                 log.warning("drift: cannot draw %s: %s", png, exc)
         reports.write_report(self.reports_dir, report, self.settings.keep_reports)

@@ -165,10 +165,14 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    import duckdb
+    from contract.extras import MissingExtra, require
+    from gateway.request_log.query import PURPOSE, query
 
-    from gateway.request_log.query import query
-
+    try:
+        duckdb = require("duckdb", "query", PURPOSE)
+    except MissingExtra as exc:
+        print(exc, file=sys.stderr)  # it names the command already
+        return 2
     try:
         columns, rows = query(args.dir, args.sql)
     except duckdb.Error as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contract.extras import require
 from contract.request_log.reader import read_segment
 from contract.request_log.segments import list_segments
 from contract.request_log.table import records_to_table
@@ -17,12 +18,14 @@ if TYPE_CHECKING:
     import duckdb
 
 _ATTEMPTS = 3  # a .parquet deleted by retention between listing and query: list again
+PURPOSE = "gateway logs query"
 
 
 def connect(root: Path | str) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the view `requests` (every column of table.py, plus `ts`,
     the receive time as a TIMESTAMP WITH TIME ZONE)."""
-    import duckdb
+    require("duckdb", "query", PURPOSE)  # DuckDB is an extra: say which one when it is missing
+    import duckdb  # the typed name of the module require() has loaded
 
     parquet: list[str] = []
     records: list[dict[str, Any]] = []
@@ -44,6 +47,7 @@ def connect(root: Path | str) -> duckdb.DuckDBPyConnection:
 
 def query(root: Path | str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Runs one SQL statement over the view `requests`; returns (column names, rows)."""
+    require("duckdb", "query", PURPOSE)
     import duckdb
 
     for attempt in range(_ATTEMPTS):

@@ -349,10 +349,22 @@ def test_dockerfile_builds_one_pinned_non_root_image() -> None:
     text = (ROOT / "Dockerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
     assert len(stages) >= 2 and re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.M)
-    assert re.search(r"pip install --constraint requirements\.lock \"\.", text)
+    # the image runs every subcommand, and its build trains the example models: every extra goes in
+    assert re.search(r"pip install --constraint requirements\.lock \"\.\[all\b", text)
     assert re.search(r"^USER 1000:1000$", text, re.M)
     ignore = (ROOT / ".dockerignore").read_text().split()
-    for needed in ("!pyproject.toml", "!requirements.lock", "!README.md", "!gateway/", "!serving/", "!loadtests/"):
+    for needed in (
+        "!pyproject.toml",
+        "!requirements.lock",
+        "!README.md",
+        "!contract/",
+        "!gateway/",
+        "!serving/",
+        "!loadtests/",
+    ):
         assert needed in ignore
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    for package in (p.rstrip("*") for p in packages):  # every package pip installs is in the build context
+        assert f"!{package}/" in ignore and re.search(rf"^COPY {package} ", text, re.M), package
     for copied in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
         assert (ROOT / copied).exists(), copied

@@ -319,3 +319,24 @@ def test_a_categorical_feature_is_compared_by_chi_square(tmp_path: Path) -> None
     }
     assert clicks["edges"] == [0.0, 1.0, 2.0, 3.0] and clicks["live_hist"][-1] > 50  # 7.0 counts as 'other'
     assert clicks["scores"]["chi2_pvalue"] < 1e-6
+
+
+def test_without_matplotlib_the_reports_have_no_plot_and_say_so_once(
+    tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    x, p = traffic(1500)
+    write_log(tmp_path / "log", records_from(x, p, model=MODEL))
+    settings = DriftSettings(
+        state_file=tmp_path / "state.npz", reports_dir=tmp_path / "reports", window_rows=500, plot_interval_s=0.0
+    )  # every window is due a plot
+    with caplog.at_level("WARNING", logger="gateway.drift"):
+        run_all(Sidecar(settings, repo, tmp_path / "log"))
+    got = window_reports(tmp_path / "reports")
+    assert sorted(got) == [0, 1, 2]
+    assert reports.latest(tmp_path / "reports", MODEL, "1")[0]["plot"] is None
+    assert not list((tmp_path / "reports").rglob("*.png"))
+    said = [r.getMessage() for r in caplog.records if "plot" in r.getMessage()]
+    assert said == [
+        "drift: reports without plots: drawing drift reports needs matplotlib: pip install 'model-gateway[plots]'"
+    ]
