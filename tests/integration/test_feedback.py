@@ -73,7 +73,7 @@ def test_predictions_and_their_labels_join_by_request_id(gateway: RunningGateway
     assert data.y[mine].tolist() == [v for rid in truth for v in truth[rid]]
     np.testing.assert_allclose(data.x[mine], np.vstack([x[0:4], x[5:6]]), rtol=1e-6)
 
-    metrics = httpx.get(gateway.telemetry.metrics).text
+    metrics = httpx.get(gateway.metrics).text
     line = next(
         ln
         for ln in metrics.splitlines()

@@ -49,7 +49,7 @@ def predict(gateway: RunningGateway, n: int, tag: str) -> list[tuple[str, int, s
 
 
 def metric(gateway: RunningGateway, name: str, **labels: str) -> float:
-    for line in httpx.get(gateway.telemetry.metrics, timeout=10).text.splitlines():
+    for line in httpx.get(gateway.metrics, timeout=10).text.splitlines():
         if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
