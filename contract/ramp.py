@@ -5,9 +5,10 @@ Pure logic (no Ray, no clock of its own) so it is tested with a fake clock; the 
 
 A plan moves the canary through `steps` (percent of unpinned traffic), spending at least `every_s`
 seconds on each. A step is passed only with evidence: at least `min_requests` canary requests during
-the step, within the guards (error rate and p99 latency). A guard breach at any time, once the step
-has `min_requests` requests, rolls the model back to the split it had before the ramp began.
-Reaching the last step of 100% promotes the canary.
+the step, within the guards (error rate and p99 latency). Canary requests are those the split sent to
+the version; requests that named it (pinned) are counted apart, shown, and never judged. A guard
+breach at any time, once the step has `min_requests` requests, rolls the model back to the split it
+had before the ramp began. Reaching the last step of 100% promotes the canary.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ LATENCY_BOUNDS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.
 N_BUCKETS = len(LATENCY_BOUNDS_MS) + 1
 # Codes that count against a canary: the version failed, not the client (bad input is not its fault).
 FAILURE_CODES = frozenset({"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
+# Gateways report a version's pinned requests under this key beside the version's own. No version name holds
+# an "@", and a table actor of an older release (detached, it can outlive gateway upgrades) ignores keys that
+# are not its canary's version, so these counts never reach its guards.
+PINNED_SUFFIX = "@pinned"
 
 
 class PlanError(ValueError):
@@ -91,17 +96,24 @@ def split_with(base: dict[str, int], version: str, percent: int) -> dict[str, in
 
 @dataclass
 class Window:
-    """Live counts of the canary during the current step, summed over every gateway's reports."""
+    """Live counts of the canary during the current step, summed over every gateway's reports: requests the
+    split sent to it (the guards' evidence), and pinned requests apart (shown, not judged)."""
 
     requests: int = 0
     failures: int = 0
     buckets: list[int] = field(default_factory=lambda: [0] * N_BUCKETS)
+    pinned_requests: int = 0
+    pinned_failures: int = 0
 
     def add(self, requests: int, failures: int, buckets: list[int]) -> None:
         self.requests += requests
         self.failures += failures
         for i, n in enumerate(buckets[:N_BUCKETS]):
             self.buckets[i] += n
+
+    def add_pinned(self, requests: int, failures: int) -> None:
+        self.pinned_requests += requests
+        self.pinned_failures += failures
 
     @property
     def error_rate(self) -> float:
@@ -159,7 +171,8 @@ class Ramp:
         if now - self.step_started < p.every_s:
             return "hold", f"at {percent}% for {p.every_s:g} s"
         if w.requests < p.min_requests:
-            return "hold", f"at {percent}%, waiting for {p.min_requests} canary requests (has {w.requests})"
+            pinned = f"; {w.pinned_requests} pinned not counted" if w.pinned_requests else ""
+            return "hold", f"at {percent}%, waiting for {p.min_requests} canary requests (has {w.requests}{pinned})"
         if self.step + 1 < len(p.steps):
             return "advance", f"{percent}% held its guards over {w.requests} requests; next {p.steps[self.step + 1]}%"
         if percent == 100:
@@ -206,5 +219,6 @@ class Ramp:
                 "failures": w.failures,
                 "error_rate": round(w.error_rate, 6),
                 "p99_ms": None if math.isinf(p99) else round(p99, 3),
+                "pinned": {"requests": w.pinned_requests, "failures": w.pinned_failures},
             },
         }

@@ -223,7 +223,7 @@ class DataPlane:
         # Tracing off: the caller's trace id ("" when it sent no valid traceparent) still goes in the record.
         trace_id = span.finish(model, version, timing, error) if span is not None else request.traceparent[3:35]
         if model in self.router.ramped and self.router.ramped[model] == version:
-            self.live_counts.add(model, version, code, total * 1000.0)
+            self.live_counts.add(model, version, code, total * 1000.0, route.role)
         if self.request_log is not None:
             await self.request_log.append(
                 request_record(

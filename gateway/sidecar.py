@@ -1,8 +1,9 @@
 """The drift sidecar as a child process of an embedded gateway (`drift.enabled`).
 
 One sidecar per gateway (not per `workers` process): it reads the settings the gateway runs with (written
-to a private temporary file), runs in its own process group, and is stopped with SIGTERM when the gateway
-drains (it checkpoints on the way out). In Kubernetes the chart runs it as a container of its own instead.
+to a private temporary file, which is all it reads: the gateway's GATEWAY_* variables are not passed on),
+runs in its own process group, and is stopped with SIGTERM when the gateway drains (it checkpoints on the
+way out). In Kubernetes the chart runs it as a container of its own instead.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class SidecarProcess:
         self._dir = tempfile.TemporaryDirectory(prefix="gateway-drift-")  # 0700: the file holds the admin token
         self.proc: subprocess.Popen[bytes] | None = None
         self._config = Path(self._dir.name) / "settings.yaml"
+        self._env: dict[str, str] | None = None
 
     def start(self) -> None:
         config = Path(self._dir.name) / "settings.yaml"
@@ -61,12 +63,17 @@ class SidecarProcess:
         config.write_text(yaml.safe_dump(data))
         os.chmod(config, 0o600)
         self._config = config
+        # The file holds every effective setting. A GATEWAY_* variable would outrank it in the child (as the
+        # environment outranks a settings file) and undo the rewrite above, so the child gets none of them;
+        # settings match names case-insensitively, and so does this.
+        self._env = {k: v for k, v in os.environ.items() if not k.upper().startswith("GATEWAY_")}
         self._launch()
 
     def _launch(self) -> None:
         # Output goes where the gateway's goes; a failing sidecar says why there.
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "drift", "run", "--config", str(self._config), "--quiet"],
+            env=self._env,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )

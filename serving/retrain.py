@@ -3,9 +3,10 @@
     python -m serving.retrain --model M --parent-version V --repository DIR --log-dir DIR --drift-report PATH
 
 Joins the model's logged inputs to their feedback labels, trains the parent's kind of model on the parent's
-reference data plus most of them, compares new and parent on the rest (the held-out set: recent labelled
-rows only), and when the new one wins by the rule registers it as a new version with lineage, deploys it on
-Ray Serve and proposes it as a canary to the traffic table. docs/RETRAINING.md describes every step.
+reference data plus the older of them, compares new and parent on the held-out set (the newest labelled rows,
+no input of which was trained on), and when the new one wins by the rule registers it as a new version with
+lineage, deploys it on Ray Serve and proposes it as a canary to the traffic table. Too small a held-out set
+decides nothing. docs/RETRAINING.md describes every step.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from contract.extras import MissingExtra, require
 from contract.manifest import Lineage
 from contract.repository import Repository, RepositoryError, VersionEntry
 from serving.examples import KINDS, fit_classifier, predict_proba, write_reference
-from serving.retrain_data import Labelled, load_labelled, split_held_out
+from serving.retrain_data import HeldOut, Labelled, load_labelled, split_held_out
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_DEPLOYED = 0, 1, 2, 3
 WHO = "retrain"
@@ -86,7 +87,7 @@ def lineage_for(
     window: dict[str, Any],
     counts: dict[str, int],
     metrics: dict[str, dict[str, float]],
-    held_out: str,
+    held_out: dict[str, Any],
     rule: Rule,
     drift_report: str | None,
     drift_source: str | None,
@@ -280,16 +281,40 @@ def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
             "reason": f"{data.rows} labelled row(s) in the window; "
             f"at least {a.min_labelled} are needed (--min-labelled)",
         }
-    try:
-        train_idx, test_idx = split_held_out(data.y, a.held_out, a.seed)
-    except ValueError as exc:
-        return EXIT_OK, {**summary, "outcome": "skipped", "reason": str(exc)}
-
+    split: HeldOut = split_held_out(data.x, data.times, a.held_out, x_ref)
+    train_idx, test_idx = split.train, split.test
+    held_out = split.describe(a.held_out, data.y, a.min_held_out)
     x_train = np.concatenate([x_ref, data.x[train_idx]])
     y_train = np.concatenate([y_ref, data.y[train_idx]])
-    weights = np.concatenate([np.ones(len(y_ref)), np.full(len(train_idx), a.recent_weight)])
     x_test, y_test = data.x[test_idx], data.y[test_idx]
     counts = {"reference": len(y_ref), "logged_train": len(train_idx), "train": len(y_train), "held_out": len(test_idx)}
+    summary.update(rows=counts, held_out=held_out)
+    say(
+        f"  held out: {len(test_idx)} distinct input(s) received since {split.since}, of {split.window_rows} "
+        f"row(s) in that window ({split.seen_in_training} equal to a training or reference row, "
+        f"{split.repeated} repeated)"
+    )
+    missing = sorted(set(data.y.tolist()) - set(y_test.tolist()))
+    if len(test_idx) < a.min_held_out or missing:
+        short = (
+            f"{len(test_idx)} held-out row(s), at least {a.min_held_out} are needed (--min-held-out)"
+            if len(test_idx) < a.min_held_out
+            else f"no held-out row of class(es) {', '.join(map(str, missing))}, which the labelled rows hold"
+        )
+        return EXIT_OK, {
+            **summary,
+            "outcome": "insufficient_held_out",
+            "reason": f"insufficient held-out data: {short}; nothing was trained or registered",
+            "seconds": round(time.monotonic() - started, 1),
+        }
+    if len(np.unique(y_train)) < 2:
+        return EXIT_OK, {
+            **summary,
+            "outcome": "skipped",
+            "reason": "the training rows hold a single class; a classifier needs two or more",
+        }
+
+    weights = np.concatenate([np.ones(len(y_ref)), np.full(len(train_idx), a.recent_weight)])
     say(
         f"training a {kind} model on {len(y_train)} row(s) ({len(y_ref)} reference + {len(train_idx)} logged, "
         f"weight {a.recent_weight:g}); {len(test_idx)} held out..."
@@ -298,15 +323,11 @@ def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
     metrics = {"new": evaluate(model, x_test, y_test), "parent": evaluate(parent.path / m.artifact, x_test, y_test)}
     rule = Rule(a.min_gain, a.allow_worse_log_loss)
     better, reason = rule.decide(metrics["new"], metrics["parent"])
-    summary.update(metrics=metrics, rows=counts, reason=reason)
+    summary.update(metrics=metrics, reason=reason)
     say(f"  {'better' if better else 'not better'}: {reason}")
     if not better:
         return EXIT_OK, {**summary, "outcome": "not_better", "seconds": round(time.monotonic() - started, 1)}
 
-    held_out = (
-        f"a stratified {a.held_out:.0%} of the labelled logged rows of the window (seed {a.seed}); "
-        "reference rows are never held out"
-    )
     report_name = f"drift_report{a.drift_report.suffix}" if a.drift_report is not None else None
     lineage = lineage_for(
         parent,
@@ -398,11 +419,24 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--until", type=float, help="end of the window, unix seconds (default: now)")
     d.add_argument("--max-rows", type=int, default=200_000, help="newest labelled rows used at most")
     d.add_argument("--min-labelled", type=int, default=40, help="fewer labelled rows than this: no training")
-    d.add_argument("--held-out", type=float, default=0.3, help="fraction of labelled rows held out for evaluation")
+    d.add_argument(
+        "--held-out",
+        type=float,
+        default=0.3,
+        help="share of the labelled rows, the newest, whose window "
+        "is held out for evaluation (inputs also trained on are left out of it)",
+    )
+    d.add_argument(
+        "--min-held-out",
+        type=int,
+        default=30,
+        help="fewer held-out rows than this, or a labelled class "
+        "with none: no decision, no version (outcome insufficient_held_out)",
+    )
     d.add_argument(
         "--recent-weight", type=float, default=3.0, help="training weight of a logged row (a reference row weighs 1)"
     )
-    d.add_argument("--seed", type=int, default=0, help="seed of the split and of the model's initialisation")
+    d.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation")
     r = p.add_argument_group("decision")
     r.add_argument("--min-gain", type=float, default=0.01, help="held-out accuracy gain the new version needs")
     r.add_argument(
@@ -435,10 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[retrain {time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    if not 0 < a.held_out < 1 or a.min_labelled < 2 or a.recent_weight <= 0 or a.max_rows < 1:
+    if not 0 < a.held_out < 1 or a.min_labelled < 2 or a.min_held_out < 1 or a.recent_weight <= 0 or a.max_rows < 1:
         print(
-            "--held-out must be between 0 and 1, --min-labelled at least 2, --recent-weight positive, "
-            "--max-rows at least 1",
+            "--held-out must be between 0 and 1, --min-labelled at least 2, --min-held-out at least 1, "
+            "--recent-weight positive, --max-rows at least 1",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -1,4 +1,5 @@
-"""The retraining job's data: logged inputs of one model joined to their feedback labels, and the held-out split.
+"""The retraining job's data: logged inputs of one model joined to their feedback labels, and the held-out split
+(by time and by input identity, so the decision is made on rows the new version never trained on).
 
 Reads the request log's public record format (docs/REQUEST_LOG.md) with the gateway's own reader, so
 segments in either form (.jsonl, compacted .parquet) and partial last lines are handled one way everywhere.
@@ -6,6 +7,7 @@ segments in either form (.jsonl, compacted .parquet) and partial last lines are 
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,18 +137,79 @@ def load_labelled(
     )
 
 
-def split_held_out(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) row indices: a seeded split stratified by class, `fraction` of each class held out
-    (at least one row of each). Raises ValueError when a class has fewer than two rows."""
-    rng = np.random.default_rng(seed)
-    train: list[np.ndarray] = []
-    test: list[np.ndarray] = []
-    for cls in np.unique(y):
-        idx = np.flatnonzero(y == cls)
-        if len(idx) < 2:
-            raise ValueError(f"class {int(cls)} has {len(idx)} labelled row(s); a held-out split needs two or more")
-        idx = rng.permutation(idx)
-        k = min(len(idx) - 1, max(1, round(fraction * len(idx))))
-        test.append(idx[:k])
-        train.append(idx[k:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+def row_keys(x: np.ndarray) -> list[bytes]:
+    """One identity per input row: a digest of its float32 bytes, equal exactly when the inputs are equal."""
+    rows = np.ascontiguousarray(np.asarray(x, np.float32).reshape(len(x), -1) + np.float32(0.0))  # -0.0 is 0.0
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out split of the labelled logged rows: indices into them, and how the held-out set was built."""
+
+    train: np.ndarray  # rows trained on (with the reference rows)
+    test: np.ndarray  # rows held out
+    since: float | None  # start of the held-out window: rows received at or after it were candidates
+    window_rows: int  # labelled rows in that window
+    seen_in_training: int  # of them, inputs equal to a training or reference row: trained on, never held out
+    repeated: int  # of them, older repeats of an input already held out: neither trained on nor held out
+
+    def describe(self, fraction: float, y: np.ndarray, min_rows: int) -> dict[str, Any]:
+        """The held-out set as the lineage and the job's result record it."""
+        classes = np.unique(y[self.test], return_counts=True)
+        return {
+            "method": "time and identity: the newest labelled logged rows of the window (received at or after "
+            "`since`), each distinct input once, none equal to a row trained on (reference rows "
+            "included)",
+            "fraction": fraction,
+            "since": self.since,
+            "window_rows": self.window_rows,
+            "seen_in_training": self.seen_in_training,
+            "repeated": self.repeated,
+            "rows": len(self.test),
+            "classes": {str(int(c)): int(n) for c, n in zip(*classes, strict=True)},
+            "min_rows": min_rows,
+        }
+
+
+def split_held_out(x: np.ndarray, times: np.ndarray, fraction: float, reference: np.ndarray | None = None) -> HeldOut:
+    """Holds out the newest `fraction` of the labelled rows, by time and by identity.
+
+    The held-out window starts at the time of the round(fraction * n)-th newest row (a request's rows share its
+    time, so a request is never cut in two). A row in the window whose input equals a row before the window or
+    a reference row is trained on instead, and an input that comes back in the window is held out once, with
+    its newest label: no input of the held-out set is ever trained on, however often clients send it."""
+    n = len(x)
+    if n == 0:
+        empty = np.empty((0,), np.int64)
+        return HeldOut(empty, empty, None, 0, 0, 0)
+    order = np.argsort(times, kind="stable")
+    since = float(times[order[n - min(n, max(1, round(fraction * n)))]])
+    in_window = times >= since
+    keys = row_keys(x)
+    trained = {keys[i] for i in np.flatnonzero(~in_window)}
+    if reference is not None and len(reference):
+        trained.update(row_keys(reference))
+    train = [int(i) for i in np.flatnonzero(~in_window)]
+    test: list[int] = []
+    held: set[bytes] = set()
+    seen = repeated = 0
+    for i in order[::-1]:  # newest first: a repeated input keeps its newest label
+        if not in_window[i]:
+            break
+        if keys[i] in trained:
+            train.append(int(i))
+            seen += 1
+        elif keys[i] in held:
+            repeated += 1
+        else:
+            held.add(keys[i])
+            test.append(int(i))
+    return HeldOut(
+        np.sort(np.asarray(train, np.int64)),
+        np.sort(np.asarray(test, np.int64)),
+        since,
+        int(in_window.sum()),
+        seen,
+        repeated,
+    )

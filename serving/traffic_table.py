@@ -6,8 +6,9 @@ everything to a JSON file (written to a temporary name, then renamed) so a resta
 and lets gateways long-poll for a newer revision.
 
 Ramp plans run here, so they keep going while gateways come and go: gateways report their live
-counts of ramped versions (`report`), and a ticker steps the canary's weight up, promotes it, or
-rolls back to the split before the ramp when a guard is breached (contract/ramp.py).
+counts of ramped versions (`report`: requests the split sent there, and pinned ones apart), and a
+ticker steps the canary's weight up, promotes it, or rolls back to the split before the ramp when a
+guard is breached (contract/ramp.py).
 
 Validation against the model repository happens in the gateway that accepts an operator's change;
 the table checks only what it can know itself (weights sum to 100, a plan is well formed).
@@ -26,7 +27,7 @@ from typing import Any
 
 import ray
 
-from contract.ramp import PlanError, Ramp, RampPlan
+from contract.ramp import PINNED_SUFFIX, PlanError, Ramp, RampPlan
 
 ACTOR_NAME = "traffic-table"
 NAMESPACE = "gateway"
@@ -155,12 +156,18 @@ class TrafficTable:
 
     async def report(self, gateway_id: str, counts: dict[str, dict[str, list[Any]]]) -> None:
         """A gateway's live counts since its last report, per ramped model: {model: {version: [requests,
-        failures, latency buckets]}}. Counts of versions other than the ramp's canary are ignored."""
+        failures, latency buckets], version + PINNED_SUFFIX: [requests, failures]}}: the first entry counts the
+        requests the split sent to the version, the second those that named it. Other versions are ignored."""
         for model, versions in counts.items():
             ramp = self.ramps.get(model)
-            if ramp is not None and ramp.plan.version in versions:
+            if ramp is None:
+                continue
+            if ramp.plan.version in versions:
                 requests, failures, buckets = versions[ramp.plan.version]
                 ramp.window.add(int(requests), int(failures), [int(b) for b in buckets])
+            if ramp.plan.version + PINNED_SUFFIX in versions:
+                requests, failures = versions[ramp.plan.version + PINNED_SUFFIX]
+                ramp.window.add_pinned(int(requests), int(failures))
         self._ensure_ticker()
         self._evaluate(time.time())
 

@@ -246,10 +246,17 @@ def _print(action: str, body: Any, model: str | None) -> None:
         ramp = body.get("ramps", {}).get(name)
         if ramp:
             live = ramp["live"]
+            pinned = live.get("pinned")
             print(
                 f"{'':<20} ramp: v{ramp['version']} at {ramp['percent']}% (steps "
                 f"{','.join(map(str, ramp['steps']))}, every {ramp['every_s']:g} s); this step: "
                 f"{live['requests']} requests, {live['error_rate']:.1%} errors"
+                + (
+                    f"; pinned to v{ramp['version']}, not counted: {pinned['requests']} requests, "
+                    f"{pinned['failures']} failed"
+                    if pinned is not None
+                    else ""
+                )
             )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from contract.ramp import FAILURE_CODES, N_BUCKETS, latency_bucket
+from contract.ramp import FAILURE_CODES, N_BUCKETS, PINNED_SUFFIX, latency_bucket
 from gateway.errors import GatewayError, invalid, not_found
 from gateway.plane.catalog import Catalog
 
@@ -191,14 +191,25 @@ class Router:
 
 
 class LiveCounts:
-    """What ramped versions did since the last report: requests, failures, latency buckets (OK only).
+    """What ramped versions did since the last report, for the cluster's table to judge (contract/ramp.py).
 
-    The gateway sends these to the cluster's table, which judges the ramp's guards (contract/ramp.py)."""
+    Only requests the split sent to the version (role canary) are its evidence: requests, failures and latency
+    buckets (OK only). Requests that named the version (role pinned: smoke tests, `/versions/{v}`) are not the
+    traffic the ramp is about, so they are counted apart (requests, failures) and never judged."""
 
     def __init__(self) -> None:
         self._counts: dict[tuple[str, str], list[Any]] = {}
+        self._pinned: dict[tuple[str, str], list[int]] = {}
 
-    def add(self, model: str, version: str, code: str, total_ms: float) -> None:
+    def add(self, model: str, version: str, code: str, total_ms: float, role: str) -> None:
+        if role == "pinned":
+            p = self._pinned.setdefault((model, version), [0, 0])
+            p[0] += 1
+            if code in FAILURE_CODES:
+                p[1] += 1
+            return
+        if role != "canary":
+            return
         c = self._counts.get((model, version))
         if c is None:
             c = self._counts[(model, version)] = [0, 0, [0] * N_BUCKETS]
@@ -211,15 +222,25 @@ class LiveCounts:
     def merge(self, counts: dict[str, dict[str, list[Any]]]) -> None:
         """Puts back counts whose report failed, so the next report carries them."""
         for model, versions in counts.items():
-            for version, (requests, failures, buckets) in versions.items():
-                c = self._counts.setdefault((model, version), [0, 0, [0] * N_BUCKETS])
+            for key, values in versions.items():
+                if key.endswith(PINNED_SUFFIX):
+                    p = self._pinned.setdefault((model, key.removesuffix(PINNED_SUFFIX)), [0, 0])
+                    p[0] += values[0]
+                    p[1] += values[1]
+                    continue
+                requests, failures, buckets = values
+                c = self._counts.setdefault((model, key), [0, 0, [0] * N_BUCKETS])
                 c[0] += requests
                 c[1] += failures
                 c[2] = [a + b for a, b in zip(c[2], buckets, strict=True)]
 
     def take(self) -> dict[str, dict[str, list[Any]]]:
+        """{model: {version: [requests, failures, latency buckets], version + PINNED_SUFFIX: [requests, failures]}}."""
         counts, self._counts = self._counts, {}
+        pinned, self._pinned = self._pinned, {}
         out: dict[str, dict[str, list[Any]]] = {}
         for (model, version), c in counts.items():
             out.setdefault(model, {})[version] = c
+        for (model, version), p in pinned.items():
+            out.setdefault(model, {})[version + PINNED_SUFFIX] = p
         return out

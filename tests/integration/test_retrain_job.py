@@ -1,5 +1,6 @@
 """The retraining entrypoint as a real subprocess: a drifted, labelled log yields a better version with lineage;
-a log from the training distribution yields none. (Deploying and the canary are switched off here.)"""
+a log from the training distribution (most of it the parent's own training rows) yields none. (Deploying and
+the canary are switched off here.)"""
 
 from __future__ import annotations
 
@@ -132,6 +133,9 @@ def test_a_drifted_world_gets_a_better_version_with_lineage(template: Path, tmp_
     assert window["labelled_rows"] == ROWS and window["skipped_requests"] == {}
     assert window["first_request_time"] < window["last_request_time"] <= window["until"]
     assert lineage["rows"] == {"reference": 426, "logged_train": 210, "train": 636, "held_out": 90}
+    held = lineage["held_out"]  # the newest 90 rows, none of them trained on
+    assert held["rows"] == held["window_rows"] == 90 and held["seen_in_training"] == held["repeated"] == 0
+    assert held["since"] == window["last_request_time"] - 89 and out["held_out"] == held
     assert lineage["evaluation"]["new"] == new and lineage["evaluation"]["parent"] == parent
     assert json.loads((entry.path / lineage["drift_report"]).read_text())["psi"] == {"mean radius": 3.2}
     assert lineage["drift_report_source"] == str(report.resolve())
@@ -155,8 +159,12 @@ def test_the_training_distribution_gets_no_new_version(template: Path, tmp_path:
     write_log(tmp_path / "log", x, y, time.time())
     code, out, err = run_job(repo.root, tmp_path / "log")
     assert code == 0, err
-    assert out["outcome"] == "not_better" and out["version"] is None, out
-    assert "under min_gain" in out["reason"]
+    # Most of these rows are the parent's own training rows: they are trained on, never judged on, and what is
+    # left is too little to decide on.
+    assert out["outcome"] == "insufficient_held_out" and out["version"] is None, out
+    held = out["held_out"]
+    assert held["window_rows"] == 90 and held["seen_in_training"] > 45 and held["rows"] < 30
+    assert out["reason"].startswith(f"insufficient held-out data: {held['rows']} held-out row(s)")
     assert repo.versions(CLASSIFIER) == ["1", "2"]
     assert not [p for p in (repo.root / CLASSIFIER).iterdir() if p.name.startswith(".")]  # no staging left behind
 

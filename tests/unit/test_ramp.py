@@ -1,18 +1,26 @@
-"""Ramp plans (contract/ramp.py) and the cluster's table state (serving/traffic_table.py) with a fake clock."""
+"""Ramp plans (contract/ramp.py) and the cluster's table state (serving/traffic_table.py) with a fake clock, fed by
+the data plane's live counts."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contract.ramp import N_BUCKETS, PlanError, Ramp, RampPlan, Window, latency_bucket, split_with
+from contract.ramp import N_BUCKETS, PINNED_SUFFIX, PlanError, Ramp, RampPlan, Window, latency_bucket, split_with
+from gateway.core import DataPlane
+from gateway.errors import GatewayError
+from gateway.traffic.routing import LiveCounts, ModelSplit, RoutingTable
 from serving.traffic_table import TrafficTable
+from tests.unit.test_core import catalog, infer, request
 
 PLAN = {
     "version": "2",
@@ -239,3 +247,69 @@ async def test_waiters_wake_on_a_change(table: TrafficTable) -> None:
     assert (await asyncio.wait_for(waiter, 5))["shadows"] == {"m": {"2": 1.0}}
     await table.set_shadows("m", {}, "op", "stop")
     assert table.get()["shadows"] == {}
+
+
+class SmokeTested:
+    """y = 2x; an input starting with a negative number fails (a smoke test that finds a fault)."""
+
+    async def infer(self, model: str, version: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        if x[0, 0] < 0:
+            raise RuntimeError("broken by the smoke test")
+        return {"y": x * 2, "v": np.full(len(x), float(version), dtype=np.float32)}
+
+
+def applied(plane: DataPlane, state: dict[str, Any]) -> None:
+    plane.router.apply(
+        RoutingTable(
+            revision=state["revision"],
+            models={m: ModelSplit(weights=w) for m, w in state["models"].items()},
+            ramps=state["ramps"],
+        )
+    )
+
+
+async def test_pinned_calls_alone_never_advance_or_roll_back_a_step(table: TrafficTable) -> None:
+    plane = DataPlane(catalog(("m", "1", "READY"), ("m", "2", "READY"), batching=False), SmokeTested())
+    await table.set_model("m", {"1": 100}, "op", "")
+    applied(plane, await table.start_ramp("m", PLAN, "op", ""))
+    assert plane.router.ramped == {"m": "2"}
+    # Smoke tests of the canary, by URL or model_version: four times the step's min_requests, a fifth failing.
+    for i in range(40):
+        with contextlib.suppress(GatewayError):
+            await infer(plane, request(version="2", start=-1.0 if i % 5 == 0 else float(i)))
+    await table.report("g1", plane.live_counts.take())
+    assert "m" in table.ramps, table.model_history("m")[-1]["reason"]
+    table._evaluate(table.ramps["m"].step_started + 61)
+    assert table.models["m"] == {"1": 90, "2": 10}, table.model_history("m")[-1]["reason"]  # nor advanced
+    ramp = table.get()["ramps"]["m"]
+    assert ramp["step"] == 0
+    assert ramp["live"]["requests"] == 0 and ramp["live"]["pinned"] == {"requests": 40, "failures": 8}
+    assert "has 0; 40 pinned not counted" in table.ramps["m"].verdict(table.ramps["m"].step_started + 61)[1]
+
+    # Requests the split sends to the canary are its evidence.
+    canary = 0
+    while canary < PLAN["min_requests"]:  # type: ignore[operator]
+        canary += (await infer(plane, request(start=1.0))).version == "2"
+    await table.report("g1", plane.live_counts.take())
+    assert table.ramps["m"].window.requests == canary
+    table._evaluate(table.ramps["m"].step_started + 61)
+    assert table.models["m"] == {"1": 50, "2": 50}
+
+
+def test_live_counts_keep_pinned_requests_apart_and_survive_a_failed_report() -> None:
+    live = LiveCounts()
+    for role, code in (
+        ("canary", "OK"),
+        ("canary", "INTERNAL"),
+        ("pinned", "OK"),
+        ("pinned", "UNAVAILABLE"),
+        ("pinned", "INVALID_ARGUMENT"),
+        ("primary", "OK"),
+    ):
+        live.add("m", "2", code, 3.0, role)
+    taken = live.take()
+    assert taken == {"m": {"2": counts(2, 1, 3.0), "2" + PINNED_SUFFIX: [3, 1]}} and live.take() == {}
+    live.merge(taken)
+    live.add("m", "2", "OK", 3.0, "pinned")
+    assert live.take() == {"m": {"2": counts(2, 1, 3.0), "2" + PINNED_SUFFIX: [4, 1]}}

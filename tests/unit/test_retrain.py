@@ -18,7 +18,7 @@ from gateway.request_log import RequestLogSettings, RequestLogWriter
 from gateway.types import RequestRecord, Tensor
 from serving import retrain
 from serving.examples import fit_classifier, write_classifier
-from serving.retrain_data import load_labelled, row_labels, split_held_out
+from serving.retrain_data import load_labelled, row_keys, row_labels, split_held_out
 
 MODEL = "breast_cancer"
 
@@ -131,18 +131,26 @@ def test_redacted_inputs_are_skipped(tmp_path: Path) -> None:
     assert data.rows == 0 and data.skipped == {"no_input_data": 1}
 
 
-def test_held_out_split_is_stratified_seeded_and_disjoint() -> None:
-    y = np.array([0] * 30 + [1] * 70)
-    train, test = split_held_out(y, 0.3, seed=7)
-    assert sorted([*train, *test]) == list(range(100)) and not set(train) & set(test)
-    assert (y[test] == 0).sum() == 9 and (y[test] == 1).sum() == 21
-    again = split_held_out(y, 0.3, seed=7)
-    assert again[1].tolist() == test.tolist()
-    assert split_held_out(y, 0.3, seed=8)[1].tolist() != test.tolist()
-    small_train, small_test = split_held_out(np.array([0, 0, 1, 1]), 0.01, seed=0)
-    assert len(small_test) == 2 and len(small_train) == 2  # one row of each class at least, on both sides
-    with pytest.raises(ValueError, match="class 1 has 1 labelled row"):
-        split_held_out(np.array([0, 0, 0, 1]), 0.3, seed=0)
+def test_the_held_out_set_is_the_newest_window_of_inputs_never_trained_on() -> None:
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    x[7] = x[1]  # a repeat of an input trained on: trained on again, never held out
+    x[9] = x[8]  # an input sent twice in the window: held out once, with its newer label
+    x[6] = [-0.0, 99.0]  # equal to a reference row (-0.0 is 0.0)
+    times = np.array([1, 2, 3, 4, 5, 6, 7, 8, 8, 9], dtype=np.float64)  # rows 7 and 8 came in one request
+    split = split_held_out(x, times, 0.5, reference=np.array([[0.0, 99.0]], np.float32))
+    assert split.since == 6.0 and split.window_rows == 5  # round(0.5 * 10) newest rows: times 6 and later
+    assert split.train.tolist() == [0, 1, 2, 3, 4, 6, 7] and split.test.tolist() == [5, 9]
+    assert (split.seen_in_training, split.repeated) == (2, 1)
+    held = split.describe(0.5, np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1]), 30)
+    assert held["rows"] == 2 and held["classes"] == {"1": 2} and held["since"] == 6.0 and held["min_rows"] == 30
+    train_keys = {k for i, k in enumerate(row_keys(x)) if i in set(split.train)}
+    assert not train_keys & {row_keys(x)[i] for i in split.test}
+
+    tied = split_held_out(x[:4], np.array([5.0, 5.0, 5.0, 5.0]), 0.3)  # one request: the whole of it is held out
+    assert tied.train.tolist() == [] and tied.test.tolist() == [0, 1, 2, 3]
+    assert split_held_out(x[:0], times[:0], 0.3).test.tolist() == []
+    shuffled = split_held_out(x[::-1], times[::-1], 0.5, reference=np.array([[0.0, 99.0]], np.float32))
+    assert sorted(9 - shuffled.test) == split.test.tolist()  # by time, not by position in the arrays
 
 
 @pytest.mark.parametrize(
@@ -185,6 +193,7 @@ def test_register_writes_a_new_version_with_lineage(tmp_path: Path) -> None:
     report.write_text('{"psi": 0.4}')
     metrics = {"new": {"accuracy": 0.97, "log_loss": 0.1}, "parent": {"accuracy": 0.8, "log_loss": 0.5}}
     window = {"since": 1.0, "until": 2.0, "labelled_rows": 10}
+    held_out = {"method": "newest rows", "rows": 3}
     lineage = retrain.lineage_for(
         parent,
         params,
@@ -192,7 +201,7 @@ def test_register_writes_a_new_version_with_lineage(tmp_path: Path) -> None:
         window,
         {"reference": 426, "held_out": 3},
         metrics,
-        "recent rows",
+        held_out,
         retrain.Rule(0.02),
         "drift_report.json",
         str(report),
@@ -205,7 +214,7 @@ def test_register_writes_a_new_version_with_lineage(tmp_path: Path) -> None:
     assert lin["parent_version"] == "1" and lin["params"] == {"kind": "logistic", "seed": 3, "C": 0.05}
     assert lin["data_window"] == window and lin["rows"] == {"reference": 426, "held_out": 3}
     assert lin["evaluation"] == {**metrics, "rule": {"min_gain": 0.02, "allow_worse_log_loss": False}}
-    assert lin["held_out"] == "recent rows" and lin["drift_report_source"] == str(report)
+    assert lin["held_out"] == held_out and lin["drift_report_source"] == str(report)
     assert (entry.path / lin["drift_report"]).read_text() == '{"psi": 0.4}'
     with np.load(entry.path / "reference.npz") as ref:
         assert ref["inputs"].shape == x.shape and ref["labels"].tolist() == y.tolist()
@@ -292,3 +301,89 @@ def test_too_little_labelled_data_registers_nothing(tmp_path: Path, capsys: pyte
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["outcome"] == "skipped" and "1 labelled row(s)" in out["reason"]
     assert repo.versions(MODEL) == ["1"]
+
+
+def run_job(repo: Repository, log: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, Any]:
+    code = retrain.main(
+        [
+            "--model",
+            MODEL,
+            "--parent-version",
+            "1",
+            "--repository",
+            str(repo.root),
+            "--log-dir",
+            str(log),
+            "--until",
+            "100000",
+            "--no-deploy",
+            *extra,
+        ]
+    )
+    return code, json.loads(capsys.readouterr().out)
+
+
+def unseen_rows(repo: Repository) -> tuple[np.ndarray, np.ndarray]:
+    """The data set's rows the parent never trained on (those not in its reference), with their true labels."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x = data.data.astype(np.float32)
+    with np.load(repo.root / MODEL / "1" / "reference.npz") as ref:
+        trained = set(row_keys(ref["inputs"]))
+    keep = np.array([k not in trained for k in row_keys(x)])
+    return x[keep], data.target[keep]
+
+
+def test_repeated_inputs_cannot_make_a_worse_model_look_better(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """20 inputs sent 12 times each with wrong labels, then 60 fresh inputs with true labels. Split per row, most
+    of the held-out rows are repeats of rows trained on, so a model that learnt the wrong labels beats its parent
+    there (held-out accuracy 0.50 against 0.20) while it is far worse on everything else. Held out by time and
+    identity, the repeats are trained on but never judged: the fresh rows decide, and the model is refused."""
+    repo = Repository(tmp_path / "repo")
+    write_classifier(repo, "1", "logistic")
+    x, y = unseen_rows(repo)
+    rng = np.random.default_rng(0)
+    pick = rng.permutation(len(y))
+    noisy, fresh = pick[:20], pick[20:80]
+    rows = [(int(i), 1 - int(y[i])) for i in np.repeat(noisy, 12)]
+    rows = [rows[j] for j in rng.permutation(len(rows))] + [(int(i), int(y[i])) for i in fresh]
+    write_log(
+        tmp_path / "log",
+        [record(f"r{k}", 1000.0 + k, x[i : i + 1]) for k, (i, _) in enumerate(rows)],
+        [(f"r{k}", label) for k, (_, label) in enumerate(rows)],
+    )
+
+    code, out = run_job(repo, tmp_path / "log", capsys)
+    assert code == 0 and out["outcome"] == "not_better" and out["version"] is None, out
+    assert repo.versions(MODEL) == ["1"]
+    held = out["held_out"]
+    assert held["rows"] == out["rows"]["held_out"] == 60  # the fresh inputs, each once
+    assert held["window_rows"] == 90 and held["seen_in_training"] == 30 and held["since"] == 1210.0
+    assert out["rows"]["logged_train"] == 240  # every repeat is trained on, the 30 in the window too
+    assert out["metrics"]["new"]["accuracy"] < out["metrics"]["parent"]["accuracy"]
+
+
+def test_too_small_a_held_out_set_decides_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Calm traffic: the parent's own training rows sent again. Every one of them was trained on, so nothing is
+    left to hold out, and the job says so instead of judging on rows the models have seen."""
+    repo = Repository(tmp_path / "repo")
+    write_classifier(repo, "1", "logistic")
+    with np.load(repo.root / MODEL / "1" / "reference.npz") as ref:
+        x, y = ref["inputs"][:100], ref["labels"][:100]
+    fresh, fresh_y = unseen_rows(repo)
+    x, y = np.concatenate([x, fresh[:10]]), np.concatenate([y, fresh_y[:10]])
+    write_log(
+        tmp_path / "log",
+        [record(f"r{k}", 1000.0 + k, x[k : k + 1]) for k in range(len(y))],
+        [(f"r{k}", int(y[k])) for k in range(len(y))],
+    )
+    code, out = run_job(repo, tmp_path / "log", capsys)
+    assert code == 0 and out["outcome"] == "insufficient_held_out" and out["version"] is None, out
+    assert out["reason"].startswith("insufficient held-out data: 10 held-out row(s), at least 30 are needed")
+    assert out["held_out"]["window_rows"] == 33 and out["held_out"]["seen_in_training"] == 23
+    assert "metrics" not in out and repo.versions(MODEL) == ["1"]
+    code, out = run_job(repo, tmp_path / "log", capsys, "--min-held-out", "5")
+    assert out["outcome"] == "not_better" and out["held_out"]["rows"] == 10 and "metrics" in out, out

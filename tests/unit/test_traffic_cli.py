@@ -52,6 +52,26 @@ def test_show_prints_split_shadows_and_ramp(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert "revision 7" in out and "v1=95%  v2=5%" in out and "v3 (20% of requests)" in out
     assert "ramp: v2 at 5% (steps 5,50,100, every 600 s); this step: 40 requests, 2.5% errors" in out
+    _print(
+        "show",
+        {
+            "model": "m",
+            "weights": {"1": 95, "2": 5},
+            "revision": 8,
+            "ramp": {
+                "version": "2",
+                "percent": 5,
+                "steps": [5, 50, 100],
+                "every_s": 600.0,
+                "live": {"requests": 3, "error_rate": 0.0, "pinned": {"requests": 12, "failures": 1}},
+            },
+        },
+        "m",
+    )
+    assert (
+        "this step: 3 requests, 0.0% errors; pinned to v2, not counted: 12 requests, 1 failed"
+        in capsys.readouterr().out
+    )
 
 
 def test_history_prints_splits_and_shadow_changes(capsys: pytest.CaptureFixture[str]) -> None:
