@@ -34,6 +34,7 @@ ACTOR_NAME = "traffic-table"
 NAMESPACE = "gateway"
 MAX_HISTORY = 1000  # audit entries kept per model
 TICK_S = 1.0
+SAVE_COUNTS_S = 10.0  # how often experiment counts alone are written to the file
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class TrafficTable:
             self.history = saved.get("history", {})
             self.experiments = {m: Experiment.from_dict(e) for m, e in saved.get("experiments", {}).items()}
         self._changed: asyncio.Event | None = None
+        self._saved_at = 0.0
         self._ticker: asyncio.Task[None] | None = None
 
     # --- reading ---------------------------------------------------------------------------
@@ -210,12 +212,17 @@ class TrafficTable:
         """A gateway's join of outcomes since each experiment began, over every gateway's logs: {model: {"id",
         "arms": {version: ArmCounts dict}, "skipped"}}. Snapshots are totals, so any number of gateways may send."""
         now = time.time()
+        tuned = {m: e.scale for m, e in self.experiments.items()}
         for model, snap in snapshots.items():
             e = self._running_experiment(model)
             if e is not None and snap.get("id") == e.id:
                 arms = {str(v): ArmCounts.from_dict(c) for v, c in snap.get("arms", {}).items()}
                 e.update(arms, int(snap.get("skipped", 0)), now)
         self._judge_experiments(now)
+        # The tuning must survive a restart (changing it later would void the guarantee); counts are only
+        # a cache of what the logs hold, so they are saved now and then.
+        if tuned != {m: e.scale for m, e in self.experiments.items()} or now - self._saved_at > SAVE_COUNTS_S:
+            self._save()
 
     def _running_experiment(self, model: str) -> Experiment | None:
         e = self.experiments.get(model)
@@ -304,6 +311,7 @@ class TrafficTable:
         return self._changed
 
     def _save(self) -> None:
+        self._saved_at = time.time()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(
