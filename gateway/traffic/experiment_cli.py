@@ -93,7 +93,7 @@ def add_parser(sub: Any) -> None:
 
 def _plan(args: argparse.Namespace) -> dict[str, Any]:
     plan: dict[str, Any] = {
-        "arms": _weights(args.arms),
+        "arms": _weights(args.arms, "gateway experiment start"),
         "metric": args.metric,
         "alpha": args.alpha,
         "min_samples": args.min_samples,
