@@ -34,6 +34,7 @@ from gateway.sidecar import SidecarProcess, dashboard_port
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Tracing, TracingError, build_tracing
 from gateway.traffic.control import RepositoryDiscovery, TrafficControl
+from gateway.traffic.outcomes import OutcomeJoiner, OutcomeReporter
 from gateway.workers import Endpoints, Workers
 
 log = logging.getLogger("gateway")
@@ -70,6 +71,7 @@ class Gateway:
         self._grpc: GrpcDoor | None = None
         self._admin: _Uvicorn | None = None
         self.traffic: TrafficControl | None = None
+        self.outcomes: OutcomeReporter | None = None
         self.request_log: RequestLogWriter | None = None
         self.feedback: FeedbackLog | None = None
         self.tracing: Tracing | None = None
@@ -222,6 +224,12 @@ class Gateway:
             message = exc.message if isinstance(exc, GatewayError) else str(exc)
             raise SystemExit(f"the 'traffic' setting cannot be applied: {message}") from None
         await self.traffic.start(stored)
+        if not self.worker and s.request_log.enabled:  # one join per gateway: its workers read the same files
+            joiner = OutcomeJoiner(s.request_log.dir, s.experiments.max_pending)
+            self.outcomes = OutcomeReporter(
+                joiner, self.traffic.store, self.traffic.gateway_id, s.experiments.join_interval_s
+            )
+            self.outcomes.start()
         if self.worker or not s.admin_token:
             return 0
         sock = bind_tcp(s.admin_host, s.admin_port)
@@ -262,6 +270,8 @@ class Gateway:
     async def stop(self, drain_s: float | None = None) -> None:
         drain_s = self.settings.drain_s if drain_s is None else drain_s
         self.stopping.set()
+        if self.outcomes is not None:
+            await self.outcomes.stop()
         if self.traffic is not None:
             await self.traffic.stop(drain_s)
         for server in (self._http, self._admin):

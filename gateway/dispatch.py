@@ -282,6 +282,21 @@ class RayTrafficStore:
     async def report(self, gateway_id: str, counts: dict[str, Any]) -> None:
         await self._call("report", gateway_id, counts)
 
+    async def start_experiment(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]:
+        table: dict[str, Any] = await self._call("start_experiment", model, plan, who, reason)
+        return table
+
+    async def stop_experiment(self, model: str, who: str, reason: str) -> dict[str, Any]:
+        table: dict[str, Any] = await self._call("stop_experiment", model, who, reason)
+        return table
+
+    async def experiment(self, model: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await self._call("experiment", model)
+        return found
+
+    async def report_outcomes(self, gateway_id: str, snapshots: dict[str, Any]) -> None:
+        await self._call("report_outcomes", gateway_id, snapshots)
+
     async def history(self, model: str) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = await self._call("model_history", model)
         return entries

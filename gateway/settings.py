@@ -47,6 +47,15 @@ class ShadowSettings(BaseModel):
     """Outputs agree when every numeric element is within this of the primary's (other types: equal)."""
 
 
+class ExperimentSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    join_interval_s: float = Field(5.0, gt=0, le=3600)
+    """How often a gateway joins new outcomes (request log + feedback) and reports them to the traffic table."""
+    max_pending: int = Field(200_000, ge=100, le=10_000_000)
+    """Answered requests per experiment kept waiting for their label (and labels for their request); oldest go."""
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_nested_delimiter="__", extra="forbid")
 
@@ -115,6 +124,8 @@ class GatewaySettings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     """TLS for the prediction doors and TLS + client certificates for the admin API (off by default)."""
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
+    """How gateways join experiment outcomes (the experiments themselves live in the traffic table)."""
     """The drift sidecar: windows, statistics, alarm policy, reports, retraining jobs (docs/DRIFT.md)."""
 
     @model_validator(mode="after")

@@ -27,12 +27,15 @@ from typing import Any
 
 import ray
 
+from contract.experiments.experiment import ArmCounts, Experiment
+from contract.experiments.plan import ExperimentPlan
 from contract.ramp import PINNED_SUFFIX, PlanError, Ramp, RampPlan
 
 ACTOR_NAME = "traffic-table"
 NAMESPACE = "gateway"
 MAX_HISTORY = 1000  # audit entries kept per model
 TICK_S = 1.0
+SAVE_COUNTS_S = 10.0  # how often experiment counts alone are written to the file
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class TrafficTable:
         self.shadows: dict[str, dict[str, float]] = {}
         self.ramps: dict[str, Ramp] = {}
         self.history: dict[str, list[dict[str, Any]]] = {}
+        self.experiments: dict[str, Experiment] = {}  # the latest per model, running or ended
         if self.path.is_file():
             saved = json.loads(self.path.read_text())
             self.revision = int(saved["revision"])
@@ -61,7 +65,9 @@ class TrafficTable:
             self.shadows = saved.get("shadows", {})
             self.ramps = {m: Ramp.from_dict(r) for m, r in saved.get("ramps", {}).items()}
             self.history = saved.get("history", {})
+            self.experiments = {m: Experiment.from_dict(e) for m, e in saved.get("experiments", {}).items()}
         self._changed: asyncio.Event | None = None
+        self._saved_at = 0.0
         self._ticker: asyncio.Task[None] | None = None
 
     # --- reading ---------------------------------------------------------------------------
@@ -71,6 +77,7 @@ class TrafficTable:
             "models": self.models,
             "shadows": self.shadows,
             "ramps": {m: r.public() for m, r in self.ramps.items()},
+            "experiments": {m: e.public() for m, e in self.experiments.items()},
         }
 
     def model_history(self, model: str) -> list[dict[str, Any]]:
@@ -92,6 +99,9 @@ class TrafficTable:
         extra = {}
         if model in self.ramps:
             extra["ramp_ended"] = f"ramp of version {self.ramps.pop(model).plan.version} ended by this change"
+        if who != "experiment" and self._running_experiment(model) is not None:
+            self.experiments[model].end_by_operator(time.time(), f"ended by {who}'s split change")
+            extra["experiment_ended"] = "the running experiment ended by this change"
         self.models = {**self.models, model: weights}
         return self._commit(model, who, reason, before, weights, **extra)
 
@@ -111,6 +121,8 @@ class TrafficTable:
         The split it ramps from is the model's current split, or the plan's `base` when the model has none.
         """
         parsed = RampPlan.parse(plan)
+        if self._running_experiment(model) is not None:
+            raise PlanError(f"model '{model}' is running an experiment; stop it before starting a ramp")
         base = self.models.get(model) or plan.get("base")
         if not base:
             raise PlanError(f"model '{model}' has no split to ramp from; set one first or give the plan a base")
@@ -171,18 +183,91 @@ class TrafficTable:
         self._ensure_ticker()
         self._evaluate(time.time())
 
+    # --- experiments (contract/experiments) --------------------------------------------------
+    def experiment(self, model: str) -> dict[str, Any] | None:
+        """The model's latest experiment with its timeline (for `gateway experiment report`), or None."""
+        e = self.experiments.get(model)
+        return None if e is None else {**e.public(), "timeline": e.timeline}
+
+    async def start_experiment(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]:
+        """Splits the model's traffic between the plan's arms; from now on outcomes decide (who = "experiment")."""
+        parsed = ExperimentPlan.parse(plan)
+        if model in self.ramps:
+            raise PlanError(f"model '{model}' is ramping version {self.ramps[model].plan.version}; end the ramp first")
+        if self._running_experiment(model) is not None:
+            raise PlanError(f"model '{model}' already runs an experiment; stop it first")
+        before = self.models.get(model)
+        experiment = Experiment(model, parsed, time.time(), before)
+        self.experiments = {**self.experiments, model: experiment}
+        self.models = {**self.models, model: dict(parsed.arms)}
+        self._ensure_ticker()
+        why = reason or f"experiment on {parsed.metric}: arms {', '.join(parsed.arms)} against control {parsed.control}"
+        return self._commit(model, who, why, before, dict(parsed.arms), experiment=experiment.public())
+
+    async def stop_experiment(self, model: str, who: str, reason: str) -> dict[str, Any]:
+        """Ends the running experiment; control takes all of the model's traffic back."""
+        experiment = self._running_experiment(model)
+        if experiment is None:
+            raise PlanError(f"model '{model}' runs no experiment")
+        experiment.end_by_operator(time.time(), reason or f"stopped by {who}")
+        before, after = self.models.get(model), {experiment.plan.control: 100}
+        self.models = {**self.models, model: after}
+        why = reason or f"experiment stopped by {who}; control {experiment.plan.control} takes all traffic"
+        return self._commit(model, who, why, before, after, experiment=experiment.public())
+
+    async def report_outcomes(self, gateway_id: str, snapshots: dict[str, dict[str, Any]]) -> None:
+        """A gateway's join of outcomes since each experiment began, over every gateway's logs: {model: {"id",
+        "arms": {version: ArmCounts dict}, "skipped"}}. Snapshots are totals, so any number of gateways may send."""
+        now = time.time()
+        tuned = {m: e.scale for m, e in self.experiments.items()}
+        for model, snap in snapshots.items():
+            e = self._running_experiment(model)
+            if e is not None and snap.get("id") == e.id:
+                arms = {str(v): ArmCounts.from_dict(c) for v, c in snap.get("arms", {}).items()}
+                e.update(arms, int(snap.get("skipped", 0)), now)
+        self._judge_experiments(now)
+        # The tuning must survive a restart (changing it later would void the guarantee); counts are only
+        # a cache of what the logs hold, so they are saved now and then.
+        if tuned != {m: e.scale for m, e in self.experiments.items()} or now - self._saved_at > SAVE_COUNTS_S:
+            self._save()
+
+    def _running_experiment(self, model: str) -> Experiment | None:
+        e = self.experiments.get(model)
+        return e if e is not None and e.running else None
+
+    def _running(self) -> bool:
+        return any(e.running for e in self.experiments.values())
+
+    def _judge_experiments(self, now: float) -> None:
+        for model, e in list(self.experiments.items()):
+            for decision in e.decide(now):
+                before = self.models.get(model)
+                after: dict[str, int] | None
+                if decision.action == "promote" and decision.version is not None:
+                    after = {decision.version: 100}
+                elif decision.action == "stop":
+                    after = e.weights(before)
+                else:  # no result: the operator is told here and in `experiment status`; the split stays
+                    after = before
+                self.models = {**self.models, model: after} if after is not None else self.models
+                self._commit(model, "experiment", decision.why, before, after, experiment=e.public())
+
     # --- ramp ticker -------------------------------------------------------------------------
     def _ensure_ticker(self) -> None:
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     async def _tick(self) -> None:
-        while self.ramps:
+        while self.ramps or self._running():
             await asyncio.sleep(TICK_S)
             try:
                 self._evaluate(time.time())
             except Exception:  # a bad plan must not stop every other model's ramp
                 log.exception("ramp evaluation failed")
+            try:
+                self._judge_experiments(time.time())
+            except Exception:
+                log.exception("experiment evaluation failed")
 
     def _evaluate(self, now: float) -> None:
         for model, ramp in list(self.ramps.items()):
@@ -228,11 +313,12 @@ class TrafficTable:
     def _event(self) -> asyncio.Event:
         if self._changed is None:
             self._changed = asyncio.Event()
-        if self.ramps:
+        if self.ramps or self._running():
             self._ensure_ticker()  # e.g. a ramp loaded from the file after a restart of Ray
         return self._changed
 
     def _save(self) -> None:
+        self._saved_at = time.time()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(
@@ -243,6 +329,7 @@ class TrafficTable:
                     "shadows": self.shadows,
                     "ramps": {m: r.to_dict() for m, r in self.ramps.items()},
                     "history": self.history,
+                    "experiments": {m: e.to_dict() for m, e in self.experiments.items()},
                 }
             )
         )

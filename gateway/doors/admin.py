@@ -8,6 +8,9 @@
     POST /admin/traffic/{model}/promote     {"version": "2"}
     POST /admin/traffic/{model}/rollback    {} (ends a ramp at its starting split, or undoes the last change)
     GET  /admin/traffic/{model}/history     every change: who, when, before, after, why
+    POST /admin/experiments/{model}         {"arms": {"1": 50, "2": 50}, "metric": "accuracy", ...} starts one
+    GET  /admin/experiments/{model}         the latest experiment: per arm n, metric, interval, lift, guardrails
+    POST /admin/experiments/{model}/stop    {} ends it; control takes all traffic back
 
 A change is validated against this gateway's versions (weights, versions exist and are ready) before
 it is stored in the cluster's table; every gateway then follows the table (gateway/traffic/control.py).
@@ -49,6 +52,12 @@ class Traffic(Protocol):
 
     async def rollback(self, model: str, who: str, reason: str) -> dict[str, Any]: ...
 
+    async def start_experiment(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]: ...
+
+    async def stop_experiment(self, model: str, who: str, reason: str) -> dict[str, Any]: ...
+
+    async def experiment(self, model: str) -> dict[str, Any]: ...
+
 
 class _Change(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -78,6 +87,26 @@ class PromoteChange(_Change):
     version: str
 
 
+class ExperimentChange(_Change):
+    """An experiment plan (contract/experiments/plan.py checks the values; docs/EXPERIMENTS.md explains them)."""
+
+    arms: dict[str, int]
+    metric: str
+    control: str | None = None
+    output: str | None = None
+    higher_is_better: bool | None = None
+    mde: float | None = Field(None, gt=0)
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    min_samples: int = Field(100, ge=2)
+    max_samples: int | None = Field(None, ge=2)
+    max_duration_s: float | None = Field(None, gt=0)
+    max_error_rate: float | None = Field(0.05, ge=0, le=1)
+    max_p99_ms: float | None = Field(None, gt=0)
+    min_requests: int = Field(20, ge=1)
+    guard_metric: str | None = None
+    guard_margin: float = Field(0.0, ge=0)
+
+
 class AdminApi:
     def __init__(self, traffic: Traffic, token: str) -> None:
         if not token:
@@ -105,6 +134,8 @@ class AdminApi:
             return 401, {"error": "missing or wrong bearer token (Authorization: Bearer <admin_token>)"}
         parts = scope["path"].strip("/").split("/")
         method = scope["method"]
+        if parts[:2] == ["admin", "experiments"] and len(parts) in (3, 4):
+            return await self._experiments(scope, receive, parts[2], parts[3] if len(parts) == 4 else None)
         if parts[:2] != ["admin", "traffic"] or len(parts) > 4:
             return 404, {"error": f"no admin route {method} {scope['path']}"}
         model, action = [*parts, None, None][2:4]
@@ -137,6 +168,22 @@ class AdminApi:
             if action == "rollback" and method == "POST":
                 change = _parse(_Change, body or b"{}")
                 return 200, await traffic.rollback(model, who, change.reason)
+        except GatewayError as exc:
+            return exc.http_status, {"error": exc.message}
+        return 404, {"error": f"no admin route {method} {scope['path']}"}
+
+    async def _experiments(self, scope: Scope, receive: Any, model: str, action: str | None) -> tuple[int, Any]:
+        method = scope["method"]
+        try:
+            if action is None and method == "GET":
+                return 200, await self.traffic.experiment(model)
+            if action is None and method == "POST":
+                change = _parse(ExperimentChange, await read_body(scope, receive, MAX_BODY_BYTES))
+                plan = change.model_dump(exclude={"reason"}, exclude_unset=True)
+                return 200, await self.traffic.start_experiment(model, plan, _who(scope), change.reason)
+            if action == "stop" and method == "POST":
+                stop = _parse(_Change, await read_body(scope, receive, MAX_BODY_BYTES) or b"{}")
+                return 200, await self.traffic.stop_experiment(model, _who(scope), stop.reason)
         except GatewayError as exc:
             return exc.http_status, {"error": exc.message}
         return 404, {"error": f"no admin route {method} {scope['path']}"}

@@ -142,12 +142,12 @@ def _duration(text: str) -> float:
     return seconds
 
 
-def _weights(items: list[str]) -> dict[str, int]:
+def _weights(items: list[str], command: str = "gateway traffic") -> dict[str, int]:
     out: dict[str, int] = {}
     for item in items:
         version, sep, percent = item.partition("=")
         if not sep or not percent.strip().isdigit():
-            raise SystemExit(f"gateway traffic: {item!r} is not VERSION=PERCENT (for example 2=10)")
+            raise SystemExit(f"{command}: {item!r} is not VERSION=PERCENT (for example 2=10)")
         out[version] = int(percent)
     return out
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from contract.experiments.plan import ExperimentPlan
 from contract.manifest import Manifest
 from contract.ramp import PlanError, RampPlan, split_with
 from contract.repository import Repository, VersionEntry
@@ -53,6 +54,14 @@ class TrafficStore(Protocol):
     async def report(self, gateway_id: str, counts: dict[str, Any]) -> None: ...
 
     async def wait_newer(self, revision: int, timeout_s: float) -> dict[str, Any]: ...
+
+    async def start_experiment(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]: ...
+
+    async def stop_experiment(self, model: str, who: str, reason: str) -> dict[str, Any]: ...
+
+    async def experiment(self, model: str) -> dict[str, Any] | None: ...
+
+    async def report_outcomes(self, gateway_id: str, snapshots: dict[str, Any]) -> None: ...
 
 
 class Plane(Protocol):
@@ -236,6 +245,30 @@ class TrafficControl:
     async def rollback(self, model: str, who: str, reason: str) -> dict[str, Any]:
         self.plane.require_model(model)
         return await self._applied(await self.store.rollback(model, who, reason))
+
+    async def start_experiment(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]:
+        """Checks the plan and its arms against this gateway's versions, then stores it (the table runs it)."""
+        try:
+            parsed = ExperimentPlan.parse(plan)
+            split = ModelSplit(weights=parsed.arms)
+        except PlanError as exc:
+            raise GatewayError(Code.INVALID_ARGUMENT, str(exc)) from None
+        except ValidationError as exc:
+            raise GatewayError(Code.INVALID_ARGUMENT, "; ".join(e["msg"] for e in exc.errors())) from None
+        current = await self._current()
+        await self._check(current.model_copy(update={"models": {**current.models, model: split}}), model)
+        return await self._applied(await self.store.start_experiment(model, plan, who, reason))
+
+    async def stop_experiment(self, model: str, who: str, reason: str) -> dict[str, Any]:
+        self.plane.require_model(model)
+        return await self._applied(await self.store.stop_experiment(model, who, reason))
+
+    async def experiment(self, model: str) -> dict[str, Any]:
+        """The model's latest experiment (running or ended) with its timeline; NOT_FOUND when it never had one."""
+        found = await self.store.experiment(model)
+        if found is None:
+            raise GatewayError(Code.NOT_FOUND, f"model '{model}' has had no experiment; start one first")
+        return found
 
     async def _current(self) -> RoutingTable:
         return table_from(await self.store.get())

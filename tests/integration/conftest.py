@@ -135,6 +135,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway
         "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
         "GATEWAY_ADMIN_PORT": "0",
         "GATEWAY_TRAFFIC_FILE": str(root / "traffic_table.json"),
+        "GATEWAY_EXPERIMENTS__JOIN_INTERVAL_S": "0.5",  # experiments decide within a second of their evidence
     }
     cmd = [
         sys.executable,

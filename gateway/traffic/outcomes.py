@@ -1,0 +1,205 @@
+"""The outcome join: each answered request of a running experiment, its arm, and the label posted for it later.
+
+Runs in each gateway (not its extra worker processes) while the cluster's table has a running experiment:
+it tails every gateway's request log and the feedback stream under the log root, scores each labelled
+request (contract/experiments/outcomes.py) and sends the table per-arm totals since the experiment began.
+Totals, not increments: every gateway joins the same files, so the table keeps the fullest snapshot and
+nothing is counted twice however many gateways report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from contract.experiments.experiment import ArmCounts
+from contract.experiments.outcomes import NEEDS_OUTPUT, OutcomeError, score
+from contract.experiments.plan import ExperimentPlan
+from contract.experiments.stats import Moments
+from contract.ramp import FAILURE_CODES, N_BUCKETS, latency_bucket
+from contract.request_log.feedback import KIND, feedback_root
+from contract.request_log.segments import list_segments
+from gateway.request_log.tailer import Position, Tailer
+
+log = logging.getLogger("gateway")
+
+# Only requests the split assigned at random are evidence; a request that named its version chose its arm.
+RANDOMISED = frozenset({"weighted split", "sticky routing key"})
+
+
+class OutcomeStore(Protocol):
+    """The part of the cluster's table the join needs (gateway.dispatch.RayTrafficStore)."""
+
+    async def get(self) -> dict[str, Any]: ...
+
+    async def report_outcomes(self, gateway_id: str, snapshots: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class _Arm:
+    primary: Moments = field(default_factory=Moments)
+    guard: Moments = field(default_factory=Moments)
+    requests: int = 0
+    failures: int = 0
+    buckets: list[int] = field(default_factory=lambda: [0] * N_BUCKETS)
+
+    def counts(self) -> ArmCounts:
+        return ArmCounts(self.primary, self.guard, self.requests, self.failures, tuple(self.buckets))
+
+
+class _Join:
+    """One experiment's join state; requests and labels wait for each other in bounded, oldest-first maps."""
+
+    def __init__(self, experiment_id: str, plan: ExperimentPlan, started: float, max_pending: int) -> None:
+        self.id, self.plan, self.started, self.max_pending = experiment_id, plan, started, max_pending
+        self.arms = {v: _Arm() for v in plan.arms}
+        self.answered: OrderedDict[str, tuple[str, dict[str, Any]]] = OrderedDict()  # request id -> arm, record
+        self.early: OrderedDict[str, Any] = OrderedDict()  # labels read before their request's record
+        self.skipped = 0
+        self.dropped = 0  # requests or labels that waited longer than max_pending others
+
+    def request(self, r: dict[str, Any]) -> None:
+        version = str(r.get("version"))
+        if (
+            float(r.get("time", 0)) < self.started
+            or version not in self.arms
+            or r.get("role") == "shadow"
+            or r.get("routing_reason") not in RANDOMISED
+        ):
+            return
+        arm, code = self.arms[version], str(r.get("code"))
+        arm.requests += 1
+        if code in FAILURE_CODES:
+            arm.failures += 1
+        elif code == "OK":
+            arm.buckets[latency_bucket(float(r.get("total_ms") or 0.0))] += 1
+        if code != "OK":
+            return
+        rid = str(r["request_id"])
+        kept = {"outputs": r.get("outputs")} if self._needs_outputs() else {}
+        if rid in self.early:
+            self._score(version, kept, self.early.pop(rid))
+        else:
+            self._bounded(self.answered, rid, (version, kept))
+
+    def label(self, f: dict[str, Any]) -> None:
+        rid = str(f["request_id"])
+        if rid in self.answered:
+            version, kept = self.answered.pop(rid)
+            self._score(version, kept, f.get("label"))
+        elif float(f.get("time", 0)) >= self.started:
+            self._bounded(self.early, rid, f.get("label"))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"id": self.id, "arms": {v: a.counts().to_dict() for v, a in self.arms.items()}, "skipped": self.skipped}
+
+    def _needs_outputs(self) -> bool:
+        return self.plan.metric in NEEDS_OUTPUT or self.plan.guard_metric in NEEDS_OUTPUT
+
+    def _score(self, version: str, record: dict[str, Any], label: Any) -> None:
+        arm = self.arms[version]
+        try:
+            primary = score(self.plan.metric, record, label, self.plan.output)
+            guard = None if self.plan.guard_metric is None else score(self.plan.guard_metric, record, label)
+        except (OutcomeError, ValueError, TypeError):
+            self.skipped += 1
+            return
+        arm.primary = arm.primary.add(primary)
+        if guard is not None:
+            arm.guard = arm.guard.add(guard)
+
+    def _bounded(self, waiting: OrderedDict[str, Any], key: str, value: Any) -> None:
+        waiting[key] = value
+        while len(waiting) > self.max_pending:
+            waiting.popitem(last=False)
+            self.dropped += 1
+
+
+class OutcomeJoiner:
+    """Tails the whole log root while experiments run; forgets everything when none does."""
+
+    def __init__(self, root: Path, max_pending: int = 200_000) -> None:
+        self.root = root
+        self.max_pending = max_pending
+        self.joins: dict[str, _Join] = {}
+        self._requests: Tailer | None = None
+        self._labels: Tailer | None = None
+
+    def follow(self, experiments: dict[str, dict[str, Any]]) -> None:
+        """Keeps a join per running experiment (as the table's `experiments` shows them). When one starts,
+        every join starts over from the earliest start (the tailers cannot go back); older segments are skipped."""
+        running = {m: e for m, e in experiments.items() if e.get("state") == "running"}
+        if {m: e["id"] for m, e in running.items()} == {m: j.id for m, j in self.joins.items()}:
+            return
+        self.joins = {
+            m: _Join(e["id"], ExperimentPlan.from_dict(e["plan"]), float(e["started"]), self.max_pending)
+            for m, e in running.items()
+        }
+        if not self.joins:
+            self._requests = self._labels = None
+            return
+        since = min(j.started for j in self.joins.values())
+        self._requests = _tailer_since(self.root, since)
+        self._labels = _tailer_since(feedback_root(self.root), since)
+
+    def poll(self) -> dict[str, Any]:
+        """Reads what was written since the last poll; returns each experiment's totals."""
+        if self._requests is None or self._labels is None:
+            return {}
+        for r in self._requests.poll():
+            j = self.joins.get(str(r.get("model")))
+            if j is not None and r.get("kind") is None:
+                j.request(r)
+        for f in self._labels.poll():
+            j = self.joins.get(str(f.get("model")))
+            if j is not None and f.get("kind") == KIND:
+                j.label(f)
+        return {m: j.snapshot() for m, j in self.joins.items()}
+
+
+def _tailer_since(root: Path, since: float) -> Tailer:
+    """A tailer that skips closed segments last written before `since`: they hold no record of the experiment."""
+    tailer = Tailer(root)
+    for segs in list_segments(root).values():
+        for seg in segs[:-1]:
+            with contextlib.suppress(FileNotFoundError):
+                if seg.path.stat().st_mtime < since:
+                    tailer.positions[seg.key] = Position(done=True)
+    return tailer
+
+
+class OutcomeReporter:
+    """The loop: every interval, follow the table's experiments, join, and report totals."""
+
+    def __init__(self, joiner: OutcomeJoiner, store: OutcomeStore, gateway_id: str, interval_s: float) -> None:
+        self.joiner, self.store, self.gateway_id, self.interval_s = joiner, store, gateway_id, interval_s
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+            try:
+                table = await self.store.get()
+                self.joiner.follow(table.get("experiments", {}))
+                if not self.joiner.joins:
+                    continue
+                snapshots = await asyncio.to_thread(self.joiner.poll)
+                await self.store.report_outcomes(self.gateway_id, snapshots)
+            except Exception as exc:  # noqa: BLE001 - the table or the files hiccup: try again next interval
+                log.warning("experiment outcome join failed: %s", exc)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, 5.0)
