@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.drift.settings import DriftSettings
 from gateway.request_log.settings import RequestLogSettings
 from gateway.telemetry.tracing import TracingSettings
+from gateway.tenants.settings import OverloadSettings, TenantSettings
 from gateway.tls import TlsSettings
 
 
@@ -116,6 +117,10 @@ class GatewaySettings(BaseSettings):
     """TLS for the prediction doors and TLS + client certificates for the admin API (off by default)."""
     drift: DriftSettings = Field(default_factory=DriftSettings)
     """The drift sidecar: windows, statistics, alarm policy, reports, retraining jobs (docs/DRIFT.md)."""
+    tenants: TenantSettings = Field(default_factory=TenantSettings)
+    """API keys, rate limits and in-flight quotas per tenant (off by default; docs/OVERLOAD.md)."""
+    overload: OverloadSettings = Field(default_factory=OverloadSettings)
+    """Priority classes, shedding and deadline-aware admission (docs/OVERLOAD.md)."""
 
     @model_validator(mode="after")
     def _admin_apart(self) -> GatewaySettings:

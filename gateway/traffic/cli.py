@@ -30,14 +30,8 @@ a breach rolls back to the split the ramp started from, by itself. Every change 
 """
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "traffic",
-        help="show or change how requests split between versions (canary, shadow, ramp)",
-        description="Show or change the cluster's traffic table through a gateway's admin API.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_admin_options(p: Any) -> None:
+    """How to reach the admin API: shared by `gateway traffic` and `gateway tenants`."""
     p.add_argument(
         "--admin",
         default=os.environ.get("GATEWAY_ADMIN_URL", "http://127.0.0.1:8003"),
@@ -61,6 +55,17 @@ def add_parser(sub: Any) -> None:
         default=os.environ.get("GATEWAY_ADMIN_CLIENT_KEY"),
         help="private key of --client-cert (default $GATEWAY_ADMIN_CLIENT_KEY)",
     )
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "traffic",
+        help="show or change how requests split between versions (canary, shadow, ramp)",
+        description="Show or change the cluster's traffic table through a gateway's admin API.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_admin_options(p)
     actions = p.add_subparsers(dest="traffic_action", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="the current split, shadows and ramps (every model, or one)")
     show.add_argument("model", nargs="?")
@@ -189,23 +194,31 @@ def _request(http: httpx.Client, args: argparse.Namespace) -> httpx.Response:
     return http.get(f"{path}/history")
 
 
-def run(args: argparse.Namespace) -> int:
+def admin_client(args: argparse.Namespace, prog: str) -> httpx.Client | None:
+    """An HTTP client for the admin API from the shared options; None (after saying why) when it cannot be made."""
     if not args.token:
-        print("gateway traffic: no admin token; pass --token or set GATEWAY_ADMIN_TOKEN", file=sys.stderr)
-        return 2
+        print(f"{prog}: no admin token; pass --token or set GATEWAY_ADMIN_TOKEN", file=sys.stderr)
+        return None
     headers = {"authorization": f"Bearer {args.token}", "x-operator": os.environ.get("USER", "cli")}
     if bool(args.client_cert) != bool(args.client_key):
-        print("gateway traffic: --client-cert and --client-key go together", file=sys.stderr)
-        return 2
+        print(f"{prog}: --client-cert and --client-key go together", file=sys.stderr)
+        return None
     try:
         tls = ssl.create_default_context(cafile=args.ca_file)
         if args.client_cert:
             tls.load_cert_chain(args.client_cert, args.client_key)
     except (OSError, ssl.SSLError) as exc:
-        print(f"gateway traffic: cannot load the TLS files: {exc}", file=sys.stderr)
+        print(f"{prog}: cannot load the TLS files: {exc}", file=sys.stderr)
+        return None
+    return httpx.Client(base_url=args.admin, headers=headers, timeout=10, verify=tls)
+
+
+def run(args: argparse.Namespace) -> int:
+    client = admin_client(args, "gateway traffic")
+    if client is None:
         return 2
     try:
-        with httpx.Client(base_url=args.admin, headers=headers, timeout=10, verify=tls) as http:
+        with client as http:
             r = _request(http, args)
     except httpx.HTTPError as exc:
         print(f"gateway traffic: cannot reach the admin API at {args.admin}: {exc}", file=sys.stderr)
