@@ -92,21 +92,21 @@ class TenantGate:
                 refusal=Refusal.UNAUTHENTICATED,
             )
         state = self._state[name]
+        quota = state.limits.max_inflight
+        now = self._inflight.get((name, model), 0)
+        if quota is not None and now >= quota:
+            raise GatewayError(
+                Code.RESOURCE_EXHAUSTED,
+                f"tenant '{name}' has {now} requests in flight at model '{model}', its quota; "
+                "wait for answers before sending more",
+                retry_after_s=0.05,
+                refusal=Refusal.QUOTA,
+            )
         if state.requests is not None:
             wait = state.requests.take(1)
             if wait > 0:
                 raise _over(name, f"its rate of {state.limits.requests_per_s:g} requests/s", wait)
-        quota = state.limits.max_inflight
         if quota is not None:
-            now = self._inflight.get((name, model), 0)
-            if now >= quota:
-                raise GatewayError(
-                    Code.RESOURCE_EXHAUSTED,
-                    f"tenant '{name}' has {now} requests in flight at model '{model}', its quota; "
-                    "wait for answers before sending more",
-                    retry_after_s=0.05,
-                    refusal=Refusal.QUOTA,
-                )
             self._inflight[(name, model)] = now + 1
         return Admitted(name, model, state.limits.priority, quota is not None)
 
