@@ -27,7 +27,7 @@ from gateway.plane.validation import check_declared_rows, validate_inputs, valid
 from gateway.settings import ShadowSettings
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import RequestSpan, with_traceparent
-from gateway.tenants.gate import Admitted, TenantGate
+from gateway.tenants.gate import Admitted, TenantGate, TenantRefusal
 from gateway.tenants.settings import OverloadSettings
 from gateway.traffic.routing import FAILURE_CODES, LiveCounts, Route, Router, RoutingTable, applicable
 from gateway.traffic.shadow import ShadowRunner
@@ -243,11 +243,14 @@ class DataPlane:
         except GatewayError as exc:
             error = exc
             if exc.refusal is not None and exc.refusal in _GATE_REFUSALS:
+                whose = exc if isinstance(exc, TenantRefusal) else None
+                if whose is not None:
+                    priority = request.priority if request.priority in self._levels else whose.priority or ""
                 self.metrics.refusal(
                     model or self._known(request.model),
                     exc.refusal.value,
                     priority,
-                    admitted.tenant if admitted is not None else "",
+                    whose.tenant if whose is not None else admitted.tenant if admitted is not None else "",
                 )
         finally:
             if admitted is not None:

@@ -22,6 +22,15 @@ from gateway.tenants.store import Limits, Tenant, TenantFile, load, new_key, sav
 log = logging.getLogger(__name__)
 
 
+class TenantRefusal(GatewayError):
+    """A refusal of a known tenant (over its rate or quota): says whose, for the refusal metrics."""
+
+    def __init__(self, tenant: str, priority: str | None, message: str, retry_after_s: float, refusal: Refusal):
+        super().__init__(Code.RESOURCE_EXHAUSTED, message, retry_after_s=retry_after_s, refusal=refusal)
+        self.tenant = tenant
+        self.priority = priority
+
+
 class TokenBucket:
     """Holds up to `rate * burst_s` tokens, refilled at `rate` per second."""
 
@@ -95,17 +104,18 @@ class TenantGate:
         quota = state.limits.max_inflight
         now = self._inflight.get((name, model), 0)
         if quota is not None and now >= quota:
-            raise GatewayError(
-                Code.RESOURCE_EXHAUSTED,
+            raise TenantRefusal(
+                name,
+                state.limits.priority,
                 f"tenant '{name}' has {now} requests in flight at model '{model}', its quota; "
                 "wait for answers before sending more",
-                retry_after_s=0.05,
-                refusal=Refusal.QUOTA,
+                0.05,
+                Refusal.QUOTA,
             )
         if state.requests is not None:
             wait = state.requests.take(1)
             if wait > 0:
-                raise _over(name, f"its rate of {state.limits.requests_per_s:g} requests/s", wait)
+                raise _over(name, state.limits, f"its rate of {state.limits.requests_per_s:g} requests/s", wait)
         if quota is not None:
             self._inflight[(name, model)] = now + 1
         return Admitted(name, model, state.limits.priority, quota is not None)
@@ -116,7 +126,7 @@ class TenantGate:
             return
         wait = state.rows.take(rows)
         if wait > 0:
-            raise _over(admitted.tenant, f"its rate of {state.limits.rows_per_s:g} rows/s", wait)
+            raise _over(admitted.tenant, state.limits, f"its rate of {state.limits.rows_per_s:g} rows/s", wait)
 
     def release(self, admitted: Admitted) -> None:
         if admitted.counted:
@@ -240,10 +250,11 @@ def _existing(book: TenantFile, name: str) -> Tenant:
     return tenant
 
 
-def _over(name: str, what: str, wait_s: float) -> GatewayError:
-    return GatewayError(
-        Code.RESOURCE_EXHAUSTED,
+def _over(name: str, limits: Limits, what: str, wait_s: float) -> TenantRefusal:
+    return TenantRefusal(
+        name,
+        limits.priority,
         f"tenant '{name}' is over {what}; retry after {wait_s:.2f} s",
-        retry_after_s=wait_s,
-        refusal=Refusal.RATE_LIMITED,
+        wait_s,
+        Refusal.RATE_LIMITED,
     )
