@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from gateway.traffic.cli import add_admin_options, admin_client
+from gateway.admin_client import add_admin_options, admin_client
 
 EPILOG = """\
 examples:
