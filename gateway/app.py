@@ -33,6 +33,7 @@ from gateway.settings import GatewaySettings
 from gateway.sidecar import SidecarProcess, dashboard_port
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Tracing, TracingError, build_tracing
+from gateway.tenants.gate import TenantGate
 from gateway.traffic.control import RepositoryDiscovery, TrafficControl
 from gateway.traffic.outcomes import OutcomeJoiner, OutcomeReporter
 from gateway.workers import Endpoints, Workers
@@ -75,6 +76,7 @@ class Gateway:
         self.request_log: RequestLogWriter | None = None
         self.feedback: FeedbackLog | None = None
         self.tracing: Tracing | None = None
+        self.tenants: TenantGate | None = None
         self.stopping = asyncio.Event()
 
     async def start(self, progress: bool = True) -> Endpoints:
@@ -122,8 +124,19 @@ class Gateway:
                 self.feedback = FeedbackLog(s.request_log, self.metrics.registry).start()
             except ValueError as exc:
                 raise SystemExit(str(exc)) from None
+        if s.tenants.enabled:
+            # Each process follows the file; with N processes each allows 1/N of a tenant's rate.
+            self.tenants = TenantGate(s.tenants.file, share=1.0 / s.workers, reload_s=s.tenants.reload_s)
+            self.tenants.start()
         self.plane = DataPlane(
-            catalog, dispatcher, self.metrics, request_log=self.request_log, tracer=self.tracing.tracer, shadow=s.shadow
+            catalog,
+            dispatcher,
+            self.metrics,
+            request_log=self.request_log,
+            tracer=self.tracing.tracer,
+            shadow=s.shadow,
+            tenants=self.tenants,
+            overload=s.overload,
         )
 
         servicer = InferenceServicer(
@@ -132,6 +145,8 @@ class Gateway:
             s.default_timeout_ms / 1000.0,
             routing_header=s.routing_header,
             max_rows=s.max_request_rows,
+            key_header=s.tenants.key_header,
+            priority_header=s.overload.priority_header,
         )
         self._grpc = GrpcDoor(servicer, s.max_request_bytes, s.max_header_bytes, tls.grpc_credentials(s.tls))
         grpc_port = self._grpc.bind(s.host, s.grpc_port)
@@ -146,6 +161,8 @@ class Gateway:
             routing_header=s.routing_header,
             feedback=self.feedback,
             max_rows=s.max_request_rows,
+            key_header=s.tenants.key_header,
+            priority_header=s.overload.priority_header,
         )
         self._http = _Uvicorn(
             uvicorn.Config(
@@ -233,7 +250,7 @@ class Gateway:
         if self.worker or not s.admin_token:
             return 0
         sock = bind_tcp(s.admin_host, s.admin_port)
-        admin = AdminApi(self.traffic, s.admin_token)
+        admin = AdminApi(self.traffic, s.admin_token, self.tenants)
         self._admin = _Uvicorn(
             uvicorn.Config(
                 admin,
@@ -288,6 +305,8 @@ class Gateway:
             await self.request_log.close()  # after the doors and batchers: every answered request is written
         if self.feedback is not None:
             await self.feedback.close()
+        if self.tenants is not None:
+            await self.tenants.stop()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)  # exports the spans still buffered
         if self.dispatcher is not None:

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     _serve_parser(sub)
     from gateway.drift import cli as drift_cli
     from gateway.request_log import cli as request_log_cli
+    from gateway.tenants import cli as tenants_cli
     from gateway.traffic import cli as traffic_cli
     from gateway.traffic import experiment_cli
     from loadtests import cli as loadtest_cli
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     request_log_cli.add_parser(sub)
     traffic_cli.add_parser(sub)
     experiment_cli.add_parser(sub)
+    tenants_cli.add_parser(sub)
     drift_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command is None:
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return traffic_cli.run(args)
     if args.command == "experiment":
         return experiment_cli.run(args)
+    if args.command == "tenants":
+        return tenants_cli.run(args)
     if args.command == "drift":
         return drift_cli.run(args, _drift_configured)
     return _serve(args)

@@ -18,7 +18,7 @@ from opentelemetry.trace import Tracer
 
 from contract.tensors import Arrays
 from gateway import __version__
-from gateway.errors import Code, GatewayError, as_gateway_error, unavailable
+from gateway.errors import Code, GatewayError, Refusal, as_gateway_error, invalid, unavailable
 from gateway.plane.batching import Batcher, BatchStats
 from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.plane.deadlines import DeadlineWheel
@@ -27,11 +27,15 @@ from gateway.plane.validation import check_declared_rows, validate_inputs, valid
 from gateway.settings import ShadowSettings
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import RequestSpan, with_traceparent
+from gateway.tenants.gate import Admitted, TenantGate, TenantRefusal
+from gateway.tenants.settings import OverloadSettings
 from gateway.traffic.routing import FAILURE_CODES, LiveCounts, Route, Router, RoutingTable, applicable
 from gateway.traffic.shadow import ShadowRunner
 from gateway.types import InferRequest, InferResponse, ModelMetadata, RequestRecord, Tensor, Timing, VersionStatus
 
 EXTENSIONS = ("model_repository", "binary_tensor_data")
+# Refusals of the tenant gate and of priority parsing; the batcher counts its own (queue_full, shed, ...).
+_GATE_REFUSALS = frozenset({Refusal.UNAUTHENTICATED, Refusal.RATE_LIMITED, Refusal.QUOTA})
 
 
 class Dispatcher(Protocol):
@@ -58,8 +62,14 @@ class DataPlane:
         request_log: RequestLog | None = None,
         tracer: Tracer | None = None,
         shadow: ShadowSettings | None = None,
+        tenants: TenantGate | None = None,
+        overload: OverloadSettings | None = None,
     ) -> None:
         self.catalog = catalog
+        self.tenants = tenants  # None: keys off, every request is the anonymous tenant ""
+        self.overload = overload or OverloadSettings()
+        self._levels = {name: i for i, name in enumerate(self.overload.classes)}
+        self._fifo = self.overload.scheduling == "fifo"
         self.dispatcher = dispatcher
         self.request_log = request_log
         self.tracer = tracer  # None: tracing off, and the hot path does no tracing work at all
@@ -100,6 +110,11 @@ class DataPlane:
         def on_batch(stats: BatchStats) -> None:
             self.metrics.batch(model, version, stats.rows, stats.requests)
 
+        classes = self.overload.classes
+
+        def on_refusal(reason: Refusal, level: int, tenant: str) -> None:
+            self.metrics.refusal(model, reason.value, classes[level] if not self._fifo else "", tenant)
+
         return Batcher(
             call,
             f"model '{model}' version '{version}'",
@@ -109,6 +124,11 @@ class DataPlane:
             preferred_sizes=tuple(sorted(b.preferred_batch_sizes)),
             max_inflight=b.max_inflight_batches or 1,
             on_batch=on_batch,
+            classes=classes if not self._fifo else ("fifo",),
+            lower_share=self.overload.lower_share,
+            fair=not self._fifo,
+            admission=self.overload.admission,
+            on_refusal=on_refusal,
         )
 
     # --- health and metadata -------------------------------------------------------------
@@ -197,15 +217,20 @@ class DataPlane:
         response: InferResponse | None = None
         error: GatewayError | None = None
         route = Route("", "primary", "")
+        admitted: Admitted | None = None
+        priority = ""
         try:
+            if self.tenants is not None:  # before routing: an unknown caller learns nothing of the models
+                admitted = self.tenants.admit(request.api_key, request.model)
+            priority = self._priority(request, admitted)
             route, info = self._route(request)
             model, version = info.model, info.version
             if request.deadline is None:
-                response = await self._infer(info, request, request_id, timing, traceparent)
+                response = await self._infer(info, request, request_id, timing, traceparent, admitted, priority)
             else:
                 expiry = self.deadlines.arm(request.deadline)
                 try:
-                    response = await self._infer(info, request, request_id, timing, traceparent)
+                    response = await self._infer(info, request, request_id, timing, traceparent, admitted, priority)
                 except asyncio.CancelledError:
                     if not expiry.expired():
                         raise
@@ -217,6 +242,19 @@ class DataPlane:
                     expiry.disarm()
         except GatewayError as exc:
             error = exc
+            if exc.refusal is not None and exc.refusal in _GATE_REFUSALS:
+                whose = exc if isinstance(exc, TenantRefusal) else None
+                if whose is not None:
+                    priority = request.priority if request.priority in self._levels else whose.priority or ""
+                self.metrics.refusal(
+                    model or self._known(request.model),
+                    exc.refusal.value,
+                    priority,
+                    whose.tenant if whose is not None else admitted.tenant if admitted is not None else "",
+                )
+        finally:
+            if admitted is not None:
+                self.tenants.release(admitted)  # type: ignore[union-attr]  # admitted implies a gate
         total = time.monotonic() - start
         code = error.code.name if error is not None else "OK"
         self.metrics.request(model, version, code, total, timing.queue_s, timing.model_s)
@@ -238,6 +276,8 @@ class DataPlane:
                     timing=timing,
                     total_s=total,
                     trace_id=trace_id,
+                    tenant=admitted.tenant if admitted is not None else "",
+                    priority=priority,
                 )
             )
         shadows = self.router.shadows.get(model) if version else None
@@ -256,6 +296,22 @@ class DataPlane:
         assert response is not None
         return response
 
+    def _priority(self, request: InferRequest, admitted: Admitted | None) -> str:
+        """The request's class: its priority header, else its tenant's default, else the default class."""
+        own = admitted.priority if admitted is not None else None
+        name = request.priority or own or self.overload.default_priority
+        if name not in self._levels:
+            raise invalid(f"unknown priority class '{name[:64]}'; use one of {', '.join(self.overload.classes)}")
+        return name
+
+    def _known(self, model: str) -> str:
+        """The model's name when this gateway serves it, else "" (metric labels stay bounded)."""
+        try:
+            self.catalog.model_versions(model)
+        except GatewayError:
+            return ""
+        return model
+
     def _route(self, request: InferRequest) -> tuple[Route, VersionInfo]:
         route = self.router.choose(request.model, request.version, request.routing_key)
         info = self.catalog.get(request.model, route.version)
@@ -268,15 +324,26 @@ class DataPlane:
         return route, info
 
     async def _infer(
-        self, info: VersionInfo, request: InferRequest, request_id: str, timing: Timing, traceparent: str = ""
+        self,
+        info: VersionInfo,
+        request: InferRequest,
+        request_id: str,
+        timing: Timing,
+        traceparent: str = "",
+        admitted: Admitted | None = None,
+        priority: str = "",
     ) -> InferResponse:
         arrays, rows = validate_inputs(info, request.inputs)
         validate_outputs(info, request.outputs)
+        if admitted is not None:
+            self.tenants.take_rows(admitted, rows)  # type: ignore[union-attr]  # admitted implies a gate
         if not info.ready:
             raise unavailable(f"model '{info.model}' version '{info.version}' is not ready: {info.reason}")
         if request.deadline is not None and time.monotonic() >= request.deadline:
             raise GatewayError(Code.DEADLINE_EXCEEDED, "the request's deadline passed before it was dispatched")
-        out = await self._run_version(info, arrays, rows, request.deadline, timing)
+        level = 0 if self._fifo else self._levels.get(priority, 0)
+        tenant = admitted.tenant if admitted is not None else ""
+        out = await self._run_version(info, arrays, rows, request.deadline, timing, level, tenant)
         wanted = [o.name for o in request.outputs] or list(info.output_index)
         tensors = []
         for name in wanted:
@@ -288,11 +355,18 @@ class DataPlane:
         return InferResponse(info.model, info.version, tuple(tensors), request_id, traceparent=traceparent)
 
     async def _run_version(
-        self, info: VersionInfo, arrays: Arrays, rows: int, deadline: float | None, timing: Timing
+        self,
+        info: VersionInfo,
+        arrays: Arrays,
+        rows: int,
+        deadline: float | None,
+        timing: Timing,
+        level: int = 0,
+        tenant: str = "",
     ) -> Arrays:
         batcher = self._batchers.get((info.model, info.version))
         if batcher is not None:
-            return await batcher.submit(arrays, rows, deadline, timing)
+            return await batcher.submit(arrays, rows, deadline, timing, level, tenant)
         try:
             return await self.dispatcher.infer(info.model, info.version, arrays)
         except Exception as exc:  # noqa: BLE001 - the same answer as the batched path

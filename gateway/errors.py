@@ -53,19 +53,42 @@ HTTP_STATUS: dict[Code, int] = {
 }
 
 
+class Refusal(enum.StrEnum):
+    """Why a request was refused before it reached a model: the one label of refusal metrics, and the only
+    thing besides the code that picks an HTTP status (RESOURCE_EXHAUSTED is 413 for oversized input but
+    429 for a tenant over its rate or in-flight quota)."""
+
+    UNAUTHENTICATED = "unauthenticated"  # missing or unknown API key
+    RATE_LIMITED = "rate_limited"  # the tenant's requests/s or rows/s bucket is empty
+    QUOTA = "quota"  # the tenant has its in-flight quota of requests at this model already
+    QUEUE_FULL = "queue_full"  # the batch queue is full and nothing of a lower class could make room
+    SHED = "shed"  # queued, then pushed out by a request of a higher class (or a fairer share)
+    PREDICTED_MISS = "predicted_miss"  # the predicted answer time is past the request's deadline
+    EXPIRED = "expired"  # its deadline passed while queued
+
+
+# Refusals whose HTTP status is not their code's; gRPC uses the code alone.
+HTTP_STATUS_FOR_REFUSAL: dict[Refusal, int] = {Refusal.RATE_LIMITED: 429, Refusal.QUOTA: 429}
+
+
 class GatewayError(Exception):
     """A failure with a code the client sees and a message that tells them what to do."""
 
     traceparent: str = ""  # the failed request's server span (set on a per-request copy when tracing is on)
 
-    def __init__(self, code: Code, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, code: Code, message: str, *, retry_after_s: float | None = None, refusal: Refusal | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
+        self.refusal = refusal
 
     @property
     def http_status(self) -> int:
+        if self.refusal is not None and self.refusal in HTTP_STATUS_FOR_REFUSAL:
+            return HTTP_STATUS_FOR_REFUSAL[self.refusal]
         return HTTP_STATUS[self.code]
 
     def __repr__(self) -> str:
@@ -92,4 +115,31 @@ def unavailable(message: str, retry_after_s: float | None = 1.0) -> GatewayError
 
 
 def overloaded(what: str) -> GatewayError:
-    return unavailable(f"{what} is overloaded: its queue is full; retry with backoff", 0.1)
+    return GatewayError(
+        Code.UNAVAILABLE,
+        f"{what} is overloaded: its queue is full; retry with backoff",
+        retry_after_s=0.1,
+        refusal=Refusal.QUEUE_FULL,
+    )
+
+
+def shed(what: str, priority: str) -> GatewayError:
+    return GatewayError(
+        Code.UNAVAILABLE,
+        f"{what} is overloaded: this '{priority}' request made room for a request of a higher class or a "
+        "tenant with a smaller share; retry with backoff",
+        retry_after_s=0.5,
+        refusal=Refusal.SHED,
+    )
+
+
+def predicted_miss(what: str, predicted_s: float, left_s: float) -> GatewayError:
+    # DEADLINE_EXCEEDED, not UNAVAILABLE: it is the answer the request would have had, only sooner, and a
+    # retry with the same deadline would meet the same queue (so no retry hint).
+    return GatewayError(
+        Code.DEADLINE_EXCEEDED,
+        f"{what} would answer in about {predicted_s * 1000:.0f} ms, past this request's deadline "
+        f"({max(left_s, 0) * 1000:.0f} ms left); refused at once instead of queued. Allow a longer deadline, "
+        "use a higher priority class, or retry when the model is less busy",
+        refusal=Refusal.PREDICTED_MISS,
+    )

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gateway.drift.settings import DriftSettings
 from gateway.request_log.settings import RequestLogSettings
 from gateway.telemetry.tracing import TracingSettings
+from gateway.tenants.settings import OverloadSettings, TenantSettings
 from gateway.tls import TlsSettings
 
 
@@ -127,6 +128,10 @@ class GatewaySettings(BaseSettings):
     experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
     """How gateways join experiment outcomes (the experiments themselves live in the traffic table)."""
     """The drift sidecar: windows, statistics, alarm policy, reports, retraining jobs (docs/DRIFT.md)."""
+    tenants: TenantSettings = Field(default_factory=TenantSettings)
+    """API keys, rate limits and in-flight quotas per tenant (off by default; docs/OVERLOAD.md)."""
+    overload: OverloadSettings = Field(default_factory=OverloadSettings)
+    """Priority classes, shedding and deadline-aware admission (docs/OVERLOAD.md)."""
 
     @model_validator(mode="after")
     def _admin_apart(self) -> GatewaySettings:

@@ -51,6 +51,8 @@ class InferRequest:
     protocol: str = ""  # "grpc" or "http"
     traceparent: str = ""  # the caller's W3C traceparent, checked by the adapter ("" if absent or malformed)
     tracestate: str = ""  # the caller's W3C tracestate, passed on as is
+    api_key: str = ""  # the tenant's API key from the key header ("" if absent); never logged
+    priority: str = ""  # the requested priority class ("" = the tenant's default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class RequestRecord:
     client: str
     protocol: str
     trace_id: str = ""
+    tenant: str = ""  # "" when tenants are off
+    priority: str = ""  # the class it was served (or refused) in; "" when it was refused before one was chosen
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,8 @@ SCALAR_FIELDS: tuple[str, ...] = (
     "truncated",
 )
 TENSOR_FIELDS: tuple[str, ...] = ("inputs", "outputs")
+# Optional keys added within version 1, written only when they have a value (compaction keeps them in `extra`).
+OPTIONAL_FIELDS: tuple[str, ...] = ("tenant", "priority")
 FIELDS = SCALAR_FIELDS + TENSOR_FIELDS
 
 

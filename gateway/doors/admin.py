@@ -11,14 +11,22 @@
     POST /admin/experiments/{model}         {"arms": {"1": 50, "2": 50}, "metric": "accuracy", ...} starts one
     GET  /admin/experiments/{model}         the latest experiment: per arm n, metric, interval, lift, guardrails
     POST /admin/experiments/{model}/stop    {} ends it; control takes all traffic back
+    GET    /admin/tenants                   every tenant's limits and key count (never keys or hashes)
+    POST   /admin/tenants/{name}            {"requests_per_s", "rows_per_s", "burst_s", "max_inflight", "priority"}
+                                            a new tenant; the answer holds its new key, shown this once
+    POST   /admin/tenants/{name}/rotate     {"keep_old": false}: a new key; old keys stop working unless kept
+    PUT    /admin/tenants/{name}/limits     the limits to change (null: unlimited)
+    DELETE /admin/tenants/{name}
 
-A change is validated against this gateway's versions (weights, versions exist and are ready) before
+Tenant changes are written to the tenant file, which every gateway process follows (gateway/tenants/gate.py).
+A traffic change is validated against this gateway's versions (weights, versions exist and are ready) before
 it is stored in the cluster's table; every gateway then follows the table (gateway/traffic/control.py).
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -57,6 +65,39 @@ class Traffic(Protocol):
     async def stop_experiment(self, model: str, who: str, reason: str) -> dict[str, Any]: ...
 
     async def experiment(self, model: str) -> dict[str, Any]: ...
+
+
+class Tenants(Protocol):
+    """The tenant operations the admin API offers (gateway.tenants.gate.TenantGate)."""
+
+    def view(self) -> dict[str, Any]: ...
+
+    async def add(self, name: str, fields: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def rotate(self, name: str, keep_old: bool = False) -> dict[str, Any]: ...
+
+    async def set_limits(self, name: str, fields: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def remove(self, name: str) -> dict[str, Any]: ...
+
+
+class LimitsChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: str | None = Field(None, max_length=64)
+    requests_per_s: float | None = Field(None, gt=0)
+    rows_per_s: float | None = Field(None, gt=0)
+    burst_s: float = Field(1.0, gt=0, le=3600)
+    max_inflight: int | None = Field(None, ge=1)
+
+
+class RotateChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keep_old: bool = False
+
+
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class _Change(BaseModel):
@@ -108,10 +149,11 @@ class ExperimentChange(_Change):
 
 
 class AdminApi:
-    def __init__(self, traffic: Traffic, token: str) -> None:
+    def __init__(self, traffic: Traffic, token: str, tenants: Tenants | None = None) -> None:
         if not token:
             raise ValueError("the admin API needs a token")
         self.traffic = traffic
+        self.tenants = tenants
         self._token = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -136,6 +178,11 @@ class AdminApi:
         method = scope["method"]
         if parts[:2] == ["admin", "experiments"] and len(parts) in (3, 4):
             return await self._experiments(scope, receive, parts[2], parts[3] if len(parts) == 4 else None)
+        if parts[:2] == ["admin", "tenants"] and len(parts) <= 4:
+            try:
+                return await self._tenants(scope, receive, method, parts[2:])
+            except GatewayError as exc:
+                return exc.http_status, {"error": exc.message}
         if parts[:2] != ["admin", "traffic"] or len(parts) > 4:
             return 404, {"error": f"no admin route {method} {scope['path']}"}
         model, action = [*parts, None, None][2:4]
@@ -186,6 +233,30 @@ class AdminApi:
                 return 200, await self.traffic.stop_experiment(model, _who(scope), stop.reason)
         except GatewayError as exc:
             return exc.http_status, {"error": exc.message}
+        return 404, {"error": f"no admin route {method} {scope['path']}"}
+
+    async def _tenants(self, scope: Scope, receive: Any, method: str, rest: list[str]) -> tuple[int, Any]:
+        tenants = self.tenants
+        if tenants is None:
+            raise GatewayError(Code.FAILED_PRECONDITION, "tenants are off; set tenants.enabled to manage API keys")
+        if not rest and method == "GET":
+            return 200, tenants.view()
+        if not rest:
+            return 404, {"error": f"no admin route {method} {scope['path']}"}
+        name, action = rest[0], (rest[1] if len(rest) > 1 else None)
+        if not TENANT_NAME.fullmatch(name):
+            raise GatewayError(
+                Code.INVALID_ARGUMENT, "a tenant name is 1-64 letters, digits, '_', '.' or '-', starting alphanumeric"
+            )
+        if action is None and method == "DELETE":
+            return 200, await tenants.remove(name)
+        body = await read_body(scope, receive, MAX_BODY_BYTES) if method in ("POST", "PUT") else b""
+        if action is None and method == "POST":
+            return 200, await tenants.add(name, _parse(LimitsChange, body or b"{}").model_dump())
+        if action == "rotate" and method == "POST":
+            return 200, await tenants.rotate(name, _parse(RotateChange, body or b"{}").keep_old)
+        if action == "limits" and method == "PUT":
+            return 200, await tenants.set_limits(name, _parse(LimitsChange, body).model_dump(exclude_unset=True))
         return 404, {"error": f"no admin route {method} {scope['path']}"}
 
 

@@ -90,6 +90,8 @@ def decode_request(
     client: str = "",
     traceparent: str = "",
     tracestate: str = "",
+    api_key: str = "",
+    priority: str = "",
 ) -> InferRequest:
     raw = req.raw_input_contents
     if raw and len(raw) != len(req.inputs):
@@ -116,6 +118,8 @@ def decode_request(
         protocol="grpc",
         traceparent=traceparent,
         tracestate=tracestate,
+        api_key=api_key,
+        priority=priority,
     )
 
 
@@ -135,8 +139,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         default_timeout_s: float,
         routing_header: str = "x-routing-key",
         max_rows: int = 65536,
+        key_header: str = "x-api-key",
+        priority_header: str = "x-priority",
     ) -> None:
         self.plane = plane
+        self.key_header = key_header.lower()  # gRPC metadata keys are lower case
+        self.priority_header = priority_header.lower()
         self.max_elements = max_elements
         self.max_rows = max_rows
         self.default_timeout_s = default_timeout_s
@@ -207,10 +215,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             remaining = context.time_remaining()
             deadline = received + (remaining if remaining is not None else self.default_timeout_s)
             routing_key = None
-            traceparent = tracestate = ""
+            traceparent = tracestate = api_key = priority = ""
             for key, value in context.invocation_metadata() or ():
                 if key == self.routing_header:
                     routing_key = value if isinstance(value, str) else value.decode()
+                elif key == self.key_header:
+                    api_key = value if isinstance(value, str) else value.decode()
+                elif key == self.priority_header:
+                    priority = value if isinstance(value, str) else value.decode()
                 elif key == "traceparent":
                     traceparent = parse_traceparent(value if isinstance(value, str) else value.decode())
                 elif key == "tracestate":
@@ -230,6 +242,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 client=context.peer(),
                 traceparent=traceparent,
                 tracestate=tracestate,
+                api_key=api_key,
+                priority=priority,
             )
             resp = await self.plane.infer(req)
             if resp.traceparent:  # only when tracing is on

@@ -54,8 +54,12 @@ class HttpDoor:
         routing_header: str = "x-routing-key",
         feedback: FeedbackLog | None = None,
         max_rows: int = 65536,
+        key_header: str = "x-api-key",
+        priority_header: str = "x-priority",
     ) -> None:
         self.plane = plane
+        self.key_header = key_header.lower().encode()
+        self.priority_header = priority_header.lower().encode()
         self.feedback = feedback
         self.max_rows = max_rows
         self.max_body_bytes = max_body_bytes
@@ -171,7 +175,7 @@ class HttpDoor:
         body = await self._body(scope, receive)
         header_len: int | None = None
         routing_key: str | None = None
-        traceparent = tracestate = ""
+        traceparent = tracestate = api_key = priority = ""
         timeout_s = self.default_timeout_s
         for key, value in scope["headers"]:
             if key == HEADER_LENGTH:
@@ -189,6 +193,10 @@ class HttpDoor:
                 traceparent = parse_traceparent(value.decode("latin-1"))  # "" when malformed: ignored
             elif key == b"tracestate":
                 tracestate = value.decode("latin-1")
+            elif key == self.key_header:
+                api_key = value.decode("latin-1")
+            elif key == self.priority_header:
+                priority = value.decode("latin-1")
         view = memoryview(body)
         parsed: InferBody = parse_json(InferBody, view[:header_len] if header_len is not None else body)
         binary = view[header_len:] if header_len is not None else view[len(body) :]
@@ -204,6 +212,8 @@ class HttpDoor:
             client_address(scope),
             traceparent,
             tracestate,
+            api_key,
+            priority,
         )
         return self._encode(await self.plane.infer(request), parsed)
 
@@ -219,6 +229,8 @@ class HttpDoor:
         client: str = "",
         traceparent: str = "",
         tracestate: str = "",
+        api_key: str = "",
+        priority: str = "",
     ) -> InferRequest:
         offset = 0
         inputs = []
@@ -253,6 +265,8 @@ class HttpDoor:
             protocol="http",
             traceparent=traceparent,
             tracestate=tracestate,
+            api_key=api_key,
+            priority=priority,
         )
 
     def _encode(self, resp: InferResponse, body: InferBody) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -4,35 +4,28 @@ Adaptive without a tuning loop: a batch leaves as soon as a dispatch slot is fre
 everything queued (up to max_batch_size rows). At light load each request leaves alone at once;
 under load, requests pile up while every slot is busy, so batches grow exactly as fast as the
 replicas fall behind, and the call rate stays within max_inflight_batches in flight.
-Bounded (max_queue_rows, then 'overloaded'), event-driven (no polling tick), drops cancelled
-and expired requests before dispatch, and fans a failure out to every caller in the batch.
+Bounded (max_queue_rows, then 'overloaded' or the lowest class is shed), event-driven (no polling tick),
+serves priority classes in order (gateway/plane/scheduler.py), refuses at once a request its predicted
+answer time would put past its deadline, drops cancelled and expired requests before dispatch, and fans a
+failure out to every caller in the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from contract.tensors import Arrays
-from gateway.errors import Code, GatewayError, as_gateway_error, overloaded
+from gateway.errors import Code, GatewayError, Refusal, as_gateway_error, overloaded, predicted_miss, shed
 from gateway.plane.batches import batch_key, concat, rows_match, split
+from gateway.plane.scheduler import ClassQueue, Item
 from gateway.types import Timing
 
 BatchCall = Callable[[Arrays], Awaitable[Arrays]]
-
-
-@dataclass(slots=True)
-class _Item:
-    inputs: Arrays
-    rows: int
-    key: tuple[object, ...]  # requests merge only when every input agrees on dtype and trailing shape
-    future: asyncio.Future[Arrays]
-    deadline: float | None
-    enqueued_at: float = 0.0
-    timing: Timing | None = None
+_MIN_CALLS = 3  # timed calls before the batcher predicts answer times
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,27 +48,56 @@ class Batcher:
     preferred_sizes: tuple[int, ...] = ()  # ascending
     clock: Callable[[], float] = time.monotonic
     on_batch: Callable[[BatchStats], None] | None = None
+    classes: tuple[str, ...] = ("default",)  # priority class names, highest first
+    lower_share: float = 0.0  # at least this share of batches is led by a waiting lower class
+    fair: bool = True  # round robin between a class's tenants (False: arrival order)
+    admission: bool = True  # refuse at once what the predicted answer time puts past its deadline
+    on_refusal: Callable[[Refusal, int, str], None] | None = None  # (reason, class, tenant) of every refusal
 
-    _queue: deque[_Item] = field(default_factory=deque, init=False)
-    _queued_rows: int = field(default=0, init=False)
+    _queue: ClassQueue = field(init=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _slots: asyncio.Semaphore | None = field(default=None, init=False)
     _loop_task: asyncio.Task[None] | None = field(default=None, init=False)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _closed: bool = field(default=False, init=False)
+    _call_s: float = field(default=0.0, init=False)  # moving average of one call's time
+    _calls: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self._queue = ClassQueue(len(self.classes), self.lower_share, self.fair)
 
     @property
     def queued_rows(self) -> int:
-        return self._queued_rows
+        return self._queue.rows
 
     @property
     def inflight(self) -> int:
         return len(self._tasks)
 
+    def predict_s(self, rows: int, level: int = 0) -> float | None:
+        """Seconds until a request of `rows` rows of this class would be answered if queued now; None until
+        a few calls have been timed. The queue ahead of it (its class and higher) leaves in batches of
+        max_batch_size, max_inflight at a time; a slot frees halfway through a call on average."""
+        if self._calls < _MIN_CALLS:
+            return None
+        ahead = self._queue.rows_ahead(level) + rows
+        busy = len(self._tasks) >= self.max_inflight
+        if not busy and ahead <= self.max_batch_size:
+            return self._call_s + self.max_wait_s
+        waves = math.ceil(math.ceil(ahead / self.max_batch_size) / self.max_inflight)
+        return self._call_s * (waves + (0.5 if busy else 0.0)) + self.max_wait_s
+
     async def submit(
-        self, inputs: Arrays, rows: int, deadline: float | None = None, timing: Timing | None = None
+        self,
+        inputs: Arrays,
+        rows: int,
+        deadline: float | None = None,
+        timing: Timing | None = None,
+        level: int = 0,
+        tenant: str = "",
     ) -> Arrays:
-        """Queues one request and returns its rows of the batch's outputs; fills `timing` if given."""
+        """Queues one request and returns its rows of the batch's outputs; fills `timing` if given.
+        `level` is its priority class (an index into `classes`, 0 = highest), `tenant` its share of the class."""
         if self._closed:
             raise GatewayError(Code.UNAVAILABLE, f"{self.name} is shutting down")
         if rows > self.max_batch_size:
@@ -83,17 +105,33 @@ class Batcher:
                 Code.INVALID_ARGUMENT,
                 f"{rows} rows is over {self.name}'s max_batch_size {self.max_batch_size}; split the request",
             )
-        if self._queued_rows + rows > self.max_queue_rows:
-            raise overloaded(self.name)
+        now = self.clock()
+        if deadline is not None and self.admission:
+            predicted = self.predict_s(rows, level)
+            if predicted is not None and now + predicted > deadline:
+                self._refused(Refusal.PREDICTED_MISS, level, tenant)
+                raise predicted_miss(self.name, predicted, deadline - now)
+        if self._queue.rows + rows > self.max_queue_rows:
+            victims = self._queue.make_room(rows, self.max_queue_rows, level, tenant)
+            if victims is None:
+                self._refused(Refusal.QUEUE_FULL, level, tenant)
+                raise overloaded(self.name)
+            for victim in victims:
+                self._refused(Refusal.SHED, victim.level, victim.tenant)
+                if not victim.future.done():
+                    victim.future.set_exception(shed(self.name, self.classes[victim.level]))
         if self._loop_task is None:
             self._slots = asyncio.Semaphore(self.max_inflight)
             self._loop_task = asyncio.get_running_loop().create_task(self._run_loop())
         fut: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(inputs, rows, batch_key(inputs), fut, deadline, self.clock(), timing))
-        self._queued_rows += rows
+        self._queue.push(Item(inputs, rows, batch_key(inputs), fut, deadline, now, timing, level, tenant))
         self._wakeup.set()
         # A cancelled caller cancels its future; the loop skips it before dispatch.
         return await fut
+
+    def _refused(self, reason: Refusal, level: int, tenant: str) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(reason, level, tenant)
 
     async def _run_loop(self) -> None:
         assert self._slots is not None
@@ -117,8 +155,12 @@ class Batcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _wait_for_company(self) -> None:
-        until = self._queue[0].enqueued_at + self.max_wait_s
-        while self._queued_rows < self.max_batch_size and self._queued_rows not in self.preferred_sizes:
+        oldest = min((it.enqueued_at for it in self._queue.live()), default=self.clock())
+        until = oldest + self.max_wait_s
+        tightest = self._queue.tightest_deadline()
+        if tightest is not None:  # the most urgent request must still make it after the call itself
+            until = min(until, tightest - self._call_s)
+        while self._queue.rows < self.max_batch_size and self._queue.rows not in self.preferred_sizes:
             remaining = until - self.clock()
             if remaining <= 0:
                 return
@@ -128,43 +170,46 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _take(self) -> tuple[list[_Item], int]:
-        """Pops the next batch: FIFO items that share the head's key, up to max_batch_size rows."""
-        batch: list[_Item] = []
-        kept: deque[_Item] = deque()
+    def _take(self) -> tuple[list[Item], int]:
+        """Cuts the next batch: items in service order that share the first one's key, up to max_batch_size
+        rows. Drops cancelled ones, and those whose deadline passed or falls before one call could end."""
+        batch: list[Item] = []
         rows = dropped = 0
         now = self.clock()
+        late = now + (self._call_s if self.admission and self._calls >= _MIN_CALLS else 0.0)
         key = None
-        while self._queue:
-            item = self._queue.popleft()
+        for item in self._queue.service_order():
             if item.future.done():  # cancelled by its caller
-                self._queued_rows -= item.rows
+                self._queue.discard(item)
                 dropped += 1
                 continue
-            if item.deadline is not None and now >= item.deadline:
-                self._queued_rows -= item.rows
+            if item.deadline is not None and late >= item.deadline:
+                self._queue.discard(item)
                 dropped += 1
+                self._refused(Refusal.EXPIRED, item.level, item.tenant)
                 item.future.set_exception(
-                    GatewayError(Code.DEADLINE_EXCEEDED, f"deadline passed while queued for {self.name}")
+                    GatewayError(
+                        Code.DEADLINE_EXCEEDED,
+                        f"deadline passed (or would pass during the call) while queued for {self.name}",
+                        refusal=Refusal.EXPIRED,
+                    )
                 )
                 continue
             if key is None:
                 key = item.key
-            if item.key != key or rows + item.rows > self.max_batch_size:
-                kept.append(item)
-                if rows + item.rows > self.max_batch_size:
-                    break
+            if item.key != key:
                 continue
+            if rows + item.rows > self.max_batch_size:
+                break
             batch.append(item)
             rows += item.rows
-            self._queued_rows -= item.rows
-        kept.extend(self._queue)
-        self._queue = kept
+            self._queue.discard(item)
         if self.preferred_sizes and len(batch) > 1:
             batch = self._cut_to_preferred(batch, rows)
+        self._queue.batch_done(batch)
         return batch, dropped
 
-    def _cut_to_preferred(self, batch: list[_Item], rows: int) -> list[_Item]:
+    def _cut_to_preferred(self, batch: list[Item], rows: int) -> list[Item]:
         """Shortens a batch to the largest preferred size it can fill exactly; the rest goes back to the head."""
         fitting = [p for p in self.preferred_sizes if p <= rows]
         if not fitting or fitting[-1] == rows:
@@ -176,11 +221,10 @@ class Batcher:
         if total != fitting[-1]:  # requests' row counts cannot make that size exactly
             return batch
         for item in reversed(batch[keep:]):
-            self._queue.appendleft(item)
-            self._queued_rows += item.rows
+            self._queue.requeue(item)
         return batch[:keep]
 
-    async def _dispatch(self, batch: list[_Item], dropped: int) -> None:
+    async def _dispatch(self, batch: list[Item], dropped: int) -> None:
         assert self._slots is not None
         try:
             try:
@@ -191,6 +235,8 @@ class Batcher:
                 started = self.clock()
                 out = await self.call(merged)
                 took = self.clock() - started
+                self._call_s = took if self._calls == 0 else 0.8 * self._call_s + 0.2 * took
+                self._calls += 1
                 for it in batch:
                     if it.timing is not None:
                         t = it.timing
@@ -212,7 +258,7 @@ class Batcher:
             if self._queue:
                 self._wakeup.set()
 
-    def _split(self, batch: list[_Item], out: Arrays) -> None:
+    def _split(self, batch: list[Item], out: Arrays) -> None:
         total = sum(it.rows for it in batch)
         if not rows_match(out, total):
             err = GatewayError(
@@ -232,8 +278,7 @@ class Batcher:
             self._loop_task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        while self._queue:
-            item = self._queue.popleft()
+        for item in list(self._queue.live()):
+            self._queue.discard(item)
             if not item.future.done():
                 item.future.set_exception(GatewayError(Code.UNAVAILABLE, f"{self.name} is shutting down"))
-        self._queued_rows = 0

@@ -21,6 +21,8 @@ def request_record(
     timing: Timing,
     total_s: float,
     trace_id: str,
+    tenant: str = "",
+    priority: str = "",
 ) -> RequestRecord:
     """`total_s` is the time since the request (or copy) arrived; the record's time is that arrival."""
     return RequestRecord(
@@ -41,4 +43,6 @@ def request_record(
         client=request.client,
         protocol=request.protocol,
         trace_id=trace_id,
+        tenant=tenant,
+        priority=priority,
     )

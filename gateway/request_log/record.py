@@ -87,7 +87,7 @@ class RecordEncoder:
                 inputs.append(self._tensor(t, with_data, action))
         return inputs, [self._tensor(t, with_data) for t in r.outputs]
 
-    def to_dict(self, r: RequestRecord, with_data: bool = True) -> dict[str, Any]:
+    def _base_dict(self, r: RequestRecord, with_data: bool) -> dict[str, Any]:
         inputs, outputs = self._tensors(r, with_data)
         return {
             "format_version": FORMAT_VERSION,
@@ -111,6 +111,14 @@ class RecordEncoder:
             "inputs": inputs,
             "outputs": outputs,
         }
+
+    def to_dict(self, r: RequestRecord, with_data: bool = True) -> dict[str, Any]:
+        d = self._base_dict(r, with_data)
+        if r.tenant:
+            d["tenant"] = r.tenant
+        if r.priority:
+            d["priority"] = r.priority
+        return d
 
     def encode(self, r: RequestRecord) -> tuple[bytes, bool]:
         """One line, newline included, at most max_record_bytes when it can be; True when truncated."""
@@ -152,4 +160,6 @@ def to_request_record(d: Mapping[str, Any]) -> RequestRecord:
         client=d["client"],
         protocol=d["protocol"],
         trace_id=d.get("trace_id", ""),
+        tenant=d.get("tenant", ""),
+        priority=d.get("priority", ""),
     )

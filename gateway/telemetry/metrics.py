@@ -1,6 +1,7 @@
 """Prometheus metrics (port 8002 by default), named in the spirit of Triton's; labels stay bounded.
 
-Labels are model, version and status code only; never request ids or client addresses.
+Labels are model, version, status code, refusal reason, priority class and tenant (names from settings and
+the tenant file) only; never request ids, API keys or client addresses.
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ class Metrics:
             multiprocess_mode="max",
         )
 
+        self.refusals = Counter(
+            "gateway_refusals",
+            "Requests refused before or instead of a model call, by reason, priority class and tenant",
+            ["model", "reason", "priority", "tenant"],
+            registry=r,
+        )
+
         # labels() costs a lock and a lookup; the hot path reuses children (label sets are bounded).
         self._children: dict[tuple[str, ...], Any] = {}
         # Per (model, version, code): the value cells one request updates (see _Cells).
@@ -111,6 +119,9 @@ class Metrics:
     def batch(self, model: str, version: str, rows: int, requests: int) -> None:
         self._child(self.batch_rows, model, version).observe(rows)
         self._child(self.batch_requests, model, version).observe(requests)
+
+    def refusal(self, model: str, reason: str, priority: str, tenant: str) -> None:
+        self._child(self.refusals, model, reason, priority, tenant).inc()
 
     def set_ready(self, model: str, version: str, ready: bool) -> None:
         self.ready.labels(model, version).set(1 if ready else 0)

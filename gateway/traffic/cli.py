@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
-import ssl
 import sys
 import time
 from typing import Any
 
 import httpx
+
+from gateway.admin_client import add_admin_options, admin_client
 
 EPILOG = """\
 examples:
@@ -38,29 +38,7 @@ def add_parser(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--admin",
-        default=os.environ.get("GATEWAY_ADMIN_URL", "http://127.0.0.1:8003"),
-        help="admin API address (default $GATEWAY_ADMIN_URL or http://127.0.0.1:8003)",
-    )
-    p.add_argument(
-        "--token", default=os.environ.get("GATEWAY_ADMIN_TOKEN", ""), help="admin token (default $GATEWAY_ADMIN_TOKEN)"
-    )
-    p.add_argument(
-        "--ca-file",
-        default=os.environ.get("GATEWAY_ADMIN_CA_FILE"),
-        help="CA bundle that signed an https admin API's certificate (default $GATEWAY_ADMIN_CA_FILE)",
-    )
-    p.add_argument(
-        "--client-cert",
-        default=os.environ.get("GATEWAY_ADMIN_CLIENT_CERT"),
-        help="client certificate (PEM) for an admin API that requires one (default $GATEWAY_ADMIN_CLIENT_CERT)",
-    )
-    p.add_argument(
-        "--client-key",
-        default=os.environ.get("GATEWAY_ADMIN_CLIENT_KEY"),
-        help="private key of --client-cert (default $GATEWAY_ADMIN_CLIENT_KEY)",
-    )
+    add_admin_options(p)
     actions = p.add_subparsers(dest="traffic_action", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="the current split, shadows and ramps (every model, or one)")
     show.add_argument("model", nargs="?")
@@ -190,22 +168,11 @@ def _request(http: httpx.Client, args: argparse.Namespace) -> httpx.Response:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.token:
-        print("gateway traffic: no admin token; pass --token or set GATEWAY_ADMIN_TOKEN", file=sys.stderr)
-        return 2
-    headers = {"authorization": f"Bearer {args.token}", "x-operator": os.environ.get("USER", "cli")}
-    if bool(args.client_cert) != bool(args.client_key):
-        print("gateway traffic: --client-cert and --client-key go together", file=sys.stderr)
+    client = admin_client(args, "gateway traffic")
+    if client is None:
         return 2
     try:
-        tls = ssl.create_default_context(cafile=args.ca_file)
-        if args.client_cert:
-            tls.load_cert_chain(args.client_cert, args.client_key)
-    except (OSError, ssl.SSLError) as exc:
-        print(f"gateway traffic: cannot load the TLS files: {exc}", file=sys.stderr)
-        return 2
-    try:
-        with httpx.Client(base_url=args.admin, headers=headers, timeout=10, verify=tls) as http:
+        with client as http:
             r = _request(http, args)
     except httpx.HTTPError as exc:
         print(f"gateway traffic: cannot reach the admin API at {args.admin}: {exc}", file=sys.stderr)

@@ -229,3 +229,38 @@ def until(check: Callable[[], T], what: str, timeout_s: float = 240.0, every_s: 
             return value
         time.sleep(every_s)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass(frozen=True)
+class TenantGateway:
+    http_url: str
+    grpc: str
+    admin_url: str
+    tenants_file: Path
+    metrics: str
+
+
+@pytest.fixture(scope="session")
+def tenant_gateway(gateway: RunningGateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TenantGateway]:
+    """A second gateway on the session's Ray cluster with API keys on (the session gateway keeps them off)."""
+    root = tmp_path_factory.mktemp("tenants")
+    ready, out, tenants_file = root / "ready.json", root / "gateway.log", root / "tenants.json"
+    env = {
+        "GATEWAY_EXAMPLE_MODELS": "false",
+        "GATEWAY_TENANTS__ENABLED": "true",
+        "GATEWAY_TENANTS__FILE": str(tenants_file),
+        "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
+        "GATEWAY_ADMIN_PORT": "0",
+        "GATEWAY_TRAFFIC_FILE": str(root / "traffic_table.json"),
+    }
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(gateway.repository)]
+    cmd += ["--ray-address", gateway.ray_address, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    with process([*cmd, "--ready-file", str(ready)], out, env) as proc:
+        info = wait_ready(ready, proc, out, 120)
+        yield TenantGateway(
+            f"http://127.0.0.1:{info['http_port']}",
+            f"127.0.0.1:{info['grpc_port']}",
+            f"http://127.0.0.1:{info['admin_port']}",
+            tenants_file,
+            info["metrics"],
+        )

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gateway._proto import inference_pb2 as pb
-from tests.integration.conftest import MAX_REQUEST_BYTES, RunningGateway
+from tests.integration.conftest import ADMIN_TOKEN, MAX_REQUEST_BYTES, RunningGateway, TenantGateway
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ FAULTS = [
 ]
 
 
-def http_call(gw: RunningGateway, f: Fault) -> tuple[int, str]:
+def http_call(gw: RunningGateway, f: Fault, extra: dict[str, str] | None = None) -> tuple[int, str]:
     path = f"/v2/models/{f.model}" + (f"/versions/{f.version}" if f.version else "") + "/infer"
     if f.raw_body is not None:
         body, headers = f.raw_body, {"content-type": "application/json"}
@@ -135,12 +135,12 @@ def http_call(gw: RunningGateway, f: Fault) -> tuple[int, str]:
         head = orjson.dumps(header)
         body = head + b"".join(i["array"].tobytes() for i in f.inputs)
         headers = {"inference-header-content-length": str(len(head)), "content-type": "application/octet-stream"}
-    r = httpx.post(gw.http_url + path, content=body, headers=headers, timeout=30)
+    r = httpx.post(gw.http_url + path, content=body, headers={**headers, **(extra or {})}, timeout=30)
     assert r.headers["content-type"] == "application/json"
-    return r.status_code, r.json()["error"]
+    return r.status_code, r.json().get("error", "")
 
 
-def grpc_call(gw: RunningGateway, f: Fault) -> tuple[grpc.StatusCode, str]:
+def grpc_call(gw: RunningGateway, f: Fault, extra: dict[str, str] | None = None) -> tuple[grpc.StatusCode, str]:
     if f.raw_body is not None:
         payload = f.raw_body
     else:
@@ -152,7 +152,7 @@ def grpc_call(gw: RunningGateway, f: Fault) -> tuple[grpc.StatusCode, str]:
     with grpc.insecure_channel(gw.grpc, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
         call: Callable[..., Any] = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         try:
-            call(payload, timeout=30)
+            call(payload, timeout=30, metadata=tuple((extra or {}).items()))
         except grpc.RpcError as exc:
             return exc.code(), exc.details() or ""
     raise AssertionError("the gRPC call succeeded")
@@ -191,3 +191,33 @@ def test_a_small_request_succeeds_right_after_a_huge_one_is_refused(gateway: Run
 def test_http_routing_errors(gateway: RunningGateway, method: str, path: str, status: int) -> None:
     r = httpx.request(method, gateway.http_url + path)
     assert r.status_code == status and "error" in r.json()
+
+
+def test_tenant_refusals_agree_through_both_doors(gateway: RunningGateway, tenant_gateway: TenantGateway) -> None:
+    """No key: 401 / UNAUTHENTICATED; over its rate: 429 / RESOURCE_EXHAUSTED, while an oversized request of
+    the same tenant is still 413 / RESOURCE_EXHAUSTED (the one table tells the two apart)."""
+    added = httpx.post(
+        f"{tenant_gateway.admin_url}/admin/tenants/parity",
+        json={"requests_per_s": 0.01},
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=10,
+    )
+    key = added.json()["key"]
+    tg = RunningGateway(
+        tenant_gateway.http_url.removeprefix("http://"), tenant_gateway.grpc, "", gateway.repository,
+        gateway.log, gateway.request_log, gateway.ray_address, tenant_gateway.admin_url,
+    )  # fmt: skip
+    request = Fault("well formed", 0, grpc.StatusCode.OK, "breast_cancer", None, [feat([1, 30])], "")
+    no_key = (http_call(tg, request), grpc_call(tg, request))
+    assert (no_key[0][0], no_key[1][0]) == (401, grpc.StatusCode.UNAUTHENTICATED), no_key
+    assert "missing API key" in no_key[0][1] and "missing API key" in no_key[1][1]
+    headers = {"x-api-key": key}
+    first = http_call(tg, request, headers)  # the bucket's one token: answered
+    assert first[0] == 200, first
+    over = (http_call(tg, request, headers), grpc_call(tg, request, headers))
+    assert (over[0][0], over[1][0]) == (429, grpc.StatusCode.RESOURCE_EXHAUSTED), over
+    assert "over its rate" in over[0][1] and "over its rate" in over[1][1]
+    big = next(f for f in FAULTS if f.name == "tensor over the element cap")
+    assert (
+        http_call(tg, big, headers)[0] == 413 and grpc_call(tg, big, headers)[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    )

@@ -1,0 +1,57 @@
+"""How the operator CLIs (`gateway traffic`, `gateway tenants`) reach the admin API: options and client."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import ssl
+import sys
+from typing import Any
+
+import httpx
+
+
+def add_admin_options(p: Any) -> None:
+    """How to reach the admin API: shared by `gateway traffic` and `gateway tenants`."""
+    p.add_argument(
+        "--admin",
+        default=os.environ.get("GATEWAY_ADMIN_URL", "http://127.0.0.1:8003"),
+        help="admin API address (default $GATEWAY_ADMIN_URL or http://127.0.0.1:8003)",
+    )
+    p.add_argument(
+        "--token", default=os.environ.get("GATEWAY_ADMIN_TOKEN", ""), help="admin token (default $GATEWAY_ADMIN_TOKEN)"
+    )
+    p.add_argument(
+        "--ca-file",
+        default=os.environ.get("GATEWAY_ADMIN_CA_FILE"),
+        help="CA bundle that signed an https admin API's certificate (default $GATEWAY_ADMIN_CA_FILE)",
+    )
+    p.add_argument(
+        "--client-cert",
+        default=os.environ.get("GATEWAY_ADMIN_CLIENT_CERT"),
+        help="client certificate (PEM) for an admin API that requires one (default $GATEWAY_ADMIN_CLIENT_CERT)",
+    )
+    p.add_argument(
+        "--client-key",
+        default=os.environ.get("GATEWAY_ADMIN_CLIENT_KEY"),
+        help="private key of --client-cert (default $GATEWAY_ADMIN_CLIENT_KEY)",
+    )
+
+
+def admin_client(args: argparse.Namespace, prog: str) -> httpx.Client | None:
+    """An HTTP client for the admin API from the shared options; None (after saying why) when it cannot be made."""
+    if not args.token:
+        print(f"{prog}: no admin token; pass --token or set GATEWAY_ADMIN_TOKEN", file=sys.stderr)
+        return None
+    headers = {"authorization": f"Bearer {args.token}", "x-operator": os.environ.get("USER", "cli")}
+    if bool(args.client_cert) != bool(args.client_key):
+        print(f"{prog}: --client-cert and --client-key go together", file=sys.stderr)
+        return None
+    try:
+        tls = ssl.create_default_context(cafile=args.ca_file)
+        if args.client_cert:
+            tls.load_cert_chain(args.client_cert, args.client_key)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"{prog}: cannot load the TLS files: {exc}", file=sys.stderr)
+        return None
+    return httpx.Client(base_url=args.admin, headers=headers, timeout=10, verify=tls)
