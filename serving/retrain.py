@@ -5,7 +5,8 @@
 Joins the model's logged inputs to their feedback labels, trains the parent's kind of model on the parent's
 reference data plus the older of them, compares new and parent on the held-out set (the newest labelled rows,
 no input of which was trained on), and when the new one wins by the rule registers it as a new version with
-lineage, deploys it on Ray Serve and proposes it as a canary to the traffic table. Too small a held-out set
+lineage, deploys it on Ray Serve and proposes it to the traffic table: as a guarded ramp, or as an experiment
+on outcomes when asked to and the model has outcome feedback (serving/canary.py). Too small a held-out set
 decides nothing. docs/RETRAINING.md describes every step.
 """
 
@@ -27,7 +28,9 @@ import onnx
 
 from contract.extras import MissingExtra, require
 from contract.manifest import Lineage
+from contract.ramp import PlanError
 from contract.repository import Repository, RepositoryError, VersionEntry
+from serving import canary
 from serving.examples import KINDS, fit_classifier, predict_proba, write_reference
 from serving.retrain_data import HeldOut, Labelled, load_labelled, split_held_out
 
@@ -149,49 +152,6 @@ def register(
     raise RepositoryError(f"could not find a free version number for {parent.manifest.name}")
 
 
-def ramp_plan(
-    version: str,
-    steps: Sequence[int],
-    every_s: float,
-    max_error_rate: float | None,
-    max_p99_ms: float | None,
-    min_requests: int,
-    parent: str,
-) -> dict[str, Any]:
-    """The plan for the table's start_ramp (contract/ramp.py). `base` only counts when the model has no split
-    yet: then the ramp starts from the parent taking all traffic, as it did when the drift was seen."""
-    return {
-        "version": version,
-        "steps": list(steps),
-        "every_s": every_s,
-        "max_error_rate": max_error_rate,
-        "max_p99_ms": max_p99_ms,
-        "min_requests": min_requests,
-        "base": {parent: 100},
-    }
-
-
-def propose_canary(
-    table: Any, model: str, plan: dict[str, Any], who: str, reason: str, get: Callable[[Any], Any] | None = None
-) -> Any:
-    """Asks the cluster's traffic table to start the ramp plan; returns what the table answers."""
-    if get is None:
-        import ray
-
-        def get(ref: Any) -> Any:
-            return ray.get(ref, timeout=60)
-
-    try:
-        start_ramp = table.start_ramp
-    except AttributeError:
-        raise RuntimeError(
-            "this cluster's traffic table takes no ramp plans (it has no start_ramp): the version "
-            "is registered and deployed; upgrade the gateway, or move traffic with "
-            "`gateway traffic`"
-        ) from None
-    return get(start_ramp.remote(model, plan, who, reason))
-
-
 def deploy(entry: VersionEntry, ray_address: str | None, fpga_resource: str, timeout_s: float, say: Say) -> None:
     """Deploys the version as its own Serve application (as the gateway does) and waits until it is RUNNING."""
     import logging
@@ -257,6 +217,10 @@ def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
         )
     if a.drift_report is not None and not a.drift_report.is_file():
         raise JobError(f"drift report {a.drift_report} does not exist")
+    try:  # the canary's plans are checked before any work, not after a version is registered
+        canary.choose(a.canary, canary.Feedback(0, None), 0.0, *plans(a, "new", m.version), experiment_options(a))
+    except PlanError as exc:
+        raise JobError(f"the canary flags make no valid plan: {exc}") from None
     n_features, n_classes = m.inputs[0].shape[-1], m.outputs[0].shape[-1]
     summary: dict[str, Any] = {"model": m.name, "parent_version": m.version, "version": None}
 
@@ -345,19 +309,21 @@ def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
     version = entry.manifest.version
     summary.update(outcome="registered", version=version, path=str(entry.path))
     say(f"registered {m.name}/{version} at {entry.path}")
+    proposal = choose_canary(a, version, m.version, canary.Feedback(data.outcomes, data.latest_label))
+    summary.update(proposal.summary())
+    say(f"canary: {proposal.why}")
     if a.no_deploy:
         return EXIT_OK, {**summary, "deployed": False, "seconds": round(time.monotonic() - started, 1)}
-
-    plan = ramp_plan(version, a.ramp_steps, a.ramp_every_s, a.max_error_rate, a.max_p99_ms, a.min_requests, m.version)
     try:
         say(f"deploying {m.name}/{version} on Ray Serve...")
         deploy(entry, a.ray_address, a.fpga_resource, a.deploy_timeout_s, say)
         summary["deployed"] = True
-        say(f"proposing {m.name}/{version} as a canary: steps {plan['steps']} every {plan['every_s']:g} s")
+        say(f"proposing {m.name}/{version}: {proposal.kind} {json.dumps(proposal.plan)}")
         from serving import traffic_table
 
         table = traffic_table.connect(str(Path(a.traffic_file).resolve()))
-        answer = propose_canary(table, m.name, plan, WHO, f"retrained from {m.version}: {reason}")
+        why = f"retrained from {m.version}: {reason}; proposed as {proposal.why}"
+        answer = canary.propose(table, m.name, proposal, WHO, why)
     except Exception as exc:  # noqa: BLE001 - the version is registered; say what failed after it
         summary.setdefault("deployed", False)
         return EXIT_NOT_DEPLOYED, {
@@ -365,14 +331,35 @@ def retrain(a: argparse.Namespace, say: Say) -> tuple[int, dict[str, Any]]:
             "error": f"{type(exc).__name__}: {exc}"[:1000],
             "seconds": round(time.monotonic() - started, 1),
         }
-    if isinstance(answer, dict):  # the whole table: keep what concerns this model
-        answer = {
-            "revision": answer.get("revision"),
-            "weights": answer.get("models", {}).get(m.name),
-            "ramp": answer.get("ramps", {}).get(m.name),
-        }
-    summary.update(outcome="canary_started", ramp=plan, table=_jsonable(answer))
+    outcome = "canary_started" if proposal.kind == "ramp" else "experiment_started"
+    summary.update(outcome=outcome, table=_jsonable(canary.table_view(answer, m.name, proposal.kind)))
     return EXIT_OK, {**summary, "seconds": round(time.monotonic() - started, 1)}
+
+
+def plans(a: argparse.Namespace, version: str, parent: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ramp and the experiment the flags describe, for the new version against its parent."""
+    guards = (a.max_error_rate, a.max_p99_ms, a.min_requests)
+    return (
+        canary.ramp_plan(version, a.ramp_steps, a.ramp_every_s, *guards, parent=parent),
+        canary.experiment_plan(version, parent, experiment_options(a), *guards),
+    )
+
+
+def experiment_options(a: argparse.Namespace) -> canary.ExperimentOptions:
+    return canary.ExperimentOptions(
+        percent=a.experiment_percent,
+        mde=a.experiment_mde,
+        max_samples=a.experiment_max_samples,
+        max_duration_s=a.experiment_max_duration_s,
+        min_outcomes=a.experiment_min_outcomes,
+        max_label_age_s=a.experiment_max_label_age_s,
+    )
+
+
+def choose_canary(a: argparse.Namespace, version: str, parent: str, feedback: canary.Feedback) -> canary.Proposal:
+    ramp, experiment = plans(a, version, parent)
+    now = a.until if a.until is not None else time.time()
+    return canary.choose(a.canary, feedback, now, ramp, experiment, experiment_options(a))
 
 
 def _jsonable(value: Any) -> Any:
@@ -398,7 +385,8 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m serving.retrain",
         description="Retrain a model version on its reference data plus labelled logged requests; register the "
         "result as a new version only if it beats the parent on held-out recent data, then deploy it "
-        "and start it as a canary. Prints a JSON summary on stdout, progress on stderr.",
+        "and start it as a canary: a guarded ramp, or with --canary experiment an experiment against the parent "
+        "that outcomes decide. Prints a JSON summary on stdout, progress on stderr.",
         epilog="Exit status: 0 done (a new version, or none and the reason why), 1 unexpected failure, "
         "2 bad arguments or inputs (or scikit-learn, the train extra, is not installed), 3 version registered "
         "but deploying or proposing the canary failed.",
@@ -458,7 +446,57 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--ramp-every-s", type=float, default=300.0, help="seconds between ramp steps")
     c.add_argument("--max-error-rate", type=float, default=0.01, help="roll back above this error rate")
     c.add_argument("--max-p99-ms", type=float, help="roll back above this p99 latency (default: not checked)")
-    c.add_argument("--min-requests", type=int, default=100, help="requests a step needs before it is judged")
+    c.add_argument(
+        "--min-requests",
+        type=int,
+        default=100,
+        help="requests a step (an experiment arm) needs before its error rate and latency are judged",
+    )
+    c.add_argument(
+        "--canary",
+        choices=canary.KINDS,
+        default="ramp",
+        help="how the new version is proposed: ramp (default), or experiment, which splits traffic with the "
+        "parent and lets outcomes decide when the model has outcome feedback (and otherwise ramps)",
+    )
+    e = p.add_argument_group("experiment (--canary experiment; docs/EXPERIMENTS.md)")
+    defaults = canary.ExperimentOptions()
+    e.add_argument(
+        "--experiment-percent",
+        type=int,
+        default=defaults.percent,
+        help="the new version's share of traffic, 1-99; the parent (control) keeps the rest",
+    )
+    e.add_argument(
+        "--experiment-mde",
+        type=float,
+        default=defaults.mde,
+        help="the smallest accuracy difference worth finding (tunes the sequential test)",
+    )
+    e.add_argument(
+        "--experiment-max-samples",
+        type=int,
+        default=defaults.max_samples,
+        help="outcomes per arm after which the experiment ends without a result",
+    )
+    e.add_argument(
+        "--experiment-max-duration-s",
+        type=float,
+        default=defaults.max_duration_s,
+        help="seconds after which the experiment ends without a result (default: 7 days)",
+    )
+    e.add_argument(
+        "--experiment-min-outcomes",
+        type=int,
+        default=defaults.min_outcomes,
+        help="labelled rows with a logged answer to score in the window, at least, to run an experiment",
+    )
+    e.add_argument(
+        "--experiment-max-label-age-s",
+        type=float,
+        default=defaults.max_label_age_s,
+        help="the model's newest label may be this old, at most, to run an experiment (default: 1 day)",
+    )
     return p
 
 
@@ -469,6 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[retrain {time.monotonic() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
+    if not 0 < a.experiment_percent < 100:
+        print("--experiment-percent is the new version's share: a whole percent from 1 to 99", file=sys.stderr)
+        return EXIT_USAGE
     if not 0 < a.held_out < 1 or a.min_labelled < 2 or a.min_held_out < 1 or a.recent_weight <= 0 or a.max_rows < 1:
         print(
             "--held-out must be between 0 and 1, --min-labelled at least 2, --min-held-out at least 1, "

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.experiments.outcomes import OutcomeError, score
 from contract.request_log.feedback import latest_labels, read_feedback
 from contract.request_log.format import tensor_from_json
 from contract.request_log.reader import RequestLogReader
@@ -31,6 +32,8 @@ class Labelled:
     scanned: int = 0  # request records of the model inside the window
     labelled_requests: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    outcomes: int = 0  # rows whose logged answer an experiment could score against the label (accuracy)
+    latest_label: float | None = None  # when the model's newest feedback label was written
 
     @property
     def rows(self) -> int:
@@ -76,12 +79,13 @@ def load_labelled(
     Shadow calls are left out (they repeat a request's inputs). A request id labelled more than once
     takes its newest label. At most max_rows rows are kept, the newest ones."""
     labels = latest_labels(read_feedback(log_dir, model))
+    latest = max((float(r["time"]) for r in labels.values()), default=None)
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     times: list[float] = []
     ids: list[str] = []
     skipped: Counter[str] = Counter()
-    scanned = 0
+    scanned = outcomes = 0
     seen: set[str] = set()
     for rec in RequestLogReader(log_dir):
         if rec.get("model") != model or not since <= float(rec.get("time", 0.0)) < until:
@@ -110,6 +114,7 @@ def load_labelled(
             skipped["label_unusable"] += 1
             continue
         seen.add(rid)
+        outcomes += _scorable(rec, labels[rid]["label"])
         xs.append(x.astype(np.float32))
         ys.append(y)
         times.extend([float(rec["time"])] * len(x))
@@ -123,6 +128,8 @@ def load_labelled(
             scanned,
             0,
             dict(skipped),
+            0,
+            latest,
         )
     t = np.asarray(times)
     order = np.argsort(t, kind="stable")[-max_rows:]
@@ -134,7 +141,18 @@ def load_labelled(
         scanned,
         len(seen),
         dict(skipped),
+        outcomes,
+        latest,
     )
+
+
+def _scorable(record: dict[str, Any], label: Any) -> int:
+    """Rows of a labelled request that an experiment's outcome join could score: its answer was logged with
+    its outputs (the same scoring as the gateway's join, contract/experiments/outcomes.py)."""
+    try:
+        return int(score("accuracy", record, label).size)
+    except (OutcomeError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def row_keys(x: np.ndarray) -> list[bytes]:

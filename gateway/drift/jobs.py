@@ -46,7 +46,15 @@ class Submitter(Protocol):
 
 
 def build_entrypoint(
-    template: str, *, model: str, version: str, window: int, repository: Path, log_dir: Path, report: Path
+    template: str,
+    *,
+    model: str,
+    version: str,
+    window: int,
+    repository: Path,
+    log_dir: Path,
+    report: Path,
+    canary: str = "ramp",
 ) -> str:
     values = {
         "model": model,
@@ -55,6 +63,7 @@ def build_entrypoint(
         "repository": str(repository.resolve()),
         "log_dir": str(log_dir.resolve()),
         "report": str(report.resolve()),
+        "canary": canary,
     }
     try:
         return template.format(**{k: shlex.quote(v) for k, v in values.items()})

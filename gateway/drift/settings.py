@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Statistic = Literal["psi", "ks_stat", "ks_pvalue", "js_distance", "chi2_stat", "chi2_pvalue"]
 STATISTICS: tuple[str, ...] = ("psi", "ks_stat", "ks_pvalue", "js_distance", "chi2_stat", "chi2_pvalue")
@@ -18,8 +18,9 @@ LOWER_IS_DRIFT: frozenset[str] = frozenset({"ks_pvalue", "chi2_pvalue"})
 
 DEFAULT_ENTRYPOINT = (
     "python -m serving.retrain --model {model} --parent-version {version} "
-    "--repository {repository} --log-dir {log_dir} --drift-report {report}"
+    "--repository {repository} --log-dir {log_dir} --drift-report {report} --canary {canary}"
 )
+RetrainCanary = Literal["ramp", "experiment"]
 
 
 def _default_thresholds() -> dict[Statistic, float]:
@@ -99,10 +100,22 @@ class DriftSettings(BaseModel):
     $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, where Ray's own clients look)."""
     retrain: bool = True
     """Submit a retraining job when an alarm fires (off: only record the alarm)."""
+    retrain_canary: RetrainCanary = "ramp"
+    """How the job proposes a better version: 'ramp' (a guarded ramp), or 'experiment' (an experiment on
+    outcomes against the serving version when the model has outcome feedback, else the ramp); {canary}."""
     retrain_entrypoint: str = DEFAULT_ENTRYPOINT
-    """The job's shell command; {model}, {version}, {window}, {repository}, {log_dir} and {report} are
-    filled in (shell-quoted; paths absolute)."""
+    """The job's shell command; {model}, {version}, {window}, {repository}, {log_dir}, {report} and {canary}
+    are filled in (shell-quoted; paths absolute)."""
     retrain_runtime_env: dict[str, Any] = Field(default_factory=dict)
     """Ray runtime_env of the job (working_dir unset: the job runs in the cluster's own environment)."""
     submit_retry_s: float = Field(30.0, gt=0)
     """How often a submission that failed (cluster unreachable) is tried again."""
+
+    @model_validator(mode="after")
+    def _canary_reaches_the_job(self) -> DriftSettings:
+        if self.retrain_canary != "ramp" and "{canary}" not in self.retrain_entrypoint:
+            raise ValueError(
+                "drift.retrain_canary is 'experiment' but drift.retrain_entrypoint does not pass it on: "
+                "add '--canary {canary}' to the entrypoint"
+            )
+        return self

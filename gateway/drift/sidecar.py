@@ -261,6 +261,7 @@ class Sidecar:
                 repository=self.repository,
                 log_dir=self.log_dir,
                 report=path,
+                canary=s.retrain_canary,
             )
         except SubmitError as exc:
             log.error("drift: %s", exc)

@@ -1,6 +1,6 @@
 """The retraining entrypoint as a real subprocess: a drifted, labelled log yields a better version with lineage;
 a log from the training distribution (most of it the parent's own training rows) yields none. (Deploying and
-the canary are switched off here.)"""
+the canary are switched off here; the summary still says how the version would be proposed.)"""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ def drifted(factor: float) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), data.target[idx]
 
 
-def write_log(root: Path, x: np.ndarray, y: np.ndarray, now: float) -> None:
-    """One request record per row (some of two rows), then the labels posted back in batches, as clients would."""
+def write_log(root: Path, x: np.ndarray, y: np.ndarray, now: float, answers: np.ndarray | None = None) -> None:
+    """One request record per row (some of two rows), then the labels posted back in batches, as clients would.
+    With `answers` (the predicted class per row) the records hold the answer, as the gateway logs it."""
 
     async def go() -> None:
         settings = RequestLogSettings(dir=root, gateway_id="gw-test")
@@ -55,7 +56,7 @@ def write_log(root: Path, x: np.ndarray, y: np.ndarray, now: float) -> None:
                     role="primary",
                     routing_reason="newest ready version",
                     inputs=(Tensor("features", "FP32", x[i : i + n]),),
-                    outputs=(),
+                    outputs=() if answers is None else (Tensor("label", "INT64", answers[i : i + n]),),
                     code="OK",
                     error="",
                     queue_ms=0.1,
@@ -113,14 +114,21 @@ def copy_repo(template: Path, to: Path) -> Repository:
 def test_a_drifted_world_gets_a_better_version_with_lineage(template: Path, tmp_path: Path) -> None:
     repo = copy_repo(template, tmp_path / "repo")
     x, y = drifted(2.0)
-    write_log(tmp_path / "log", x, y, time.time())
+    from serving.examples import predict_proba
+
+    answers = predict_proba(template / CLASSIFIER / "1" / "model.onnx", x).argmax(1).astype(np.int64)
+    write_log(tmp_path / "log", x, y, time.time(), answers)
     report = tmp_path / "drift-report-breast_cancer-1.json"
     report.write_text(json.dumps({"model": CLASSIFIER, "version": "1", "psi": {"mean radius": 3.2}}))
 
-    code, out, err = run_job(repo.root, tmp_path / "log", "--drift-report", str(report))
+    code, out, err = run_job(repo.root, tmp_path / "log", "--drift-report", str(report), "--canary", "experiment")
     assert code == 0, err
     assert out["outcome"] == "registered" and out["version"] == "3" and out["deployed"] is False, out
     assert "reading request log" in err and "training a logistic model" in err  # progress on stderr
+    # Labels came back and join to logged answers: the version would go to an experiment against its parent.
+    assert out["canary"]["kind"] == "experiment" and "300 labelled row(s) with a scored answer" in out["canary"]["why"]
+    assert out["experiment"]["arms"] == {"1": 50, "3": 50} and out["experiment"]["control"] == "1"
+    assert out["experiment"]["metric"] == "accuracy" and "ramp" not in out
     new, parent = out["metrics"]["new"], out["metrics"]["parent"]
     assert new["accuracy"] >= parent["accuracy"] + 0.01 and new["log_loss"] <= parent["log_loss"]
 
@@ -144,8 +152,6 @@ def test_a_drifted_world_gets_a_better_version_with_lineage(template: Path, tmp_
         assert ref["inputs"].shape == (636, 30) and ref["labels"].shape == (636,) and ref["predictions"].shape == (636,)
 
     # The new version answers the drifted world better than its parent, run directly with ONNX Runtime.
-    from serving.examples import predict_proba
-
     acc = {
         v: float(np.mean(predict_proba(repo.root / CLASSIFIER / v / "model.onnx", x).argmax(1) == y))
         for v in ("1", "3")

@@ -228,7 +228,7 @@ def test_shifted_traffic_raises_one_alarm_and_one_job_and_a_second_sidecar_start
     job = server.jobs["retrain-clf-1-w5"]
     report = reports.report_path(tmp_path / "a" / "reports", MODEL, "1", 5)
     assert job.entrypoint.startswith("python -m serving.retrain --model clf --parent-version 1 --repository ")
-    assert job.entrypoint.endswith(f"--drift-report {report.resolve()}")
+    assert job.entrypoint.endswith(f"--drift-report {report.resolve()} --canary ramp")
     assert orjson.loads(report.read_bytes())["alarm"] == {"submission_id": "retrain-clf-1-w5"}
     assert report.with_suffix(".png").stat().st_size > 1000  # the alarm's window always gets its plot
 

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from contract.ramp import RampPlan
 from contract.repository import Repository
 from gateway.feedback import FeedbackItem, FeedbackLog
 from gateway.request_log import RequestLogSettings, RequestLogWriter
@@ -221,52 +220,6 @@ def test_register_writes_a_new_version_with_lineage(tmp_path: Path) -> None:
         assert list(ref["feature_names"]) == list(np.load(parent.path / "reference.npz")["feature_names"])
     assert not (entry.path / "model.onnx").stat().st_mode & stat.S_IWUSR  # immutable
     assert retrain.register(repo, parent, model, lineage, metrics["new"], x, y, None).manifest.version == "3"
-
-
-class FakeRef:
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-class FakeTable:
-    """Stands in for the traffic table actor: records start_ramp calls."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-        self.start_ramp = self
-
-    def remote(self, *args: Any) -> FakeRef:
-        self.calls.append(args)
-        return FakeRef({"revision": 7})
-
-
-def test_propose_canary_calls_start_ramp_with_the_plan() -> None:
-    table = FakeTable()
-    plan = retrain.ramp_plan("3", [5, 50, 100], 60.0, 0.01, None, 100, parent="1")
-    answer = retrain.propose_canary(table, MODEL, plan, "retrain", "why", get=lambda ref: ref.value)
-    assert answer == {"revision": 7}
-    assert table.calls == [
-        (
-            MODEL,
-            {
-                "version": "3",
-                "steps": [5, 50, 100],
-                "every_s": 60.0,
-                "max_error_rate": 0.01,
-                "max_p99_ms": None,
-                "min_requests": 100,
-                "base": {"1": 100},
-            },
-            "retrain",
-            "why",
-        )
-    ]
-    RampPlan.parse(plan)  # what the traffic table accepts
-
-
-def test_a_table_without_ramp_plans_says_so() -> None:
-    with pytest.raises(RuntimeError, match="takes no ramp plans"):
-        retrain.propose_canary(object(), MODEL, {}, "retrain", "why", get=lambda ref: ref)
 
 
 def test_cli_errors_exit_2_with_a_json_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
