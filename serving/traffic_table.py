@@ -251,6 +251,11 @@ class TrafficTable:
                     after = before
                 self.models = {**self.models, model: after} if after is not None else self.models
                 self._commit(model, "experiment", decision.why, before, after, experiment=e.public())
+            moved = e.allocate(self.models.get(model))
+            if moved is not None:  # thompson: traffic follows the evidence; the test above still decides
+                before, (after, why) = self.models.get(model), moved
+                self.models = {**self.models, model: after}
+                self._commit(model, "experiment", why, before, after, experiment=e.public())
 
     # --- ramp ticker -------------------------------------------------------------------------
     def _ensure_ticker(self) -> None:

@@ -11,12 +11,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.experiments.bandit import p_best, seed_of, shares
 from contract.experiments.plan import ExperimentPlan
 from contract.experiments.stats import Interval, Moments, difference, mean_interval, planned_samples, tuning
 from contract.ramp import N_BUCKETS, Window
 
 MAX_TIMELINE = 512  # points kept for the report's plot; thinned by half when full
 DEFAULT_PLANNED = 10_000  # samples per arm the bound is tuned for when the plan gives no mde
+MIN_MOVE = 2  # percentage points: a smaller change of Thompson shares is not worth a new revision
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Experiment:
     ended: float | None = None
     outcome: str = ""
     skipped: int = 0  # labels that could not be scored (see contract/experiments/outcomes.py)
+    p_best: dict[str, float] = field(default_factory=dict)  # thompson: P(arm is best) at the last allocation
 
     def __post_init__(self) -> None:
         if not self.arm_states:
@@ -188,6 +191,27 @@ class Experiment:
             return [*out, self._end("inconclusive", None, why, now)]
         return out
 
+    def allocate(self, current: dict[str, int] | None) -> tuple[dict[str, int], str] | None:
+        """Thompson sampling: new shares for control and the running arms, in proportion to the posterior chance
+        that each is best, above the plan's floor; None while the plan is fixed, before every live arm has
+        min_samples outcomes, or when no share would move by MIN_MOVE points or more."""
+        p = self.plan
+        live = [p.control, *[v for v in p.treatments if self.arm_states[v] == "running"]]
+        if p.allocation != "thompson" or not self.running or any(self._arm(v).primary.n < p.min_samples for v in live):
+            return None
+        good = {}
+        for v in live:
+            m = self._arm(v).primary
+            right = round(m.total)  # accuracy counts right rows, error_rate wrong ones
+            good[v] = (right if p.higher_is_better else m.n - right, m.n)
+        self.p_best = p_best(good, seed_of(self.id, good))
+        weights = shares(self.p_best, p.min_share)
+        now = current or {}
+        if max(abs(weights[v] - now.get(v, 0)) for v in live) < MIN_MOVE and set(now) <= set(live):
+            return None
+        says = ", ".join(f"{v} {self.p_best[v]:.2f}" for v in live)
+        return weights, f"thompson allocation: P(best) {says}; shares {weights} (at least {p.min_share}% each)"
+
     def end_by_operator(self, now: float, why: str) -> None:
         self.state, self.ended, self.outcome = "ended", now, why
 
@@ -244,7 +268,15 @@ class Experiment:
             if p.guard_metric is not None:
                 arm["guard_metric"] = _num(c.guard.mean)
             arms[v] = arm
-        return {"arms": arms, "planned_samples": self.planned, "skipped_labels": self.skipped}
+        if self.p_best:
+            for v, chance in self.p_best.items():
+                arms[v]["p_best"] = round(chance, 4)
+        return {
+            "arms": arms,
+            "planned_samples": self.planned,
+            "skipped_labels": self.skipped,
+            "allocation": p.allocation,
+        }
 
     def public(self) -> dict[str, Any]:
         return {
@@ -273,6 +305,7 @@ class Experiment:
             "ended": self.ended,
             "outcome": self.outcome,
             "skipped": self.skipped,
+            "p_best": self.p_best,
         }
 
     @classmethod
@@ -291,6 +324,7 @@ class Experiment:
             ended=d.get("ended"),
             outcome=d.get("outcome", ""),
             skipped=int(d.get("skipped", 0)),
+            p_best={str(v): float(x) for v, x in d.get("p_best", {}).items()},
         )
 
 

@@ -29,8 +29,13 @@ FIELDS = frozenset(
         "min_requests",
         "guard_metric",
         "guard_margin",
+        "allocation",
+        "min_share",
     }
 )
+ALLOCATIONS = ("fixed", "thompson")
+"""fixed: arms keep their planned shares until a decision; thompson: shares follow P(arm is best) (binary metrics)."""
+BINARY = frozenset({"accuracy", "error_rate"})
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class ExperimentPlan:
     guard_metric: str | None = None  # a second metric that must not get worse by more than guard_margin
     guard_margin: float = 0.0
     guard_higher_is_better: bool = field(default=True)
+    allocation: str = "fixed"
+    min_share: int = 10  # with thompson: every arm keeps at least this percent, so control keeps its data
 
     @property
     def treatments(self) -> list[str]:
@@ -94,6 +101,8 @@ class ExperimentPlan:
                 guard_metric=guard,
                 guard_margin=float(raw.get("guard_margin", 0.0)),
                 guard_higher_is_better=bool(raw.get("guard_higher_is_better", guard not in LOWER_IS_BETTER)),
+                allocation=str(raw.get("allocation") or "fixed"),
+                min_share=int(raw.get("min_share", 10)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(
@@ -135,6 +144,16 @@ class ExperimentPlan:
             raise PlanError("min_requests must be at least 1")
         if self.guard_margin < 0 or not math.isfinite(self.guard_margin):
             raise PlanError("guard_margin is how much worse the guard metric may get: a number >= 0")
+        if self.allocation not in ALLOCATIONS:
+            raise PlanError(f"unknown allocation '{self.allocation}'; expected one of {', '.join(ALLOCATIONS)}")
+        if self.allocation == "thompson":
+            if self.metric not in BINARY:
+                raise PlanError("thompson allocation needs a right/wrong metric: accuracy or error_rate")
+            if self.min_share < 1 or self.min_share * len(self.arms) > 100:
+                raise PlanError(
+                    f"min_share is the percent every arm keeps: at least 1, and at most {100 // len(self.arms)} "
+                    f"for {len(self.arms)} arms"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -146,6 +146,8 @@ class ExperimentChange(_Change):
     min_requests: int = Field(20, ge=1)
     guard_metric: str | None = None
     guard_margin: float = Field(0.0, ge=0)
+    allocation: str = "fixed"
+    min_share: int = Field(10, ge=1, le=50)
 
 
 class AdminApi:

@@ -80,6 +80,16 @@ def add_parser(sub: Any) -> None:
     start.add_argument("--max-p99-ms", type=float, help="p99 latency guardrail")
     start.add_argument("--guard-metric", choices=["accuracy", "error_rate", "mean", "log_loss"])
     start.add_argument("--guard-margin", type=float, default=0.0, help="how much worse the guard metric may get")
+    start.add_argument(
+        "--allocation",
+        choices=["fixed", "thompson"],
+        default="fixed",
+        help="fixed: arms keep their shares until a decision (default); thompson: shares move toward the arm "
+        "likeliest to be best (accuracy, error_rate)",
+    )
+    start.add_argument(
+        "--min-share", type=int, default=10, help="with thompson: the percent every arm keeps at least (default 10)"
+    )
     status = actions.add_parser("status", help="per arm: n, metric and interval, lift vs control, guardrails")
     status.add_argument("model")
     stop = actions.add_parser("stop", help="end the experiment; control takes all traffic back")
@@ -99,6 +109,8 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
         "min_samples": args.min_samples,
         "max_error_rate": args.max_error_rate,
         "guard_margin": args.guard_margin,
+        "allocation": args.allocation,
+        "min_share": args.min_share,
         "reason": args.reason,
     }
     optional = {
@@ -165,6 +177,9 @@ def render(e: dict[str, Any] | None) -> str:
             f"{_f(lift.get('estimate')):>9} {_iv(lift.get('interval')):>21} {a['error_rate']:>7.1%} "
             f"{_f(a['p99_ms']):>8}  {a['guardrail']}"
         )
+    if e.get("allocation") == "thompson":
+        chances = ", ".join(f"{v} {a['p_best']:.2f}" for v, a in e["arms"].items() if "p_best" in a)
+        lines.append(f"allocation: thompson, at least {p.get('min_share', 10)}% per arm; P(best) {chances or '-'}")
     if e.get("outcome"):
         lines.append(f"decision: {e['outcome']}")
     return "\n".join(lines)
