@@ -1,4 +1,4 @@
-"""How the operator CLIs (`gateway traffic`, `gateway tenants`) reach the admin API: options and client."""
+"""How the operator CLIs (`gateway traffic`, `gateway tenants`, `gateway experiment`) reach the admin API."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import argparse
 import os
 import ssl
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 
 def add_admin_options(p: Any) -> None:
-    """How to reach the admin API: shared by `gateway traffic` and `gateway tenants`."""
+    """How to reach the admin API: the same options for every operator CLI."""
     p.add_argument(
         "--admin",
         default=os.environ.get("GATEWAY_ADMIN_URL", "http://127.0.0.1:8003"),
@@ -55,3 +56,23 @@ def admin_client(args: argparse.Namespace, prog: str) -> httpx.Client | None:
         print(f"{prog}: cannot load the TLS files: {exc}", file=sys.stderr)
         return None
     return httpx.Client(base_url=args.admin, headers=headers, timeout=10, verify=tls)
+
+
+def call_admin(
+    args: argparse.Namespace, prog: str, request: Callable[[httpx.Client], httpx.Response]
+) -> tuple[int, Any]:
+    """One admin API call: (0, the JSON answer), or (exit status, None) after saying on stderr what went wrong."""
+    client = admin_client(args, prog)
+    if client is None:
+        return 2, None
+    try:
+        with client as http:
+            r = request(http)
+    except httpx.HTTPError as exc:
+        print(f"{prog}: cannot reach the admin API at {args.admin}: {exc}", file=sys.stderr)
+        return 1, None
+    body = r.json()
+    if r.status_code != 200:
+        print(f"{prog}: refused ({r.status_code}): {body.get('error', body)}", file=sys.stderr)
+        return 1, None
+    return 0, body

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 import httpx
 
-from gateway.admin_client import add_admin_options, admin_client
+from gateway.admin_client import add_admin_options, call_admin
 
 EPILOG = """\
 examples:
@@ -96,19 +95,9 @@ def _request(http: httpx.Client, args: argparse.Namespace) -> httpx.Response:
 
 
 def run(args: argparse.Namespace) -> int:
-    client = admin_client(args, "gateway tenants")
-    if client is None:
-        return 2
-    try:
-        with client as http:
-            r = _request(http, args)
-    except httpx.HTTPError as exc:
-        print(f"gateway tenants: cannot reach the admin API at {args.admin}: {exc}", file=sys.stderr)
-        return 1
-    body = r.json()
-    if r.status_code != 200:
-        print(f"gateway tenants: refused ({r.status_code}): {body.get('error', body)}", file=sys.stderr)
-        return 1
+    status, body = call_admin(args, "gateway tenants", lambda http: _request(http, args))
+    if status:
+        return status
     if args.tenants_action == "list":
         _table(body["tenants"])
     else:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
 import httpx
 
-from gateway.admin_client import add_admin_options, admin_client
+from gateway.admin_client import add_admin_options, call_admin
 
 EPILOG = """\
 examples:
@@ -168,19 +167,9 @@ def _request(http: httpx.Client, args: argparse.Namespace) -> httpx.Response:
 
 
 def run(args: argparse.Namespace) -> int:
-    client = admin_client(args, "gateway traffic")
-    if client is None:
-        return 2
-    try:
-        with client as http:
-            r = _request(http, args)
-    except httpx.HTTPError as exc:
-        print(f"gateway traffic: cannot reach the admin API at {args.admin}: {exc}", file=sys.stderr)
-        return 1
-    body = r.json()
-    if r.status_code != 200:
-        print(f"gateway traffic: refused ({r.status_code}): {body.get('error', body)}", file=sys.stderr)
-        return 1
+    status, body = call_admin(args, "gateway traffic", lambda http: _request(http, args))
+    if status:
+        return status
     _print(args.traffic_action, body, getattr(args, "model", None))
     return 0
 

@@ -6,9 +6,6 @@ The experiment runs in the cluster's traffic table (contract/experiments); this 
 from __future__ import annotations
 
 import argparse
-import os
-import ssl
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway.admin_client import add_admin_options, call_admin
 from gateway.traffic.cli import _duration, _fraction, _weights
 
 EPILOG = """\
@@ -45,19 +43,7 @@ def add_parser(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--admin",
-        default=os.environ.get("GATEWAY_ADMIN_URL", "http://127.0.0.1:8003"),
-        help="admin API address (default $GATEWAY_ADMIN_URL or http://127.0.0.1:8003)",
-    )
-    p.add_argument(
-        "--token", default=os.environ.get("GATEWAY_ADMIN_TOKEN", ""), help="admin token (default $GATEWAY_ADMIN_TOKEN)"
-    )
-    p.add_argument(
-        "--ca-file",
-        default=os.environ.get("GATEWAY_ADMIN_CA_FILE"),
-        help="CA bundle that signed an https admin API's certificate (default $GATEWAY_ADMIN_CA_FILE)",
-    )
+    add_admin_options(p)
     actions = p.add_subparsers(dest="experiment_action", metavar="ACTION", required=True)
     start = actions.add_parser("start", help="split a model's traffic between arms and let outcomes decide")
     start.add_argument("model")
@@ -127,27 +113,18 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.token:
-        print("gateway experiment: no admin token; pass --token or set GATEWAY_ADMIN_TOKEN", file=sys.stderr)
-        return 2
-    headers = {"authorization": f"Bearer {args.token}", "x-operator": os.environ.get("USER", "cli")}
     path = f"/admin/experiments/{args.model}"
-    try:
-        tls = ssl.create_default_context(cafile=args.ca_file)
-        with httpx.Client(base_url=args.admin, headers=headers, timeout=10, verify=tls) as http:
-            if args.experiment_action == "start":
-                r = http.post(path, json=_plan(args))
-            elif args.experiment_action == "stop":
-                r = http.post(f"{path}/stop", json={"reason": args.reason})
-            else:
-                r = http.get(path)
-    except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
-        print(f"gateway experiment: cannot reach the admin API at {args.admin}: {exc}", file=sys.stderr)
-        return 1
-    body = r.json()
-    if r.status_code != 200:
-        print(f"gateway experiment: refused ({r.status_code}): {body.get('error', body)}", file=sys.stderr)
-        return 1
+
+    def request(http: httpx.Client) -> httpx.Response:
+        if args.experiment_action == "start":
+            return http.post(path, json=_plan(args))
+        if args.experiment_action == "stop":
+            return http.post(f"{path}/stop", json={"reason": args.reason})
+        return http.get(path)
+
+    status, body = call_admin(args, "gateway experiment", request)
+    if status:
+        return status
     if args.experiment_action == "report":
         json_path, png_path = write_report(body, args.out)
         print(f"wrote {json_path} and {png_path}")
