@@ -112,6 +112,7 @@ class Gateway:
         self.dispatcher = dispatcher
         say("starting Ray" + (f" (joining {s.ray_address})" if s.ray_address else " (embedded, local)") + "...")
         await asyncio.to_thread(dispatcher.start)
+        say(f"Ray logs  {dispatcher.logs_dir}")
         say(f"deploying {len(entries)} model version(s) on Ray Serve...")
         await asyncio.to_thread(dispatcher.deploy, entries)
         catalog = Catalog([VersionInfo.from_manifest(e.manifest, s.batching_for(e.manifest.name)) for e in entries])

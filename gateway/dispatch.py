@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,6 +28,7 @@ from contract.ramp import PlanError
 from contract.repository import VersionEntry
 from contract.tensors import Arrays, RuntimeFault
 from gateway.errors import Code, GatewayError, overloaded, unavailable
+from gateway.raylog import RAY_LOG_FORMAT, RayLogFile, route_ray_logs
 
 log = logging.getLogger(__name__)
 
@@ -71,26 +74,53 @@ class RayDispatcher:
         self._handles: dict[Key, DeploymentHandle[Any]] = {}
         self._refused: dict[Key, str] = {}
         self._owns_cluster = False
+        self._ray_log = RayLogFile()
         self.retries = 0  # calls sent again after their replica died mid-call
 
     def start(self) -> None:
+        route_ray_logs(self._ray_log)
         if not ray.is_initialized():
             self._owns_cluster = self.address is None
-            ray.init(
-                address=self.address,
-                num_cpus=self.num_cpus if self._owns_cluster else None,
-                include_dashboard=self.dashboard_port is not None and self._owns_cluster,
-                dashboard_host="127.0.0.1",
-                dashboard_port=self.dashboard_port or 8265,
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-                configure_logging=False,
-                namespace="gateway",
+            try:
+                ray.init(
+                    address=self.address,
+                    num_cpus=self.num_cpus if self._owns_cluster else None,
+                    include_dashboard=self.dashboard_port is not None and self._owns_cluster,
+                    dashboard_host="127.0.0.1",
+                    dashboard_port=self.dashboard_port or 8265,
+                    # With configure_logging=False Ray would drop every handler of its logger, and its warnings
+                    # would reach the terminal through Python's last-resort handler; with True it keeps them.
+                    configure_logging=True,
+                    logging_level=logging.INFO,
+                    logging_format=RAY_LOG_FORMAT,
+                    log_to_driver=False,
+                    namespace="gateway",
+                )
+            except Exception as exc:  # every way Ray can fail to start ends start-up with one message
+                raise SystemExit(self._failed("Ray did not start", exc)) from exc
+        self._keep_ray_log()
+        try:
+            # The gateway is the front door: Ray's own HTTP proxy is not needed.
+            serve.start(
+                proxy_location=ProxyLocation.Disabled,
+                logging_config={"enable_access_log": False, "log_level": "WARNING"},
             )
-        # The gateway is the front door: Ray's own HTTP proxy is not needed.
-        serve.start(
-            proxy_location=ProxyLocation.Disabled, logging_config={"enable_access_log": False, "log_level": "WARNING"}
-        )
+        except Exception as exc:
+            raise SystemExit(self._failed("Ray Serve did not start", exc)) from exc
+
+    @property
+    def logs_dir(self) -> str:
+        """This machine's folder of Ray's log files: the session's once Ray has started, else where Ray keeps
+        its newest session's."""
+        return _session_logs() or os.path.join(ray._common.utils.get_default_ray_temp_dir(), "session_latest", "logs")
+
+    def _keep_ray_log(self) -> None:
+        if (logs := _session_logs()) is not None:
+            self._ray_log.attach(Path(logs) / f"gateway-driver-{os.getpid()}.log")
+
+    def _failed(self, what: str, exc: BaseException) -> str:
+        self._keep_ray_log()
+        return f"{what}: {type(exc).__name__}: {exc}\nRay's logs: {self.logs_dir}"
 
     @property
     def cluster_address(self) -> str:
@@ -146,8 +176,10 @@ class RayDispatcher:
             elif app.status in ("DEPLOYING", "NOT_STARTED"):
                 out[key] = Readiness("LOADING", app.message or "replicas are starting")
             else:
-                msgs = [d.message for d in app.deployments.values() if d.message]
-                out[key] = Readiness("UNAVAILABLE", (app.message or "; ".join(msgs) or app.status)[:500])
+                out[key] = Readiness(
+                    "UNAVAILABLE",
+                    failure_reason(app.message, [d.message for d in app.deployments.values()]) or app.status,
+                )
         return out
 
     async def infer(self, model: str, version: str, inputs: Arrays) -> Arrays:
@@ -216,12 +248,31 @@ class RayDispatcher:
         return RayTrafficStore(path)
 
     def shutdown(self) -> None:
-        try:
-            if self._owns_cluster:
-                serve.shutdown()
-        finally:
-            if self._owns_cluster:
-                ray.shutdown()
+        if not self._owns_cluster:
+            return  # a cluster joined by address keeps running, and so do its applications and traffic table
+        # Ends the embedded cluster whole. serve.shutdown() first would kill the Serve controller while this
+        # driver still has calls pending on it, and Ray reports each as a failed task on the terminal; the
+        # gateway has drained its calls by now, so the replicas have nothing left to finish.
+        ray.shutdown(wait_for_processes=True)
+
+
+def failure_reason(app_message: str, deployment_messages: list[str]) -> str:
+    """What failed, on one line. Serve's messages open with what happened and end with the error, a traceback
+    in between (that stays in Serve's logs); an application's own message only names its failed deployments,
+    so theirs come first."""
+    parts = []
+    for message in [m for m in deployment_messages if m] or [app_message]:
+        lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+        if len(lines) > 1:
+            parts.append(f"{lines[0].split('. ')[0].rstrip('.:')}: {lines[-1]}")
+        elif lines:
+            parts.append(lines[0])
+    return "; ".join(parts)[:500]
+
+
+def _session_logs() -> str | None:
+    node = getattr(ray._private.worker, "_global_node", None)
+    return None if node is None else str(node.get_logs_dir_path())
 
 
 def _running_replicas(app: Any) -> int:

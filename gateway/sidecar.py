@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shlex
@@ -34,14 +33,6 @@ def dashboard_port(settings: GatewaySettings) -> int | None:
     if not settings.drift.enabled or settings.ray_address:
         return None
     return urlparse(settings.drift.jobs_address).port or 8265
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the gateway dies, even by SIGKILL (Linux), so no sidecar is
-    left behind (it checkpoints on SIGTERM)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class SidecarProcess:
@@ -70,12 +61,25 @@ class SidecarProcess:
         self._launch()
 
     def _launch(self) -> None:
-        # Output goes where the gateway's goes; a failing sidecar says why there.
+        # Output goes where the gateway's goes; a failing sidecar says why there. The child arranges to be
+        # stopped when the gateway dies (--parent-pid) rather than a preexec_fn here: that would make Python
+        # fork() this multi-threaded process instead of spawning, and gRPC's fork handlers then print a
+        # line of their own on the terminal.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "drift", "run", "--config", str(self._config), "--quiet"],
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "drift",
+                "run",
+                "--config",
+                str(self._config),
+                "--quiet",
+                "--parent-pid",
+                str(os.getpid()),
+            ],
             env=self._env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
 
     async def watch(self, stopping: asyncio.Event, backoff_s: float = 5.0) -> None:

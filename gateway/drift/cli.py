@@ -4,7 +4,10 @@ Mounted by gateway/cli.py; imports only the standard library at module level (`g
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import math
+import os
 import signal
 import sys
 import threading
@@ -70,6 +73,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     run.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus metrics")
     run.add_argument("--once", action="store_true", help="read the log to its end, checkpoint and exit")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # started by `gateway serve`: ends with it
 
     st = cmds.add_parser(
         "status",
@@ -149,6 +153,12 @@ def _settings(args: argparse.Namespace, configured: Configured) -> tuple[DriftSe
 
 
 def _run(args: argparse.Namespace, settings: DriftSettings, repository: Path, log_dir: Path) -> int:
+    if args.parent_pid is not None and not _ends_with_parent(args.parent_pid):
+        return 0
+    # Before the slow part of start-up: a gateway that drains right after (re)starting its sidecar stops it
+    # with SIGTERM, and the sidecar still leaves its checkpoint then.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     import logging
 
     from gateway.drift.jobs import RayJobSubmitter
@@ -186,9 +196,7 @@ def _run(args: argparse.Namespace, settings: DriftSettings, repository: Path, lo
             file=sys.stderr,
             flush=True,
         )
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     start = last = time.monotonic()
     seen = 0
 
@@ -216,6 +224,15 @@ def _run(args: argparse.Namespace, settings: DriftSettings, repository: Path, lo
             file=sys.stderr,
         )
     return 0
+
+
+def _ends_with_parent(parent_pid: int) -> bool:
+    """Asks for SIGTERM when the parent dies, even by SIGKILL (Linux), so no sidecar is left behind (it
+    checkpoints on SIGTERM). False when the parent is already gone: it died before the request was made."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    return os.getppid() == parent_pid
 
 
 def _skips(counts: dict[str, int]) -> str:

@@ -9,6 +9,7 @@ two rows per batch) and `echo` version 2, which asks for a GPU that no node here
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -63,6 +64,14 @@ def predict(inputs):
     time.sleep(0.02)  # long enough that a killed replica has calls in flight
     return {"y": inputs["x"]}
 """
+# How Ray, Ray Serve and gRPC lines look when they reach a terminal: what raylets push to the driver,
+# forwarded worker output, Serve's console format, Ray's and gRPC's native log formats, Ray's default
+# Python format, and the bare warnings Ray prints at start-up through Python's last-resort handler.
+RAY_NOISE = re.compile(
+    r"\((raylet|ServeController|ServeReplica|pid=)|^(INFO|WARNING|ERROR) \d{4}-\d\d-\d\d [\d:,]+ \S+ \d+ -- "
+    r"|^\[\d{4}-\d\d-\d\d [\d:,.]+ [IWEF] \d+ \d+\]|^[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]"
+    r"|^\d{4}-\d\d-\d\d [\d:,]+\t(INFO|WARNING|ERROR) \S+:\d+ -- |SIGTERM handler is not set|Token authentication is"
+)
 FLOOD_QUEUE_ROWS = 8
 MAX_REQUEST_BYTES = 1 << 20
 T = TypeVar("T")
@@ -217,6 +226,11 @@ def wait_ready(ready: Path, proc: subprocess.Popen[bytes], log: Path, timeout_s:
         return wait_for_file(ready, proc, log, timeout_s, poll_s=0.2)
     except SystemExit as exc:
         pytest.fail(str(exc))
+
+
+def ray_noise(output: str) -> list[str]:
+    """The lines of a gateway's output that Ray, Ray Serve or gRPC printed rather than the gateway."""
+    return [line for line in output.splitlines() if RAY_NOISE.search(line)]
 
 
 def until(check: Callable[[], T], what: str, timeout_s: float = 240.0, every_s: float = 0.2) -> T:

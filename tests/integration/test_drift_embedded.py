@@ -13,7 +13,7 @@ import httpx
 from contract.repository import Repository
 from loadtests.harness import process
 from serving.examples import write_echo
-from tests.integration.conftest import until, wait_ready
+from tests.integration.conftest import ray_noise, until, wait_ready
 from tests.integration.ray_head import free_ports, jobs_client
 
 
@@ -79,9 +79,13 @@ def test_the_embedded_gateway_runs_the_sidecar_and_the_jobs_api(tmp_path: Path) 
         until(lambda: answers(f"http://127.0.0.1:{metrics}/metrics"), "the sidecar's metrics endpoint")
         os.kill(first[0], signal.SIGKILL)
         second = until(lambda: [p for p in sidecar_pids(gw.pid) if p not in first], "the sidecar to be restarted")
+        # Serving metrics again, it has its SIGTERM handler: the drain below stops it with a checkpoint.
+        until(lambda: answers(f"http://127.0.0.1:{metrics}/metrics"), "the restarted sidecar's metrics endpoint")
         assert httpx.get(f"http://127.0.0.1:{http}/v2/health/ready", timeout=5).status_code == 200
         gw.send_signal(signal.SIGTERM)
         assert gw.wait(90) == 0, out.read_text()[-3000:]
+    # Start-up, the sidecar's restart and the drain printed the gateway's lines only.
+    assert ray_noise(out.read_text()) == [], out.read_text()[-3000:]
     # The drained gateway stopped its sidecar (and the sidecar checkpointed on the way out).
     until(lambda: not Path(f"/proc/{second[0]}").exists(), "the sidecar to exit", 30)
     assert (tmp_path / "state.npz").exists()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +76,51 @@ def test_a_bad_setting_is_named(config: Path, capsys: pytest.CaptureFixture[str]
     config.write_text(yaml.safe_dump(text))
     assert main(["drift", "status", "--config", str(config)]) == 2
     assert "drift.policy.thresholds.psi_typo" in capsys.readouterr().err
+
+
+# A stand-in for the sidecar: asks to end with its parent, then records the SIGTERM that asks it to.
+_CHILD = """
+import signal, sys, time
+from pathlib import Path
+from gateway.drift.cli import _ends_with_parent
+signal.signal(signal.SIGTERM, lambda *_: (Path(sys.argv[2]).write_text("SIGTERM"), sys.exit(0)))
+if not _ends_with_parent(int(sys.argv[1])):
+    Path(sys.argv[2]).write_text("parent gone")
+    sys.exit(0)
+Path(sys.argv[2] + ".ready").write_text("")
+time.sleep(60)
+"""
+_PARENT = """
+import os, subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid()), sys.argv[2]], start_new_session=True)
+time.sleep(60)
+"""
+
+
+def test_the_sidecar_ends_when_the_gateway_is_killed(tmp_path: Path) -> None:
+    """`gateway serve` spawns the sidecar with --parent-pid (no preexec_fn, so no fork of a threaded process);
+    the sidecar itself asks for SIGTERM when the gateway dies, even by SIGKILL."""
+    marker = tmp_path / "child"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, _CHILD, str(marker)], env=env)
+    with parent:
+        try:
+            deadline = time.monotonic() + 30
+            while not Path(f"{marker}.ready").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            parent.send_signal(signal.SIGKILL)
+            parent.wait(10)
+            while not marker.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert marker.exists() and marker.read_text() == "SIGTERM"
+        finally:
+            parent.kill()
+
+
+def test_a_sidecar_whose_gateway_is_already_gone_exits(tmp_path: Path) -> None:
+    marker = tmp_path / "child"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run(
+        [sys.executable, "-c", _CHILD, str(os.getpid() + 1_000_000), str(marker)], env=env, check=True, timeout=30
+    )
+    assert marker.read_text() == "parent gone"
