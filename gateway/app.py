@@ -24,10 +24,13 @@ from gateway.core import DataPlane
 from gateway.doors.admin import AdminApi
 from gateway.doors.asgi import limited_http_protocol
 from gateway.doors.grpc import GrpcDoor, InferenceServicer
+from gateway.doors.grpc_extensions import ExtensionServicer
+from gateway.doors.grpc_stream import StreamInfer
 from gateway.doors.http import HttpDoor
 from gateway.errors import GatewayError
 from gateway.feedback import FeedbackLog
 from gateway.plane.catalog import Catalog, VersionInfo
+from gateway.plane.shm import SharedMemory, cuda_backend
 from gateway.request_log import RequestLogWriter
 from gateway.settings import GatewaySettings
 from gateway.sidecar import SidecarProcess, dashboard_port
@@ -121,7 +124,13 @@ class Gateway:
             except ValueError as exc:
                 raise SystemExit(str(exc)) from None
         self.plane = DataPlane(
-            catalog, dispatcher, self.metrics, request_log=self.request_log, tracer=self.tracing.tracer, shadow=s.shadow
+            catalog,
+            dispatcher,
+            self.metrics,
+            request_log=self.request_log,
+            tracer=self.tracing.tracer,
+            shadow=s.shadow,
+            shared_memory=SharedMemory(s.shared_memory_regions, cuda_backend()),
         )
 
         servicer = InferenceServicer(
@@ -131,7 +140,22 @@ class Gateway:
             routing_header=s.routing_header,
             max_rows=s.max_request_rows,
         )
-        self._grpc = GrpcDoor(servicer, s.max_request_bytes, s.max_header_bytes, tls.grpc_credentials(s.tls))
+        stream = StreamInfer(
+            self.plane,
+            s.max_tensor_elements,
+            s.default_timeout_ms / 1000.0,
+            s.routing_header,
+            s.max_request_rows,
+            s.stream_max_inflight,
+        )
+        self._grpc = GrpcDoor(
+            servicer,
+            s.max_request_bytes,
+            s.max_header_bytes,
+            tls.grpc_credentials(s.tls),
+            stream=stream,
+            extensions=ExtensionServicer(self.plane, servicer._abort, s.admin_token),
+        )
         grpc_port = self._grpc.bind(s.host, s.grpc_port)
         await self._grpc.start()
         http_sock = bind_tcp(s.host, s.http_port)
@@ -144,6 +168,7 @@ class Gateway:
             routing_header=s.routing_header,
             feedback=self.feedback,
             max_rows=s.max_request_rows,
+            admin_token=s.admin_token,
         )
         self._http = _Uvicorn(
             uvicorn.Config(

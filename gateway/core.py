@@ -23,15 +23,34 @@ from gateway.plane.batching import Batcher, BatchStats
 from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.plane.deadlines import DeadlineWheel
 from gateway.plane.records import request_record
+from gateway.plane.shm import SharedMemory
 from gateway.plane.validation import check_declared_rows, validate_inputs, validate_outputs
 from gateway.settings import ShadowSettings
 from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.stats import InferenceStats, VersionStats
 from gateway.telemetry.tracing import RequestSpan, with_traceparent
 from gateway.traffic.routing import FAILURE_CODES, LiveCounts, Route, Router, RoutingTable, applicable
 from gateway.traffic.shadow import ShadowRunner
-from gateway.types import InferRequest, InferResponse, ModelMetadata, RequestRecord, Tensor, Timing, VersionStatus
+from gateway.types import (
+    InferRequest,
+    InferResponse,
+    ModelConfig,
+    ModelMetadata,
+    RequestRecord,
+    ShmRegion,
+    Tensor,
+    Timing,
+    VersionStatus,
+)
 
-EXTENSIONS = ("model_repository", "binary_tensor_data")
+EXTENSIONS = (
+    "model_repository",
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "system_shared_memory",
+    "cuda_shared_memory",
+)
 
 
 class Dispatcher(Protocol):
@@ -48,6 +67,14 @@ class RequestLog(Protocol):
         record (a shadow copy's: no client waits on it) is written after the foreground ones it is queued with."""
 
 
+class RepositoryControl(Protocol):
+    """Deploys a model's versions from the repository, or drains and removes them (the composition root's)."""
+
+    async def load(self, model: str) -> None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+
 class DataPlane:
     def __init__(
         self,
@@ -58,6 +85,8 @@ class DataPlane:
         request_log: RequestLog | None = None,
         tracer: Tracer | None = None,
         shadow: ShadowSettings | None = None,
+        shared_memory: SharedMemory | None = None,
+        repository: RepositoryControl | None = None,
     ) -> None:
         self.catalog = catalog
         self.dispatcher = dispatcher
@@ -68,6 +97,9 @@ class DataPlane:
         self._id_prefix = f"{uuid.uuid4().hex[:12]}-"
         self._ids = itertools.count(1)
         self.metrics = metrics or Metrics(None)
+        self.stats = InferenceStats(self.metrics.registry)
+        self.shm = shared_memory or SharedMemory()
+        self.repository = repository  # None: load/unload off
         self.name = name
         self.live = True
         self._batchers: dict[tuple[str, str], Batcher] = {}
@@ -100,6 +132,9 @@ class DataPlane:
         def on_batch(stats: BatchStats) -> None:
             self.metrics.batch(model, version, stats.rows, stats.requests)
 
+        def on_executed(rows: int, seconds: float) -> None:
+            self.stats.execution(model, version, rows, seconds)
+
         return Batcher(
             call,
             f"model '{model}' version '{version}'",
@@ -109,6 +144,7 @@ class DataPlane:
             preferred_sizes=tuple(sorted(b.preferred_batch_sizes)),
             max_inflight=b.max_inflight_batches or 1,
             on_batch=on_batch,
+            on_executed=on_executed,
         )
 
     # --- health and metadata -------------------------------------------------------------
@@ -128,6 +164,60 @@ class DataPlane:
 
     def model_metadata(self, model: str, version: str | None) -> ModelMetadata:
         return self.catalog.metadata(model, version)
+
+    def model_config(self, model: str, version: str | None) -> ModelConfig:
+        return self.catalog.config(model, version)
+
+    def model_statistics(self, model: str = "", version: str | None = None) -> list[VersionStats]:
+        """Every version's statistics (model ""), a model's, or one version's; NOT_FOUND for unknown names."""
+        if not model:
+            keys = [(v.model, v.version) for v in self.catalog.all()]
+        elif version:
+            keys = [(model, self.catalog.get(model, version).version)]
+        else:
+            keys = [(model, v) for v in self.catalog.model_versions(model)]
+        return self.stats.read(keys)
+
+    # --- model repository control (off unless the composition root gives a controller) -------
+    async def load_model(self, model: str) -> None:
+        await self._repository_control().load(model)
+
+    async def unload_model(self, model: str) -> None:
+        await self._repository_control().unload(model)
+
+    def _repository_control(self) -> RepositoryControl:
+        if self.repository is None:
+            raise GatewayError(
+                Code.UNAVAILABLE,
+                "model control is off on this gateway: set repository_control to true (and admin_token) to "
+                "load and unload models",
+            )
+        return self.repository
+
+    def remove_version(self, model: str, version: str) -> Batcher | None:
+        """Takes an unloaded version out of the catalog; returns its batcher for the caller to close."""
+        self.catalog.remove(model, version)
+        self.metrics.set_ready(model, version, False)
+        return self._batchers.pop((model, version), None)
+
+    # --- shared memory ----------------------------------------------------------------------
+    def shm_register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.shm.register_system(name, key, offset, byte_size)
+
+    def shm_register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        self.shm.register_cuda(name, raw_handle, device_id, byte_size)
+
+    def shm_unregister(self, kind: str, name: str = "") -> None:
+        self.shm.unregister(kind, name)
+
+    def shm_status(self, kind: str, name: str = "") -> list[ShmRegion]:
+        return self.shm.status(kind, name)
+
+    def shm_read(self, tensor: str, region: str, offset: int, size: int) -> bytes:
+        return self.shm.read(tensor, region, offset, size)
+
+    def shm_write(self, tensor: str, region: str, offset: int, size: int, data: bytes) -> None:
+        self.shm.write(tensor, region, offset, size, data)
 
     def repository_index(self, ready_only: bool = False) -> list[VersionStatus]:
         return [s for s in self.catalog.index() if s.state == "READY" or not ready_only]
@@ -220,6 +310,8 @@ class DataPlane:
         total = time.monotonic() - start
         code = error.code.name if error is not None else "OK"
         self.metrics.request(model, version, code, total, timing.queue_s, timing.model_s)
+        if version:
+            self.stats.request(model, version, error is None, total, timing.queue_s, timing.model_s, timing.input_s)
         # Tracing off: the caller's trace id ("" when it sent no valid traceparent) still goes in the record.
         trace_id = span.finish(model, version, timing, error) if span is not None else request.traceparent[3:35]
         if model in self.router.ramped and self.router.ramped[model] == version:
@@ -276,6 +368,7 @@ class DataPlane:
             raise unavailable(f"model '{info.model}' version '{info.version}' is not ready: {info.reason}")
         if request.deadline is not None and time.monotonic() >= request.deadline:
             raise GatewayError(Code.DEADLINE_EXCEEDED, "the request's deadline passed before it was dispatched")
+        timing.input_s = time.monotonic() - (request.received_at or time.monotonic())
         out = await self._run_version(info, arrays, rows, request.deadline, timing)
         wanted = [o.name for o in request.outputs] or list(info.output_index)
         tensors = []
@@ -293,10 +386,14 @@ class DataPlane:
         batcher = self._batchers.get((info.model, info.version))
         if batcher is not None:
             return await batcher.submit(arrays, rows, deadline, timing)
+        started = time.monotonic()
         try:
-            return await self.dispatcher.infer(info.model, info.version, arrays)
+            out = await self.dispatcher.infer(info.model, info.version, arrays)
         except Exception as exc:  # noqa: BLE001 - the same answer as the batched path
             raise as_gateway_error(exc, f"model '{info.model}' version '{info.version}'") from None
+        timing.model_s = time.monotonic() - started
+        self.stats.execution(info.model, info.version, rows, timing.model_s)
+        return out
 
     async def _call_shadow(self, info: VersionInfo, inputs: Arrays) -> Arrays:
         return await self.dispatcher.infer(info.model, info.version, inputs)
@@ -306,3 +403,4 @@ class DataPlane:
         await self.shadow.close(drain_s)
         for b in self._batchers.values():
             await b.close()
+        self.shm.close()

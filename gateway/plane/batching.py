@@ -55,6 +55,7 @@ class Batcher:
     preferred_sizes: tuple[int, ...] = ()  # ascending
     clock: Callable[[], float] = time.monotonic
     on_batch: Callable[[BatchStats], None] | None = None
+    on_executed: Callable[[int, float], None] | None = None  # (rows, seconds) of each successful call
 
     _queue: deque[_Item] = field(default_factory=deque, init=False)
     _queued_rows: int = field(default=0, init=False)
@@ -191,6 +192,8 @@ class Batcher:
                 started = self.clock()
                 out = await self.call(merged)
                 took = self.clock() - started
+                if self.on_executed is not None:
+                    self.on_executed(rows, took)
                 for it in batch:
                     if it.timing is not None:
                         t = it.timing
