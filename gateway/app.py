@@ -153,7 +153,7 @@ class Gateway:
             s.max_request_bytes,
             s.max_header_bytes,
             tls.grpc_credentials(s.tls),
-            stream=stream,
+            stream=stream.handle,
             extensions=ExtensionServicer(self.plane, servicer._abort, s.admin_token),
         )
         grpc_port = self._grpc.bind(s.host, s.grpc_port)

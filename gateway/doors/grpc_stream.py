@@ -92,7 +92,7 @@ class StreamInfer:
         deadline = time.monotonic() + remaining if remaining is not None else None
         return _Call(routing_key, traceparent, tracestate, context.peer(), deadline)
 
-    async def __call__(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def handle(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
         call = self._call(context)
         answers: asyncio.Queue[bytes | None] = asyncio.Queue()
         slots = asyncio.Semaphore(self.max_inflight)
