@@ -232,6 +232,6 @@ def test_unserved_triton_calls_say_so(gateway: RunningGateway) -> None:
     with pytest.raises(InferenceServerException, match="not served by this gateway"):
         g.get_trace_settings()
     # Repository control is off on the session gateway: load/unload say how to turn it on.
-    with pytest.raises(InferenceServerException, match="model control is off|admin token"):
+    with pytest.raises(InferenceServerException, match=r"model control is off|admin token"):
         g.load_model(MODEL)
     g.close()
