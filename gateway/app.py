@@ -37,6 +37,7 @@ from gateway.sidecar import SidecarProcess, dashboard_port
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Tracing, TracingError, build_tracing
 from gateway.traffic.control import RepositoryDiscovery, TrafficControl
+from gateway.traffic.models import ModelControl
 from gateway.workers import Endpoints, Workers
 
 log = logging.getLogger("gateway")
@@ -132,6 +133,15 @@ class Gateway:
             shadow=s.shadow,
             shared_memory=SharedMemory(s.shared_memory_regions, cuda_backend()),
         )
+        if s.repository_control:
+            self.plane.repository = ModelControl(
+                self.plane,
+                s.repository,
+                dispatcher,
+                lambda m: VersionInfo.from_manifest(m, s.batching_for(m.name)),
+                s.ready_timeout_s,
+                s.drain_s,
+            )
 
         servicer = InferenceServicer(
             self.plane,

@@ -103,6 +103,7 @@ class DataPlane:
         self.name = name
         self.live = True
         self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._inflight: dict[tuple[str, str], int] = {}  # per version, so an unload can wait for them
         for info in catalog.all():
             if info.batching.enabled:
                 self._batchers[(info.model, info.version)] = self._make_batcher(info)
@@ -194,11 +195,17 @@ class DataPlane:
             )
         return self.repository
 
-    def remove_version(self, model: str, version: str) -> Batcher | None:
-        """Takes an unloaded version out of the catalog; returns its batcher for the caller to close."""
+    def inflight(self, model: str, version: str) -> int:
+        """Requests of this version past the readiness check and not yet answered."""
+        return self._inflight.get((model, version), 0)
+
+    async def remove_version(self, model: str, version: str) -> None:
+        """Takes an unloaded (drained) version out of the catalog and closes its batcher."""
         self.catalog.remove(model, version)
         self.metrics.set_ready(model, version, False)
-        return self._batchers.pop((model, version), None)
+        batcher = self._batchers.pop((model, version), None)
+        if batcher is not None:
+            await batcher.close()
 
     # --- shared memory ----------------------------------------------------------------------
     def shm_register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
@@ -369,7 +376,12 @@ class DataPlane:
         if request.deadline is not None and time.monotonic() >= request.deadline:
             raise GatewayError(Code.DEADLINE_EXCEEDED, "the request's deadline passed before it was dispatched")
         timing.input_s = time.monotonic() - (request.received_at or time.monotonic())
-        out = await self._run_version(info, arrays, rows, request.deadline, timing)
+        key = (info.model, info.version)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        try:
+            out = await self._run_version(info, arrays, rows, request.deadline, timing)
+        finally:
+            self._inflight[key] -= 1
         wanted = [o.name for o in request.outputs] or list(info.output_index)
         tensors = []
         for name in wanted:

@@ -136,6 +136,12 @@ class GatewaySettings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _control_needs_token(self) -> GatewaySettings:
+        if self.repository_control and not self.admin_token:
+            raise ValueError("repository_control needs admin_token: loading and unloading models is an admin call")
+        return self
+
     def batching_for(self, model: str) -> BatchingOverride:
         merged: dict[str, Any] = {}
         for key in ("*", model):

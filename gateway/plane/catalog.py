@@ -148,8 +148,9 @@ class Catalog:
         return [v for vs in self._models.values() for v in vs.values()]
 
     def set_state(self, model: str, version: str, state: str, reason: str = "") -> None:
-        info = self._models[model][version]
-        info.state, info.reason = state, reason
+        info = self._models.get(model, {}).get(version)
+        if info is not None:  # None: unloaded while a readiness poll was under way
+            info.state, info.reason = state, reason
 
     def serving_ready(self) -> bool:
         """Every model can answer an unpinned request (a version missing its accelerator does not block this)."""
