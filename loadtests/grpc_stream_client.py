@@ -19,6 +19,7 @@ from tritonclient.grpc import service_pb2
 from loadtests.grpc_client import _identity, _wait_ready
 
 STREAM_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+STREAM_DEPTH = 8  # requests in flight per stream the load tool opens
 
 
 def _id_field(request_id: str) -> bytes:
@@ -66,12 +67,16 @@ class _Stream:
 
 
 class GrpcStreamSender:
-    """Sends pool payloads by index over ``streams`` long-lived streams; ``send`` returns None or an error."""
+    """Sends pool payloads by index over a few long-lived streams per channel; ``send`` returns None or an
+    error code name."""
 
-    def __init__(self, address: str, payloads: Sequence[bytes], *, max_streams: int, timeout_s: float) -> None:
+    def __init__(
+        self, address: str, payloads: Sequence[bytes], *, max_channels: int, streams: int, timeout_s: float
+    ) -> None:
         self._address = address
         self._payloads = list(payloads)
-        self._max_streams = max(1, max_streams)
+        self._max_channels = max(1, max_channels)
+        self._stream_count = max(1, streams)
         self._timeout_s = timeout_s
         self._channels: list[grpc.aio.Channel] = []
         self._streams: list[_Stream] = []
@@ -83,7 +88,7 @@ class GrpcStreamSender:
         return self._inflight
 
     async def start(self, connections: int = 1, connect_timeout_s: float = 10.0) -> None:
-        for i in range(min(max(1, connections), self._max_streams)):
+        for i in range(min(max(1, connections), self._max_channels)):
             channel = grpc.aio.insecure_channel(
                 self._address,
                 options=[
@@ -99,7 +104,10 @@ class GrpcStreamSender:
             except TimeoutError as exc:
                 raise ConnectionError(f"could not connect to {self._address}") from exc
             self._channels.append(channel)
-            self._streams.append(_Stream(channel))
+        # A stream's messages are read and written one at a time, so a few streams per channel keep the
+        # server's reads and writes going side by side.
+        for i in range(max(self._stream_count, len(self._channels))):
+            self._streams.append(_Stream(self._channels[i % len(self._channels)]))
 
     async def send(self, index: int) -> str | None:
         n = next(self._ids)

@@ -73,7 +73,7 @@ def make_sender(plan: WorkerPlan) -> Sender:
         )
     if plan.protocol == "grpc":
         from loadtests.grpc_client import GrpcSender
-        from loadtests.grpc_stream_client import GrpcStreamSender
+        from loadtests.grpc_stream_client import STREAM_DEPTH, GrpcStreamSender
 
         address, payloads = f"{plan.host}:{plan.port}", plan.payloads
         if plan.shared_memory:
@@ -81,7 +81,10 @@ def make_sender(plan: WorkerPlan) -> Sender:
 
             payloads = SharedInputs.register(address, payloads).payloads
         if plan.streaming:
-            return GrpcStreamSender(address, payloads, max_streams=wanted, timeout_s=plan.timeout_s)
+            # One stream per STREAM_DEPTH requests in flight (a stream carries one message at a time each way).
+            load = plan.concurrency if plan.mode == "closed" else min(plan.max_inflight, 1024)
+            streams = max(1, math.ceil(load / STREAM_DEPTH))
+            return GrpcStreamSender(address, payloads, max_channels=wanted, streams=streams, timeout_s=plan.timeout_s)
         return GrpcSender(address, payloads, max_channels=wanted, timeout_s=plan.timeout_s)
     from loadtests.http_client import HttpSender
 

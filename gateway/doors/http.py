@@ -118,11 +118,10 @@ class HttpDoor:
             self._method(method, "GET")
             return _json(ext.statistics_json(self.plane.model_statistics()))
         if rest[0] in ("systemsharedmemory", "cudasharedmemory"):
+            self._method(method, "GET" if rest[-1] == "status" else "POST")  # before anything is changed
             body = await self._body(scope, receive) if method == "POST" else b""
             kind = "system" if rest[0] == "systemsharedmemory" else "cuda"
-            needed, answer = ext.shared_memory(self.plane, kind, rest[1:], body, client_address(scope))
-            self._method(method, needed)
-            return _json(answer)
+            return _json(ext.shared_memory(self.plane, kind, rest[1:], body, client_address(scope)))
         if len(rest) == 4 and rest[:2] == ["repository", "models"] and rest[3] in ("load", "unload"):
             self._method(method, "POST")
             ext.require_admin(scope["headers"], self.admin_token)

@@ -108,20 +108,20 @@ def require_local(client: str) -> None:
         )
 
 
-def shared_memory(plane: DataPlane, kind: str, rest: list[str], body: bytes, client: str) -> tuple[str, Any]:
-    """Routes /v2/{system,cuda}sharedmemory/...: (the HTTP method the path needs, the JSON answer)."""
+def shared_memory(plane: DataPlane, kind: str, rest: list[str], body: bytes, client: str) -> Any:
+    """Routes /v2/{system,cuda}sharedmemory/... (the door has checked the method: GET for status, else POST)."""
     if rest == ["status"]:
-        return "GET", _status(plane, kind, "")
+        return _status(plane, kind, "")
     if rest == ["unregister"]:
         plane.shm_unregister(kind)
-        return "POST", {}
+        return {}
     if len(rest) == 3 and rest[0] == "region":
         name, action = rest[1], rest[2]
         if action == "status":
-            return "GET", _status(plane, kind, name)
+            return _status(plane, kind, name)
         if action == "unregister":
             plane.shm_unregister(kind, name)
-            return "POST", {}
+            return {}
         if action == "register":
             require_local(client)
             if kind == "system":
@@ -134,7 +134,7 @@ def shared_memory(plane: DataPlane, kind: str, rest: list[str], body: bytes, cli
                 except (binascii.Error, ValueError):
                     raise invalid("raw_handle.b64 is not valid base64") from None
                 plane.shm_register_cuda(name, handle, cuda_body.device_id, cuda_body.byte_size)
-            return "POST", {}
+            return {}
     raise GatewayError(Code.NOT_FOUND, f"no shared memory route /{'/'.join(rest)}")
 
 
