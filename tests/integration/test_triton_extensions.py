@@ -18,7 +18,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 from gateway._proto import inference_pb2 as pb
-from tests.integration.conftest import RunningGateway, run_onnx
+from tests.integration.conftest import FLOOD_QUEUE_ROWS, STALL_MARKER, RunningGateway, run_onnx
 
 MODEL = "breast_cancer"
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
@@ -235,3 +235,23 @@ def test_unserved_triton_calls_say_so(gateway: RunningGateway) -> None:
     with pytest.raises(InferenceServerException, match=r"model control is off|admin token"):
         g.load_model(MODEL)
     g.close()
+
+
+def test_a_full_batcher_answers_overloaded_on_the_stream_and_the_stream_goes_on(
+    gateway: RunningGateway, channel: grpc.Channel
+) -> None:
+    def request(i: int, value: float) -> bytes:
+        req = pb.ModelInferRequest(model_name="flood", id=str(i))
+        req.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+        req.raw_input_contents.append(np.full((1, 4), value, np.float32).tobytes())
+        return bytes(req.SerializeToString())
+
+    # The marker holds the only dispatch slot for 0.5 s; the 40 behind it overflow the 8-row queue.
+    burst = [request(0, STALL_MARKER), *(request(i, 1.0) for i in range(1, 41))]
+    call = channel.stream_stream(STREAM, request_serializer=None, response_deserializer=None)
+    replies = [pb.ModelStreamInferResponse.FromString(r) for r in call(iter(burst), timeout=60)]
+    assert sorted(int(r.infer_response.id) for r in replies) == list(range(41))
+    refused = [r for r in replies if r.error_message]
+    assert refused and all(r.error_message.startswith("[UNAVAILABLE]") for r in refused)
+    assert all("overloaded" in r.error_message for r in refused)
+    assert len(replies) - len(refused) >= FLOOD_QUEUE_ROWS
