@@ -116,6 +116,6 @@ def test_plain_http_json(gateway: RunningGateway) -> None:
         assert http.get("/v2/health/live").json() == {"live": True}
         assert http.get(f"/v2/models/{MODEL}/versions/2").json()["versions"] == ["2"]
         assert http.get("/v2/models/echo/versions/2/ready").status_code == 503
-        metrics = httpx.get(gateway.telemetry.metrics).text
+        metrics = httpx.get(gateway.metrics).text
         assert 'gateway_inference_requests_total{code="OK",model="breast_cancer",version="1"}' in metrics
         assert 'gateway_model_ready{model="echo",version="2"} 0.0' in metrics
