@@ -1,8 +1,6 @@
 """gRPC streaming sender: pre-serialized ``ModelInferRequest`` bytes on a few ``ModelStreamInfer`` calls.
 
-Each request gets an id (appended to its bytes as protobuf field 3: the last value wins), answers are
-matched back by id, since a server may answer a stream's requests in any order. An ``error_message``
-counts as an error, named by its ``[CODE]`` prefix when the server gives one.
+Answers are matched by id (a server may answer out of order); an ``error_message`` counts as an error.
 """
 
 from __future__ import annotations
@@ -110,6 +108,7 @@ class GrpcStreamSender:
             self._streams.append(_Stream(self._channels[i % len(self._channels)]))
 
     async def send(self, index: int) -> str | None:
+        # The id goes on the end of the request's bytes as protobuf field 3: the last value of a field wins.
         n = next(self._ids)
         stream = self._streams[n % len(self._streams)]
         request_id = f"{n:x}"

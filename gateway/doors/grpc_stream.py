@@ -1,9 +1,6 @@
 """`ModelStreamInfer` on the gRPC door: many requests on one call, each through the data plane like a unary one.
 
-Answers go back in the order they finish, each with its request's id; a failed request is an
-`error_message` on the stream, which stays up. At most `max_inflight` requests per stream are in the
-gateway (read but not yet answered on the wire); past that the stream stops reading until answers are
-written, so a client that never reads holds a bounded amount of the gateway's memory.
+Answers go back as they finish, with their request's id; failures are an `error_message` and the stream stays up.
 """
 
 from __future__ import annotations
@@ -61,6 +58,9 @@ class _Call:
 
 
 class StreamInfer:
+    """At most `max_inflight` requests of a stream are in the gateway (read, not yet answered on the wire); past
+    that the stream stops reading until answers are written, so a client that never reads holds bounded memory."""
+
     def __init__(
         self,
         plane: DataPlane,

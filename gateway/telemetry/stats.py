@@ -1,8 +1,6 @@
-"""Triton-style inference statistics per (model, version), kept as Prometheus counters.
+"""Triton-style inference statistics per (model, version), kept as Prometheus counters the data plane adds to.
 
-The data plane adds to them on every request and batch; ModelStatistics reads them back. Counters
-live in the metrics registry, so with several gateway processes (PROMETHEUS_MULTIPROC_DIR set) every
-process writes its own file and a read sums them all: any process answers for the whole gateway.
+With several gateway processes each writes its own multiprocess file and a read sums them all.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""Model control (Triton's repository load/unload): deploy a model's versions from the repository, or drain them.
+"""Model control (Triton's repository load/unload), reached through DataPlane.load_model / unload_model.
 
-The doors reach it through DataPlane.load_model / unload_model; it is there only when `repository_control`
-is on. Loading returns once every version is ready (or refused); unloading stops new requests at once,
-lets the ones already accepted finish, then removes the versions and their Serve applications.
+Load deploys a model's versions and waits until ready; unload refuses new requests, drains, then removes them.
 """
 
 from __future__ import annotations
