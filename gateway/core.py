@@ -36,6 +36,7 @@ from gateway.types import (
     InferResponse,
     ModelConfig,
     ModelMetadata,
+    RequestedOutput,
     RequestRecord,
     ShmRegion,
     Tensor,
@@ -222,6 +223,12 @@ class DataPlane:
 
     def shm_read(self, tensor: str, region: str, offset: int, size: int) -> bytes:
         return self.shm.read(tensor, region, offset, size)
+
+    def shm_check_outputs(self, outputs: tuple[RequestedOutput, ...]) -> None:
+        """Output regions are checked before the request runs; only a too small byte_size can fail after it."""
+        for o in outputs:
+            if o.shm is not None:
+                self.shm.check(o.name, *o.shm)
 
     def shm_write(self, tensor: str, region: str, offset: int, size: int, data: bytes) -> None:
         self.shm.write(tensor, region, offset, size, data)

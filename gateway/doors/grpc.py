@@ -303,6 +303,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 traceparent=traceparent,
                 tracestate=tracestate,
             )
+            if req.outputs:
+                self.plane.shm_check_outputs(req.outputs)
             resp = await self.plane.infer(req)
             if resp.traceparent:  # only when tracing is on
                 context.set_trailing_metadata((("traceparent", resp.traceparent),))

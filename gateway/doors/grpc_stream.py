@@ -154,6 +154,8 @@ class StreamInfer:
                 traceparent=call.traceparent,
                 tracestate=call.tracestate,
             )
+            if req.outputs:
+                plane.shm_check_outputs(req.outputs)
             resp = await plane.infer(req)
             return wrap_response(encode_response(resp, req.outputs, plane.shm_write).SerializeToString())
         except GatewayError as exc:

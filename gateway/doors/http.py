@@ -231,6 +231,8 @@ class HttpDoor:
             traceparent,
             tracestate,
         )
+        if request.outputs:
+            self.plane.shm_check_outputs(request.outputs)
         return self._encode(await self.plane.infer(request), parsed, request.outputs)
 
     def _decode(

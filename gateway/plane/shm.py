@@ -132,6 +132,10 @@ class SharedMemory:
             )
         return region, region.info.offset + offset
 
+    def check(self, tensor: str, name: str, offset: int, size: int) -> None:
+        """Refuses an output target outside its region before the request runs."""
+        self._locate(tensor, name, offset, size)
+
     def read(self, tensor: str, name: str, offset: int, size: int) -> bytes:
         """A copy: the client may reuse its region once answered, and the request log keeps the inputs."""
         region, start = self._locate(tensor, name, offset, size)

@@ -51,6 +51,8 @@ def test_every_access_is_checked_against_the_region(tmp_path: Path) -> None:
     assert "outside region 'r'" in code_of(shm.read, "x", "r", -1, 2)[1]
     assert "no shared memory region named 'zz'" in code_of(shm.read, "x", "zz", 0, 1)[1]
     assert "needs 8 bytes" in code_of(shm.write, "y", "r", 0, 4, b"12345678")[1]
+    assert "outside region 'r'" in code_of(shm.check, "y", "r", 10, 11)[1]
+    shm.check("y", "r", 10, 10)
     assert code_of(shm.status, "system", "zz")[0] == Code.NOT_FOUND
     shm.close()
 
