@@ -24,10 +24,13 @@ from gateway.core import DataPlane
 from gateway.doors.admin import AdminApi
 from gateway.doors.asgi import limited_http_protocol
 from gateway.doors.grpc import GrpcDoor, InferenceServicer
+from gateway.doors.grpc_extensions import ExtensionServicer
+from gateway.doors.grpc_stream import StreamInfer
 from gateway.doors.http import HttpDoor
 from gateway.errors import GatewayError
 from gateway.feedback import FeedbackLog
 from gateway.plane.catalog import Catalog, VersionInfo
+from gateway.plane.shm import SharedMemory, cuda_backend
 from gateway.request_log import RequestLogWriter
 from gateway.settings import GatewaySettings
 from gateway.sidecar import SidecarProcess, dashboard_port
@@ -35,6 +38,7 @@ from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.tracing import Tracing, TracingError, build_tracing
 from gateway.tenants.gate import TenantGate
 from gateway.traffic.control import RepositoryDiscovery, TrafficControl
+from gateway.traffic.models import ModelControl
 from gateway.traffic.outcomes import OutcomeJoiner, OutcomeReporter
 from gateway.workers import Endpoints, Workers
 
@@ -138,7 +142,17 @@ class Gateway:
             shadow=s.shadow,
             tenants=self.tenants,
             overload=s.overload,
+            shared_memory=SharedMemory(s.shared_memory_regions, cuda_backend()),
         )
+        if s.repository_control:
+            self.plane.repository = ModelControl(
+                self.plane,
+                s.repository,
+                dispatcher,
+                lambda m: VersionInfo.from_manifest(m, s.batching_for(m.name)),
+                s.ready_timeout_s,
+                s.drain_s,
+            )
 
         servicer = InferenceServicer(
             self.plane,
@@ -149,7 +163,22 @@ class Gateway:
             key_header=s.tenants.key_header,
             priority_header=s.overload.priority_header,
         )
-        self._grpc = GrpcDoor(servicer, s.max_request_bytes, s.max_header_bytes, tls.grpc_credentials(s.tls))
+        stream = StreamInfer(
+            self.plane,
+            s.max_tensor_elements,
+            s.default_timeout_ms / 1000.0,
+            s.routing_header,
+            s.max_request_rows,
+            s.stream_max_inflight,
+        )
+        self._grpc = GrpcDoor(
+            servicer,
+            s.max_request_bytes,
+            s.max_header_bytes,
+            tls.grpc_credentials(s.tls),
+            stream=stream.handle,
+            extensions=ExtensionServicer(self.plane, servicer._abort, s.admin_token),
+        )
         grpc_port = self._grpc.bind(s.host, s.grpc_port)
         await self._grpc.start()
         http_sock = bind_tcp(s.host, s.http_port)
@@ -164,6 +193,7 @@ class Gateway:
             max_rows=s.max_request_rows,
             key_header=s.tenants.key_header,
             priority_header=s.overload.priority_header,
+            admin_token=s.admin_token,
         )
         self._http = _Uvicorn(
             uvicorn.Config(

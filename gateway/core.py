@@ -23,17 +23,37 @@ from gateway.plane.batching import Batcher, BatchStats
 from gateway.plane.catalog import Catalog, VersionInfo
 from gateway.plane.deadlines import DeadlineWheel
 from gateway.plane.records import request_record
+from gateway.plane.shm import SharedMemory
 from gateway.plane.validation import check_declared_rows, validate_inputs, validate_outputs
 from gateway.settings import ShadowSettings
 from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.stats import InferenceStats, VersionStats
 from gateway.telemetry.tracing import RequestSpan, with_traceparent
 from gateway.tenants.gate import Admitted, TenantGate, TenantRefusal
 from gateway.tenants.settings import OverloadSettings
 from gateway.traffic.routing import FAILURE_CODES, LiveCounts, Route, Router, RoutingTable, applicable
 from gateway.traffic.shadow import ShadowRunner
-from gateway.types import InferRequest, InferResponse, ModelMetadata, RequestRecord, Tensor, Timing, VersionStatus
+from gateway.types import (
+    InferRequest,
+    InferResponse,
+    ModelConfig,
+    ModelMetadata,
+    RequestedOutput,
+    RequestRecord,
+    ShmRegion,
+    Tensor,
+    Timing,
+    VersionStatus,
+)
 
-EXTENSIONS = ("model_repository", "binary_tensor_data")
+EXTENSIONS = (
+    "model_repository",
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "system_shared_memory",
+    "cuda_shared_memory",
+)
 # Refusals of the tenant gate and of priority parsing; the batcher counts its own (queue_full, shed, ...).
 _GATE_REFUSALS = frozenset({Refusal.UNAUTHENTICATED, Refusal.RATE_LIMITED, Refusal.QUOTA})
 
@@ -52,6 +72,14 @@ class RequestLog(Protocol):
         record (a shadow copy's: no client waits on it) is written after the foreground ones it is queued with."""
 
 
+class RepositoryControl(Protocol):
+    """Deploys a model's versions from the repository, or drains and removes them (the composition root's)."""
+
+    async def load(self, model: str) -> None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+
 class DataPlane:
     def __init__(
         self,
@@ -64,6 +92,8 @@ class DataPlane:
         shadow: ShadowSettings | None = None,
         tenants: TenantGate | None = None,
         overload: OverloadSettings | None = None,
+        shared_memory: SharedMemory | None = None,
+        repository: RepositoryControl | None = None,
     ) -> None:
         self.catalog = catalog
         self.tenants = tenants  # None: keys off, every request is the anonymous tenant ""
@@ -78,9 +108,13 @@ class DataPlane:
         self._id_prefix = f"{uuid.uuid4().hex[:12]}-"
         self._ids = itertools.count(1)
         self.metrics = metrics or Metrics(None)
+        self.stats = InferenceStats(self.metrics.registry)
+        self.shm = shared_memory or SharedMemory()
+        self.repository = repository  # None: load/unload off
         self.name = name
         self.live = True
         self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._inflight: dict[tuple[str, str], int] = {}  # per version, so an unload can wait for them
         for info in catalog.all():
             if info.batching.enabled:
                 self._batchers[(info.model, info.version)] = self._make_batcher(info)
@@ -115,6 +149,9 @@ class DataPlane:
         def on_refusal(reason: Refusal, level: int, tenant: str) -> None:
             self.metrics.refusal(model, reason.value, classes[level] if not self._fifo else "", tenant)
 
+        def on_executed(rows: int, seconds: float) -> None:
+            self.stats.execution(model, version, rows, seconds)
+
         return Batcher(
             call,
             f"model '{model}' version '{version}'",
@@ -129,6 +166,7 @@ class DataPlane:
             fair=not self._fifo,
             admission=self.overload.admission,
             on_refusal=on_refusal,
+            on_executed=on_executed,
         )
 
     # --- health and metadata -------------------------------------------------------------
@@ -148,6 +186,72 @@ class DataPlane:
 
     def model_metadata(self, model: str, version: str | None) -> ModelMetadata:
         return self.catalog.metadata(model, version)
+
+    def model_config(self, model: str, version: str | None) -> ModelConfig:
+        return self.catalog.config(model, version)
+
+    def model_statistics(self, model: str = "", version: str | None = None) -> list[VersionStats]:
+        """Every version's statistics (model ""), a model's, or one version's; NOT_FOUND for unknown names."""
+        if not model:
+            keys = [(v.model, v.version) for v in self.catalog.all()]
+        elif version:
+            keys = [(model, self.catalog.get(model, version).version)]
+        else:
+            keys = [(model, v) for v in self.catalog.model_versions(model)]
+        return self.stats.read(keys)
+
+    # --- model repository control (off unless the composition root gives a controller) -------
+    async def load_model(self, model: str) -> None:
+        await self._repository_control().load(model)
+
+    async def unload_model(self, model: str) -> None:
+        await self._repository_control().unload(model)
+
+    def _repository_control(self) -> RepositoryControl:
+        if self.repository is None:
+            raise GatewayError(
+                Code.UNAVAILABLE,
+                "model control is off on this gateway: set repository_control to true (and admin_token) to "
+                "load and unload models",
+            )
+        return self.repository
+
+    def inflight(self, model: str, version: str) -> int:
+        """Requests of this version past the readiness check and not yet answered."""
+        return self._inflight.get((model, version), 0)
+
+    async def remove_version(self, model: str, version: str) -> None:
+        """Takes an unloaded (drained) version out of the catalog and closes its batcher."""
+        self.catalog.remove(model, version)
+        self.metrics.set_ready(model, version, False)
+        batcher = self._batchers.pop((model, version), None)
+        if batcher is not None:
+            await batcher.close()
+
+    # --- shared memory ----------------------------------------------------------------------
+    def shm_register_system(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.shm.register_system(name, key, offset, byte_size)
+
+    def shm_register_cuda(self, name: str, raw_handle: bytes, device_id: int, byte_size: int) -> None:
+        self.shm.register_cuda(name, raw_handle, device_id, byte_size)
+
+    def shm_unregister(self, kind: str, name: str = "") -> None:
+        self.shm.unregister(kind, name)
+
+    def shm_status(self, kind: str, name: str = "") -> list[ShmRegion]:
+        return self.shm.status(kind, name)
+
+    def shm_read(self, tensor: str, region: str, offset: int, size: int) -> bytes:
+        return self.shm.read(tensor, region, offset, size)
+
+    def shm_check_outputs(self, outputs: tuple[RequestedOutput, ...]) -> None:
+        """Output regions are checked before the request runs; only a too small byte_size can fail after it."""
+        for o in outputs:
+            if o.shm is not None:
+                self.shm.check(o.name, *o.shm)
+
+    def shm_write(self, tensor: str, region: str, offset: int, size: int, data: bytes) -> None:
+        self.shm.write(tensor, region, offset, size, data)
 
     def repository_index(self, ready_only: bool = False) -> list[VersionStatus]:
         return [s for s in self.catalog.index() if s.state == "READY" or not ready_only]
@@ -258,6 +362,8 @@ class DataPlane:
         total = time.monotonic() - start
         code = error.code.name if error is not None else "OK"
         self.metrics.request(model, version, code, total, timing.queue_s, timing.model_s)
+        if version:
+            self.stats.request(model, version, error is None, total, timing.queue_s, timing.model_s, timing.input_s)
         # Tracing off: the caller's trace id ("" when it sent no valid traceparent) still goes in the record.
         trace_id = span.finish(model, version, timing, error) if span is not None else request.traceparent[3:35]
         if model in self.router.ramped and self.router.ramped[model] == version:
@@ -343,7 +449,13 @@ class DataPlane:
             raise GatewayError(Code.DEADLINE_EXCEEDED, "the request's deadline passed before it was dispatched")
         level = 0 if self._fifo else self._levels.get(priority, 0)
         tenant = admitted.tenant if admitted is not None else ""
-        out = await self._run_version(info, arrays, rows, request.deadline, timing, level, tenant)
+        timing.input_s = time.monotonic() - (request.received_at or time.monotonic())
+        key = (info.model, info.version)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        try:
+            out = await self._run_version(info, arrays, rows, request.deadline, timing, level, tenant)
+        finally:
+            self._inflight[key] -= 1
         wanted = [o.name for o in request.outputs] or list(info.output_index)
         tensors = []
         for name in wanted:
@@ -367,10 +479,14 @@ class DataPlane:
         batcher = self._batchers.get((info.model, info.version))
         if batcher is not None:
             return await batcher.submit(arrays, rows, deadline, timing, level, tenant)
+        started = time.monotonic()
         try:
-            return await self.dispatcher.infer(info.model, info.version, arrays)
+            out = await self.dispatcher.infer(info.model, info.version, arrays)
         except Exception as exc:  # noqa: BLE001 - the same answer as the batched path
             raise as_gateway_error(exc, f"model '{info.model}' version '{info.version}'") from None
+        timing.model_s = time.monotonic() - started
+        self.stats.execution(info.model, info.version, rows, timing.model_s)
+        return out
 
     async def _call_shadow(self, info: VersionInfo, inputs: Arrays) -> Arrays:
         return await self.dispatcher.infer(info.model, info.version, inputs)
@@ -380,3 +496,4 @@ class DataPlane:
         await self.shadow.close(drain_s)
         for b in self._batchers.values():
             await b.close()
+        self.shm.close()

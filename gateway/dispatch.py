@@ -157,6 +157,12 @@ class RayDispatcher:
             if key not in self._refused:
                 self._handles[key] = serve.get_app_handle(app_name(*key)).options(**self._handle_options)
 
+    def undeploy(self, model: str, version: str) -> None:
+        """Deletes the version's Serve application (blocking: call it off the event loop)."""
+        self._handles.pop((model, version), None)
+        self._refused.pop((model, version), None)
+        serve.delete(app_name(model, version), _blocking=True)
+
     def readiness(self) -> dict[Key, Readiness]:
         """Blocking: asks the Serve controller; call it off the event loop."""
         out = {key: Readiness("UNAVAILABLE", reason) for key, reason in self._refused.items()}

@@ -91,6 +91,15 @@ class GatewaySettings(BaseSettings):
     max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
     """Largest request line plus headers (HTTP) or metadata (gRPC) accepted; bigger ones are refused
     (HTTP 431, gRPC RESOURCE_EXHAUSTED) before they are buffered further."""
+    stream_max_inflight: int = Field(256, ge=1, le=65536)
+    """Requests one ModelStreamInfer stream may have in the gateway at once (read, not yet answered on the wire);
+    past it the stream stops reading until answers are written, so a client that never reads holds bounded memory."""
+    shared_memory_regions: int = Field(64, ge=0, le=4096)
+    """Shared-memory regions (system and CUDA together) clients on this host may register with one gateway
+    process; 0 turns the shared-memory extensions off."""
+    repository_control: bool = False
+    """Allow loading and unloading models at run time (RepositoryModelLoad/Unload and POST
+    /v2/repository/models/{m}/load|unload), guarded by admin_token."""
     drain_s: float = Field(10.0, gt=0, le=600)
     """On SIGTERM: how long in-flight requests may take to finish before the doors close."""
     default_timeout_ms: float = Field(30_000, gt=0)
@@ -141,6 +150,12 @@ class GatewaySettings(BaseSettings):
                 f"admin_port {self.admin_port} is also a prediction or metrics port; "
                 "the admin API must listen on a port of its own"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _control_needs_token(self) -> GatewaySettings:
+        if self.repository_control and not self.admin_token:
+            raise ValueError("repository_control needs admin_token: loading and unloading models is an admin call")
         return self
 
     def batching_for(self, model: str) -> BatchingOverride:

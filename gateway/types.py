@@ -11,9 +11,11 @@ __all__ = [
     "Arrays",
     "InferRequest",
     "InferResponse",
+    "ModelConfig",
     "ModelMetadata",
     "RequestRecord",
     "RequestedOutput",
+    "ShmRegion",
     "Tensor",
     "TensorSpec",
     "Timing",
@@ -34,6 +36,7 @@ class TensorSpec:
 class RequestedOutput:
     name: str
     binary: bool | None = None  # HTTP binary extension choice; None = adapter default
+    shm: tuple[str, int, int] | None = None  # (region, offset, byte_size): written there, not in the response
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,7 @@ class InferResponse:
 class Timing:
     """Where a request's time went; the batcher fills it in (all zero on the unbatched path)."""
 
+    input_s: float = 0.0  # from receipt to the batch queue: decoding, validation, routing
     queue_s: float = 0.0  # waiting in the gateway's batch queue
     model_s: float = 0.0  # the Ray call carrying its batch (transport + replica + model)
     batch_rows: int = 0
@@ -115,3 +119,34 @@ class ModelMetadata:
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """A version's configuration in Triton's terms (model_config.proto), as far as the manifest maps to it."""
+
+    name: str
+    platform: str
+    backend: str
+    versions: tuple[str, ...]
+    max_batch_size: int  # 0: the version does not batch (and dims keep the first dimension)
+    inputs: tuple[TensorSpec, ...]  # shapes without the batch dimension when max_batch_size > 0
+    outputs: tuple[TensorSpec, ...]
+    dynamic_batching: bool
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_delay_us: int
+    instance_kind: str  # KIND_CPU | KIND_GPU | KIND_MODEL
+    instance_count: int
+    default_model_filename: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShmRegion:
+    """A registered shared-memory region, as status calls report it."""
+
+    name: str
+    kind: str  # "system" | "cuda"
+    byte_size: int
+    key: str = ""  # system: the shm_open key
+    offset: int = 0  # system: where the region starts in the key's file
+    device_id: int = 0  # cuda

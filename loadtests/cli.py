@@ -145,6 +145,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="distinct random requests, built before the run (default: 64)",
     )
     data.add_argument("--seed", type=int, help="seed for inputs and Poisson arrivals")
+    data.add_argument(
+        "--streaming",
+        action="store_true",
+        help="gRPC: send on long-lived ModelStreamInfer streams (one per connection) instead of unary calls",
+    )
+    data.add_argument(
+        "--shared-memory",
+        action="store_true",
+        help="gRPC, same host: put the inputs in a system shared memory region and send only references to it",
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--report", metavar="PATH", help="write the JSON report here")
     out.add_argument("--plot", metavar="PATH", help="write a PNG plot here")
@@ -174,6 +184,8 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         drain_timeout_s=args.drain_timeout,
         pool_size=args.pool_size,
         seed=args.seed,
+        streaming=args.streaming,
+        shared_memory=args.shared_memory,
         progress=not args.no_progress,
         report_path=args.report,
         plot_path=args.plot,

@@ -87,6 +87,8 @@ class LoadConfig:
     drain_timeout_s: float = 5.0  # after the window, unfinished requests become TIMEOUT
     pool_size: int = 64  # distinct pre-built random requests
     seed: int | None = None
+    streaming: bool = False  # gRPC: requests on long-lived ModelStreamInfer calls instead of unary calls
+    shared_memory: bool = False  # gRPC: inputs in a system shared memory region the tool registers
     progress: bool = True
     report_path: str | None = None
     plot_path: str | None = None
@@ -103,6 +105,11 @@ class LoadConfig:
             parse_sweep(self.sweep)
             if self.slo_p99_ms is None or self.slo_p99_ms <= 0:
                 raise ValueError("--sweep needs a positive --slo-p99-ms")
+        grpc_only = [
+            flag for flag, on in (("--streaming", self.streaming), ("--shared-memory", self.shared_memory)) if on
+        ]
+        if grpc_only and not self.target.startswith("grpc://"):
+            raise ValueError(f"{' and '.join(grpc_only)} need a grpc:// target")
         if self.rate is not None and self.rate <= 0:
             raise ValueError("--rate must be positive")
         if self.concurrency is not None and self.concurrency < 1:

@@ -12,7 +12,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +115,8 @@ class _GrpcHandler(grpc.GenericRpcHandler):
         method = str(details.method)  # type: ignore[attr-defined]
         if method == _SERVICE + "ModelInfer":
             return grpc.unary_unary_rpc_method_handler(self._infer)
+        if method == _SERVICE + "ModelStreamInfer":
+            return grpc.stream_stream_rpc_method_handler(self._stream)
         if method == _SERVICE + "ModelMetadata":
             return grpc.unary_unary_rpc_method_handler(
                 self._metadata,
@@ -132,6 +134,21 @@ class _GrpcHandler(grpc.GenericRpcHandler):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request")
         return server._infer_reply
 
+    async def _stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """The streaming echo: the constant reply with each request's id, errors as error_message."""
+        server = self._server
+        async for raw in requests:
+            request_id = service_pb2.ModelInferRequest.FromString(raw).id
+            if await server.admit() == "error":
+                reply = service_pb2.ModelStreamInferResponse(error_message="[UNAVAILABLE] fake overload")
+                reply.infer_response.id = request_id
+                await context.write(reply.SerializeToString())
+                continue
+            if server.behaviour.validate and not server.valid_grpc(raw):
+                server.invalid += 1
+            inner = server._infer_reply + b"\x1a" + _varint(len(request_id)) + request_id.encode()
+            await context.write(b"\x12" + _varint(len(inner)) + inner)
+
     async def _metadata(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request.name != self._server.model:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.name}")
@@ -144,6 +161,15 @@ class _GrpcHandler(grpc.GenericRpcHandler):
         for spec in meta["outputs"]:
             reply.outputs.add(name=spec["name"], datatype=spec["datatype"], shape=spec["shape"])
         return reply
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 class _HttpProtocol(asyncio.Protocol):

@@ -72,6 +72,8 @@ def make_plans(config: LoadConfig, target: Target, payloads: list[bytes], rate: 
                 timeout_s=config.timeout_s,
                 drain_timeout_s=config.drain_timeout_s,
                 seed=config.seed,
+                streaming=config.streaming,
+                shared_memory=config.shared_memory,
             )
         )
     return plans

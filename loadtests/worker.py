@@ -59,6 +59,8 @@ class WorkerPlan:
     timeout_s: float = 30.0
     drain_timeout_s: float = 5.0
     seed: int | None = None
+    streaming: bool = False  # gRPC ModelStreamInfer (one stream per channel) instead of unary calls
+    shared_memory: bool = False  # gRPC inputs in a system shared memory region registered by this process
 
 
 def make_sender(plan: WorkerPlan) -> Sender:
@@ -71,8 +73,19 @@ def make_sender(plan: WorkerPlan) -> Sender:
         )
     if plan.protocol == "grpc":
         from loadtests.grpc_client import GrpcSender
+        from loadtests.grpc_stream_client import STREAM_DEPTH, GrpcStreamSender
 
-        return GrpcSender(f"{plan.host}:{plan.port}", plan.payloads, max_channels=wanted, timeout_s=plan.timeout_s)
+        address, payloads = f"{plan.host}:{plan.port}", plan.payloads
+        if plan.shared_memory:
+            from loadtests.shm_payloads import SharedInputs
+
+            payloads = SharedInputs.register(address, payloads).payloads
+        if plan.streaming:
+            # One stream per STREAM_DEPTH requests in flight (a stream carries one message at a time each way).
+            load = plan.concurrency if plan.mode == "closed" else min(plan.max_inflight, 1024)
+            streams = max(1, math.ceil(load / STREAM_DEPTH))
+            return GrpcStreamSender(address, payloads, max_channels=wanted, streams=streams, timeout_s=plan.timeout_s)
+        return GrpcSender(address, payloads, max_channels=wanted, timeout_s=plan.timeout_s)
     from loadtests.http_client import HttpSender
 
     return HttpSender(plan.host, plan.port, plan.payloads, max_connections=wanted, timeout_s=plan.timeout_s)

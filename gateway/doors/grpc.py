@@ -22,6 +22,7 @@ from gateway._proto import POOL
 from gateway._proto import inference_pb2 as pb
 from gateway._proto import inference_pb2_grpc as pb_grpc
 from gateway.core import DataPlane
+from gateway.doors.grpc_extensions import EXTENSION_METHODS, ExtensionServicer
 from gateway.errors import GatewayError, invalid
 from gateway.telemetry.tracing import parse_traceparent
 from gateway.types import InferRequest, InferResponse, RequestedOutput, Tensor
@@ -80,10 +81,50 @@ def decode_tensor(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, m
     return Tensor(t.name, t.datatype, arr.reshape(shape))
 
 
+ShmRead = Callable[[str, str, int, int], bytes]
+ShmWrite = Callable[[str, str, int, int, bytes], None]
+
+
+def shm_target(name: str, params: Any) -> tuple[str, int, int] | None:
+    """(region, offset, byte_size) when a tensor lives in shared memory (tritonclient's set_shared_memory)."""
+    if "shared_memory_region" not in params:
+        return None
+    if "shared_memory_byte_size" not in params:
+        raise invalid(f"tensor '{name}': shared_memory_region needs shared_memory_byte_size")
+    offset = params["shared_memory_offset"].int64_param if "shared_memory_offset" in params else 0
+    return params["shared_memory_region"].string_param, offset, params["shared_memory_byte_size"].int64_param
+
+
+def _decode_with_shm(req: pb.ModelInferRequest, max_elements: int, read_shm: ShmRead) -> tuple[Tensor, ...]:
+    targets = [shm_target(t.name, t.parameters) if t.parameters else None for t in req.inputs]
+    raw = req.raw_input_contents
+    carried = len(req.inputs) - sum(1 for t in targets if t is not None)
+    if raw and len(raw) != carried:
+        raise invalid(
+            f"raw_input_contents holds {len(raw)} entries for {carried} inputs not in shared memory; send one "
+            "entry per such input, in order, or none"
+        )
+    inputs = []
+    j = 0
+    for t, target in zip(req.inputs, targets, strict=True):
+        if target is not None:
+            data = read_shm(t.name, *target)
+            inputs.append(
+                Tensor(t.name, t.datatype, codec.from_raw(t.name, t.datatype, tuple(t.shape), data, max_elements))
+            )
+        elif raw:
+            inputs.append(decode_tensor(t, raw[j], max_elements))
+            j += 1
+        else:
+            inputs.append(decode_tensor(t, None, max_elements))
+    return tuple(inputs)
+
+
 def decode_request(
     req: pb.ModelInferRequest,
     max_elements: int,
     *,
+    read_shm: ShmRead | None = None,
     received_at: float,
     deadline: float | None,
     routing_key: str | None,
@@ -94,16 +135,27 @@ def decode_request(
     priority: str = "",
 ) -> InferRequest:
     raw = req.raw_input_contents
-    if raw and len(raw) != len(req.inputs):
+    if read_shm is not None and any("shared_memory_region" in t.parameters for t in req.inputs if t.parameters):
+        inputs = _decode_with_shm(req, max_elements, read_shm)
+    elif raw and len(raw) != len(req.inputs):
         raise invalid(
             f"raw_input_contents holds {len(raw)} entries for {len(req.inputs)} inputs; "
             "send one entry per input, in order, or none"
         )
-    if raw:
+    elif raw:
         inputs = tuple([decode_tensor(t, raw[i], max_elements) for i, t in enumerate(req.inputs)])
     else:
         inputs = tuple([decode_tensor(t, None, max_elements) for t in req.inputs])
-    outputs = tuple([RequestedOutput(o.name) for o in req.outputs]) if req.outputs else ()
+    outputs = (
+        tuple(
+            [
+                RequestedOutput(o.name, shm=shm_target(o.name, o.parameters) if o.parameters else None)
+                for o in req.outputs
+            ]
+        )
+        if req.outputs
+        else ()
+    )
     return InferRequest(
         model=req.model_name,
         version=req.model_version or None,
@@ -123,11 +175,30 @@ def decode_request(
     )
 
 
-def encode_response(resp: InferResponse) -> pb.ModelInferResponse:
+def encode_response(
+    resp: InferResponse, requested: tuple[RequestedOutput, ...] = (), write_shm: ShmWrite | None = None
+) -> pb.ModelInferResponse:
     out = pb.ModelInferResponse(model_name=resp.model, model_version=resp.version, id=resp.id)
-    for t in resp.outputs:
-        out.outputs.add(name=t.name, datatype=t.datatype, shape=t.data.shape)
-        out.raw_output_contents.append(codec.to_raw(t.data, t.datatype))
+    shm = {o.name: o.shm for o in requested if o.shm is not None} if write_shm is not None else None
+    if not shm:
+        for t in resp.outputs:
+            out.outputs.add(name=t.name, datatype=t.datatype, shape=t.data.shape)
+            out.raw_output_contents.append(codec.to_raw(t.data, t.datatype))
+        return out
+    assert write_shm is not None
+    # Outputs in shared memory go last and carry no raw contents, so raw_output_contents[i] stays outputs[i].
+    for t in sorted(resp.outputs, key=lambda t: t.name in shm):
+        tensor = out.outputs.add(name=t.name, datatype=t.datatype, shape=t.data.shape)
+        data = codec.to_raw(t.data, t.datatype)
+        target = shm.get(t.name)
+        if target is None:
+            out.raw_output_contents.append(data)
+            continue
+        region, offset, size = target
+        write_shm(t.name, region, offset, size, data)
+        tensor.parameters["shared_memory_region"].string_param = region
+        tensor.parameters["shared_memory_offset"].int64_param = offset
+        tensor.parameters["shared_memory_byte_size"].int64_param = len(data)
     return out
 
 
@@ -236,6 +307,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             req = decode_request(
                 request,
                 self.max_elements,
+                read_shm=self.plane.shm_read,
                 received_at=received,
                 deadline=deadline,
                 routing_key=routing_key,
@@ -245,10 +317,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 api_key=api_key,
                 priority=priority,
             )
+            if req.outputs:
+                self.plane.shm_check_outputs(req.outputs)
             resp = await self.plane.infer(req)
             if resp.traceparent:  # only when tracing is on
                 context.set_trailing_metadata((("traceparent", resp.traceparent),))
-            return encode_response(resp)
+            return encode_response(resp, req.outputs, self.plane.shm_write)
         except GatewayError as exc:
             await self._abort(context, exc)
             raise
@@ -282,8 +356,30 @@ def _raw_handler(method: Callable[[Any, Any], Awaitable[Any]], request_cls: Any,
     )
 
 
+class _Unserved(grpc.GenericRpcHandler):
+    """The rest of Triton's service (trace and log settings): a clear UNIMPLEMENTED instead of gRPC's bare one."""
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = str(details.method)  # type: ignore[attr-defined]
+        if not method.startswith(f"/{SERVICE}/"):
+            return None
+        name = method.rsplit("/", 1)[-1]
+
+        async def refuse(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            await context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{SERVICE}/{name} is not served by this gateway (see README, 'Doors' for what is)",
+            )
+            raise AssertionError("abort raises")
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]
+
+
 class GrpcDoor:
-    """Owns the grpc.aio server: inference, health and reflection services."""
+    """Owns the grpc.aio server: inference (unary, streaming and Triton's extensions), health and reflection."""
 
     def __init__(
         self,
@@ -291,6 +387,9 @@ class GrpcDoor:
         max_message_bytes: int,
         max_metadata_bytes: int = 16 * 1024,
         credentials: grpc.ServerCredentials | None = None,
+        *,
+        stream: StreamHandler | None = None,
+        extensions: ExtensionServicer | None = None,
     ) -> None:
         self.servicer = servicer
         self.credentials = credentials  # None: plaintext
@@ -305,7 +404,13 @@ class GrpcDoor:
             ]
         )
         handlers = {name: _raw_handler(getattr(servicer, name), req, resp) for name, (req, resp) in _METHODS.items()}
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        if extensions is not None:
+            for name, (req, resp) in EXTENSION_METHODS.items():
+                handlers[name] = _raw_handler(getattr(extensions, name), req, resp)
+        if stream is not None:
+            # Raw bytes both ways: the handler parses each request itself (garbage gets an error on the stream).
+            handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(stream)
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers), _Unserved()))
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -16,6 +16,7 @@ import orjson
 
 from gateway import codec
 from gateway.core import DataPlane
+from gateway.doors import http_extensions as ext
 from gateway.doors.asgi import client_address, read_body
 from gateway.doors.http_schema import IndexBody, InferBody, binary_size, parse_json
 from gateway.errors import Code, GatewayError, invalid, not_found
@@ -56,10 +57,12 @@ class HttpDoor:
         max_rows: int = 65536,
         key_header: str = "x-api-key",
         priority_header: str = "x-priority",
+        admin_token: str = "",
     ) -> None:
         self.plane = plane
         self.key_header = key_header.lower().encode()
         self.priority_header = priority_header.lower().encode()
+        self.admin_token = admin_token
         self.feedback = feedback
         self.max_rows = max_rows
         self.max_body_bytes = max_body_bytes
@@ -115,6 +118,23 @@ class HttpDoor:
                     for s in self.plane.repository_index(ready)
                 ]
             )
+        if rest == ["models", "stats"]:
+            self._method(method, "GET")
+            return _json(ext.statistics_json(self.plane.model_statistics()))
+        if rest[0] in ("systemsharedmemory", "cudasharedmemory"):
+            self._method(method, "GET" if rest[-1] == "status" else "POST")  # before anything is changed
+            body = await self._body(scope, receive) if method == "POST" else b""
+            kind = "system" if rest[0] == "systemsharedmemory" else "cuda"
+            return _json(ext.shared_memory(self.plane, kind, rest[1:], body, client_address(scope)))
+        if len(rest) == 4 and rest[:2] == ["repository", "models"] and rest[3] in ("load", "unload"):
+            self._method(method, "POST")
+            ext.require_admin(scope["headers"], self.admin_token)
+            await self._body(scope, receive)  # Triton's parameters (config overrides): none apply here
+            if rest[3] == "load":
+                await self.plane.load_model(rest[2])
+            else:
+                await self.plane.unload_model(rest[2])
+            return _json({})
         if rest[0] == "models" and len(rest) >= 2:
             model, tail = rest[1], rest[2:]
             version: str | None = None
@@ -123,6 +143,12 @@ class HttpDoor:
             if tail == []:
                 self._method(method, "GET")
                 return _json(self._metadata(model, version))
+            if tail == ["config"]:
+                self._method(method, "GET")
+                return _json(ext.config_json(self.plane.model_config(model, version)))
+            if tail == ["stats"]:
+                self._method(method, "GET")
+                return _json(ext.statistics_json(self.plane.model_statistics(model, version)))
             if tail == ["ready"]:
                 self._method(method, "GET")
                 ready = self.plane.model_ready(model, version)
@@ -215,7 +241,9 @@ class HttpDoor:
             api_key,
             priority,
         )
-        return self._encode(await self.plane.infer(request), parsed)
+        if request.outputs:
+            self.plane.shm_check_outputs(request.outputs)
+        return self._encode(await self.plane.infer(request), parsed, request.outputs)
 
     def _decode(
         self,
@@ -236,7 +264,11 @@ class HttpDoor:
         inputs = []
         for inp in body.inputs:
             size = binary_size(inp.name, inp.parameters)
-            if size is not None:
+            target = ext.shm_target(inp.name, inp.parameters) if inp.parameters else None
+            if target is not None:
+                data = self.plane.shm_read(inp.name, *target)
+                arr = codec.from_raw(inp.name, inp.datatype, inp.shape, data, self.max_elements)
+            elif size is not None:
                 if offset + size > len(binary):
                     raise invalid(f"input '{inp.name}': binary_data_size {size} runs past the end of the body")
                 arr = codec.from_raw(
@@ -250,7 +282,14 @@ class HttpDoor:
             inputs.append(Tensor(inp.name, inp.datatype, arr))
         if offset != len(binary):
             raise invalid(f"the body holds {len(binary) - offset} bytes of binary data that no input claims")
-        outputs = tuple(RequestedOutput(o.name, _flag(o.parameters, "binary_data")) for o in body.outputs)
+        outputs = tuple(
+            RequestedOutput(
+                o.name,
+                _flag(o.parameters, "binary_data"),
+                ext.shm_target(o.name, o.parameters) if o.parameters else None,
+            )
+            for o in body.outputs
+        )
         return InferRequest(
             model=model,
             version=version,
@@ -269,15 +308,20 @@ class HttpDoor:
             priority=priority,
         )
 
-    def _encode(self, resp: InferResponse, body: InferBody) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def _encode(
+        self, resp: InferResponse, body: InferBody, requested: tuple[RequestedOutput, ...] = ()
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         binary_default = bool(_flag(body.parameters, "binary_data_output"))
         choice = {o.name: _flag(o.parameters, "binary_data") for o in body.outputs}
+        shm = {o.name: o for o in requested if o.shm is not None}
         outputs: list[dict[str, Any]] = []
         blobs: list[bytes] = []
         for t in resp.outputs:
             entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.data.shape)}
             wanted = choice.get(t.name)
-            if wanted if wanted is not None else binary_default:
+            if t.name in shm:
+                entry["parameters"] = ext.write_shm_output(self.plane, shm[t.name], codec.to_raw(t.data, t.datatype))
+            elif wanted if wanted is not None else binary_default:
                 raw = codec.to_raw(t.data, t.datatype)
                 entry["parameters"] = {"binary_data_size": len(raw)}
                 blobs.append(raw)

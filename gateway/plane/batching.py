@@ -53,6 +53,7 @@ class Batcher:
     fair: bool = True  # round robin between a class's tenants (False: arrival order)
     admission: bool = True  # refuse at once what the predicted answer time puts past its deadline
     on_refusal: Callable[[Refusal, int, str], None] | None = None  # (reason, class, tenant) of every refusal
+    on_executed: Callable[[int, float], None] | None = None  # (rows, seconds) of each successful call
 
     _queue: ClassQueue = field(init=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -237,6 +238,8 @@ class Batcher:
                 took = self.clock() - started
                 self._call_s = took if self._calls == 0 else 0.8 * self._call_s + 0.2 * took
                 self._calls += 1
+                if self.on_executed is not None:
+                    self.on_executed(rows, took)
                 for it in batch:
                     if it.timing is not None:
                         t = it.timing

@@ -12,7 +12,11 @@ from contract.manifest import Batching, Manifest
 from contract.repository import version_sort_key
 from gateway.errors import not_found, unavailable
 from gateway.settings import BatchingOverride
-from gateway.types import ModelMetadata, TensorSpec, VersionStatus
+from gateway.types import ModelConfig, ModelMetadata, TensorSpec, VersionStatus
+
+_BACKENDS = {"onnx": "onnxruntime", "python": "python", "array": "numpy", "remote": "remote"}
+# An FPGA is a device the model itself manages: Triton's KIND_MODEL.
+_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU", "fpga": "KIND_MODEL"}
 
 
 @dataclass
@@ -28,6 +32,10 @@ class VersionInfo:
     input_index: dict[str, TensorSpec] = field(default_factory=dict)
     output_index: dict[str, TensorSpec] = field(default_factory=dict)
     nan_policy: str = "allow"  # the manifest's: "reject" refuses NaN/Inf in floating-point inputs
+    runtime: str = ""
+    artifact: str = ""
+    accelerator: str = "cpu"
+    replicas: int = 1
 
     @property
     def ready(self) -> bool:
@@ -50,6 +58,10 @@ class VersionInfo:
             input_index={t.name: t for t in inputs},
             output_index={t.name: t for t in outputs},
             nan_policy=m.nan_policy,
+            runtime=m.runtime,
+            artifact=m.artifact,
+            accelerator=m.accelerator.kind,
+            replicas=m.replicas,
         )
 
 
@@ -97,6 +109,38 @@ class Catalog:
             info.model: dict(sorted(merged.items(), key=lambda kv: version_sort_key(kv[0]))),
         }
 
+    def remove(self, model: str, version: str) -> None:
+        """Forgets a version (an unloaded one); the model goes when its last version does."""
+        versions = {v: i for v, i in self._models.get(model, {}).items() if v != version}
+        models = {m: vs for m, vs in self._models.items() if m != model}
+        if versions:
+            models[model] = versions
+        self._models = models
+
+    def config(self, model: str, version: str | None) -> ModelConfig:
+        info = self.get(model, version) if version is not None else self._newest(model)
+        b = info.batching
+        batch = b.max_batch_size if b.enabled else 0
+
+        def dims(specs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t.name, t.datatype, t.shape[1:] if batch else t.shape) for t in specs)
+
+        return ModelConfig(
+            name=info.model,
+            platform=info.platform,
+            backend=_BACKENDS.get(info.runtime, info.runtime),
+            versions=tuple(self.model_versions(model)),
+            max_batch_size=batch,
+            inputs=dims(info.inputs),
+            outputs=dims(info.outputs),
+            dynamic_batching=b.enabled,
+            preferred_batch_sizes=tuple(b.preferred_batch_sizes),
+            max_queue_delay_us=int(b.max_wait_ms * 1000),
+            instance_kind=_KINDS[info.accelerator],
+            instance_count=info.replicas,
+            default_model_filename=info.artifact,
+        )
+
     def model_names(self) -> list[str]:
         return list(self._models)
 
@@ -104,8 +148,9 @@ class Catalog:
         return [v for vs in self._models.values() for v in vs.values()]
 
     def set_state(self, model: str, version: str, state: str, reason: str = "") -> None:
-        info = self._models[model][version]
-        info.state, info.reason = state, reason
+        info = self._models.get(model, {}).get(version)
+        if info is not None:  # None: unloaded while a readiness poll was under way
+            info.state, info.reason = state, reason
 
     def serving_ready(self) -> bool:
         """Every model can answer an unpinned request (a version missing its accelerator does not block this)."""

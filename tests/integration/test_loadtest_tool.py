@@ -68,3 +68,20 @@ def test_closed_loop_counts_add_up(gateway: RunningGateway) -> None:
         )
     )
     assert report.ok > 0 and report.errors == 0, report.errors_by_code
+
+
+@pytest.mark.parametrize("shared_memory", [False, True], ids=["streaming", "streaming+shm"])
+def test_streaming_and_shared_memory_counts_add_up(gateway: RunningGateway, shared_memory: bool) -> None:
+    report = _run(
+        LoadConfig(
+            target=f"grpc://{gateway.grpc}",
+            model="breast_cancer",
+            concurrency=16,
+            max_requests=400,
+            duration_s=60.0,
+            progress=False,
+            streaming=True,
+            shared_memory=shared_memory,
+        )
+    )
+    assert report.ok == 400 and report.errors == 0, report.errors_by_code

@@ -499,3 +499,19 @@ def test_bench_pin_moves_every_thread_of_a_process() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_streaming_and_shared_memory_need_a_grpc_target() -> None:
+    from loadtests import LoadConfig
+
+    for flags in ({"streaming": True}, {"shared_memory": True}):
+        with pytest.raises(ValueError, match="need a grpc:// target"):
+            LoadConfig(target="http://127.0.0.1:1", model="m", concurrency=1, **flags).validate()
+        LoadConfig(target="grpc://127.0.0.1:1", model="m", concurrency=1, **flags).validate()
+
+
+def test_stream_error_codes_come_from_the_message_prefix() -> None:
+    from loadtests.grpc_stream_client import error_code
+
+    assert error_code("[UNAVAILABLE] model 'm' is overloaded") == "UNAVAILABLE"
+    assert error_code("something else") == "STREAM_ERROR"

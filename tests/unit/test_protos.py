@@ -149,8 +149,10 @@ def test_every_message_field_matches_triton() -> None:
 
 
 def test_enums_match_triton() -> None:
-    # We define none today; if one is added it must match too.
-    for enum in inference_pb2.DESCRIPTOR.enum_types_by_name.values():
+    enums = list(inference_pb2.DESCRIPTOR.enum_types_by_name.values())
+    enums += [e for d in _walk(list(inference_pb2.DESCRIPTOR.message_types_by_name.values())) for e in d.enum_types]
+    assert {e.full_name for e in enums} >= {"inference.DataType", "inference.ModelInstanceGroup.Kind"}
+    for enum in enums:
         theirs = triton_pb2.DESCRIPTOR.pool.FindEnumTypeByName(enum.full_name)
         assert {v.name: v.number for v in enum.values} == {v.name: v.number for v in theirs.values}
 
@@ -166,7 +168,18 @@ def test_service_methods_match_triton() -> None:
         "ServerMetadata",
         "ModelMetadata",
         "ModelInfer",
+        "ModelStreamInfer",
+        "ModelConfig",
+        "ModelStatistics",
         "RepositoryIndex",
+        "RepositoryModelLoad",
+        "RepositoryModelUnload",
+        "SystemSharedMemoryStatus",
+        "SystemSharedMemoryRegister",
+        "SystemSharedMemoryUnregister",
+        "CudaSharedMemoryStatus",
+        "CudaSharedMemoryRegister",
+        "CudaSharedMemoryUnregister",
     }
     for method in ours.methods:
         other = theirs.methods_by_name.get(method.name)

@@ -1,0 +1,171 @@
+"""`ModelStreamInfer` on the gRPC door: many requests on one call, each through the data plane like a unary one.
+
+Answers go back as they finish, with their request's id; failures are an `error_message` and the stream stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from gateway._proto import inference_pb2 as pb
+from gateway.core import DataPlane
+from gateway.doors.grpc import decode_request, encode_response
+from gateway.errors import GatewayError
+from gateway.telemetry.tracing import parse_traceparent
+
+log = logging.getLogger(__name__)
+_INFER_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse.infer_response: field 2, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def wrap_response(inner: bytes) -> bytes:
+    """ModelStreamInferResponse{infer_response: inner}, framed by hand: no copy of the inner message."""
+    return _INFER_RESPONSE_TAG + _varint(len(inner)) + inner
+
+
+def error_response(message: str, model: str = "", version: str = "", request_id: str = "") -> bytes:
+    reply = pb.ModelStreamInferResponse(error_message=message)
+    reply.infer_response.model_name, reply.infer_response.model_version = model, version
+    reply.infer_response.id = request_id
+    return reply.SerializeToString()
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What every request of one stream shares: the call's metadata and its deadline."""
+
+    routing_key: str | None
+    traceparent: str
+    tracestate: str
+    client: str
+    deadline: float | None  # the stream's own deadline, if the client set one
+
+
+class StreamInfer:
+    """At most `max_inflight` requests of a stream are in the gateway (read, not yet answered on the wire); past
+    that the stream stops reading until answers are written, so a client that never reads holds bounded memory."""
+
+    def __init__(
+        self,
+        plane: DataPlane,
+        max_elements: int,
+        default_timeout_s: float,
+        routing_header: str,
+        max_rows: int,
+        max_inflight: int,
+    ) -> None:
+        self.plane = plane
+        self.max_elements = max_elements
+        self.default_timeout_s = default_timeout_s
+        self.routing_header = routing_header
+        self.max_rows = max_rows
+        self.max_inflight = max_inflight
+
+    def _call(self, context: grpc.aio.ServicerContext[Any, Any]) -> _Call:
+        routing_key = None
+        traceparent = tracestate = ""
+        for key, value in context.invocation_metadata() or ():
+            text = value if isinstance(value, str) else value.decode()
+            if key == self.routing_header:
+                routing_key = text
+            elif key == "traceparent":
+                traceparent = parse_traceparent(text)
+            elif key == "tracestate":
+                tracestate = text
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        return _Call(routing_key, traceparent, tracestate, context.peer(), deadline)
+
+    async def handle(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        call = self._call(context)
+        answers: asyncio.Queue[bytes | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.max_inflight)
+        working: set[asyncio.Task[None]] = set()
+
+        async def answer(raw: bytes) -> None:
+            answers.put_nowait(await self.one(raw, call))
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    await slots.acquire()  # released once its answer is on the wire
+                    task = asyncio.create_task(answer(raw))
+                    working.add(task)
+                    task.add_done_callback(working.discard)
+            finally:
+                # The client finished sending (or went away): answer what is in flight, then end the call.
+                if working:
+                    await asyncio.gather(*list(working), return_exceptions=True)
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await answers.get()) is not None:
+                await context.write(reply)
+                slots.release()
+        finally:
+            # A client cancel lands here: its queued work goes too (a batcher drops cancelled requests).
+            reader.cancel()
+            for task in list(working):
+                task.cancel()
+
+    async def one(self, raw: bytes, call: _Call) -> bytes:
+        """One streamed request's answer, serialized; failures become an error_message, never an exception."""
+        received = time.monotonic()
+        try:
+            request = pb.ModelInferRequest.FromString(raw)
+        except DecodeError:
+            return error_response("request is not a valid inference.ModelInferRequest message")
+        try:
+            deadline = received + self.default_timeout_s
+            if call.deadline is not None:
+                deadline = min(deadline, call.deadline)
+            plane = self.plane
+            plane.check_rows(
+                request.model_name,
+                request.model_version or None,
+                ((t.name, t.shape) for t in request.inputs),
+                self.max_rows,
+            )
+            req = decode_request(
+                request,
+                self.max_elements,
+                read_shm=plane.shm_read,
+                received_at=received,
+                deadline=deadline,
+                routing_key=call.routing_key,
+                client=call.client,
+                traceparent=call.traceparent,
+                tracestate=call.tracestate,
+            )
+            if req.outputs:
+                plane.shm_check_outputs(req.outputs)
+            resp = await plane.infer(req)
+            return wrap_response(encode_response(resp, req.outputs, plane.shm_write).SerializeToString())
+        except GatewayError as exc:
+            return error_response(
+                f"[{exc.code.name}] {exc.message}", request.model_name, request.model_version, request.id
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("streamed request %r failed", request.id)
+            return error_response(
+                "internal error in the gateway", request.model_name, request.model_version, request.id
+            )
