@@ -24,7 +24,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from loadtests.config import LoadConfig, parse_duration
+from loadtests.config import LoadConfig, parse_duration, parse_mix
 from loadtests.harness import cpu_seconds, process, wait_for_file
 from loadtests.report import Report
 from loadtests.runner import run_load
@@ -32,9 +32,10 @@ from loadtests.runner import run_load
 CALL_S = 0.1  # the model's time per batch: an accelerator-bound model, slow next to the door's cost per request
 BATCH = 8  # rows per batch
 CAPACITY = BATCH / CALL_S  # requests/s of one row each (one batch in flight at a time)
-# Class: (weight in the mix, deadline in seconds). The critical class alone stays under the capacity at 5x
-# (50%); the lower classes bring the overload.
-PROFILE = {"critical": (10, 0.5), "default": (30, 1.0), "batch": (60, 4.0)}
+# The load tool's mixed profile: the critical class alone stays under the capacity at 5x (50% of it), the
+# lower classes bring the overload; deadlines of 5, 10 and 40 calls.
+MIX = "critical=10,default=30,batch=60"
+DEADLINES = "critical=500ms,default=1s,batch=4s"
 MODES = ("priority", "fifo")
 MODEL_CODE = f"""
 import time
@@ -67,8 +68,7 @@ def write_repository(root: Path) -> None:
     Repository(root).write_version(manifest, write)
 
 
-def load_config(address: str, rate: float, duration_s: float) -> LoadConfig:
-    total = sum(w for w, _ in PROFILE.values())
+def load_config(address: str, rate: float, duration_s: float, mix: str, deadlines: str) -> LoadConfig:
     return LoadConfig(
         target=f"grpc://{address}",
         model="fixed",
@@ -76,9 +76,9 @@ def load_config(address: str, rate: float, duration_s: float) -> LoadConfig:
         duration_s=duration_s,
         seed=1,  # both gateways get the same arrivals and the same classes
         progress=False,
-        timeout_s=max(d for _, d in PROFILE.values()),
-        mix=",".join(f"{name}={100 * w / total:g}" for name, (w, _) in PROFILE.items()),
-        class_deadlines=",".join(f"{name}={d}s" for name, (_, d) in PROFILE.items()),
+        timeout_s=max(c.deadline_s or 30.0 for c in parse_mix(mix, deadlines)),
+        mix=mix,
+        class_deadlines=deadlines,
     )
 
 
@@ -126,10 +126,12 @@ def own_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(address: str, metrics_url: str, pids: dict[str, int], load: float, duration_s: float) -> dict[str, Any]:
-    run_load(load_config(address, CAPACITY * 0.5, 2.0))  # warm up: the batcher knows its call time
+def measure(
+    address: str, metrics_url: str, pids: dict[str, int], load: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    run_load(load_config(address, CAPACITY * 0.5, 2.0, args.mix, args.class_deadline))  # warm up: call time known
     before, cpu0, driver0 = scrape(metrics_url), cpu_seconds(pids.values()), own_cpu_s()
-    report = run_load(load_config(address, CAPACITY * load, duration_s))
+    report = run_load(load_config(address, CAPACITY * load, args.duration, args.mix, args.class_deadline))
     after, cpu1, driver1 = scrape(metrics_url), cpu_seconds(pids.values()), own_cpu_s()
     assert isinstance(report, Report)
     refusals, view = gateway_view(before, after)
@@ -167,13 +169,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    profile = results["profile"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     points = sorted(results["points"], key=lambda p: (p["load"], MODES.index(p["mode"])))
     labels = [f"{p['load']:g}x {p['mode']}" for p in points]
     x = np.arange(len(points))
-    width = 0.8 / len(PROFILE)
-    for i, cls in enumerate(PROFILE):
-        at = x + (i - (len(PROFILE) - 1) / 2) * width
+    width = 0.8 / len(profile)
+    for i, cls in enumerate(profile):
+        at = x + (i - (len(profile) - 1) / 2) * width
         axes[0].bar(at, [100 * p["classes"][cls]["goodput_share"] for p in points], width, label=cls)
         axes[1].bar(at, [p["classes"][cls]["p99_ms"] or 0 for p in points], width, label=cls)
         refused = [sum(p["classes"][cls]["errors"].values()) for p in points]
@@ -186,7 +189,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for ax in axes:
         ax.set_xticks(x, labels, rotation=20)
         ax.legend()
-    deadlines = ", ".join(f"{c} {w}% / {d:g} s" for c, (w, d) in PROFILE.items())
+    deadlines = ", ".join(
+        f"{c} {v['share'] * 100:g}% / " + (f"{v['deadline_s']:g} s" if v["deadline_s"] else "none")
+        for c, v in profile.items()
+    )
     fig.suptitle(
         f"Overload: model {CALL_S * 1000:g} ms per batch of {BATCH} (capacity {CAPACITY:g} req/s); "
         f"class share / deadline: {deadlines}"
@@ -224,10 +230,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtests.bench.overload", description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=parse_duration, default=10.0, help="seconds per point (default 10s)")
     p.add_argument("--loads", default="2,5", help="offered load as multiples of the saturation rate (default 2,5)")
-    p.add_argument("--out", type=Path, default=Path("overload.json"))
-    p.add_argument("--plot", type=Path, default=Path("overload.png"))
+    p.add_argument("--out", type=Path, default=Path("overload.json"), help="JSON results (default overload.json)")
+    p.add_argument("--plot", type=Path, default=Path("overload.png"), help="PNG plot (default overload.png)")
+    p.add_argument(
+        "--mix",
+        default=MIX,
+        help=f"classes (the gateway's priority names) and their weights, as the load tool's --mix (default {MIX})",
+    )
+    p.add_argument("--class-deadline", default=DEADLINES, help=f"deadline per class (default {DEADLINES})")
     args = p.parse_args(argv)
     loads = [float(v) for v in args.loads.split(",")]
+    try:
+        classes = parse_mix(args.mix, args.class_deadline)
+    except ValueError as exc:
+        p.error(str(exc))
+    total = sum(c.weight for c in classes)
     points = []
     with tempfile.TemporaryDirectory(prefix="overload-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
@@ -236,14 +253,14 @@ def main(argv: list[str] | None = None) -> int:
         for load in loads:
             for mode in MODES:
                 point = {"load": load, "mode": mode, "offered_per_s": CAPACITY * load}
-                point |= measure(addresses[mode], metrics[mode], pids, load, args.duration)
+                point |= measure(addresses[mode], metrics[mode], pids, load, args)
                 points.append(point)
                 print(_line(point), flush=True)
     results = {
         "capacity_per_s": CAPACITY,
         "call_ms": CALL_S * 1000,
         "batch": BATCH,
-        "profile": {c: {"share_percent": w, "deadline_s": d} for c, (w, d) in PROFILE.items()},
+        "profile": {c.name: {"share": round(c.weight / total, 4), "deadline_s": c.deadline_s} for c in classes},
         "duration_s": args.duration,
         "cpu_count": os.cpu_count(),
         "points": points,

@@ -563,3 +563,45 @@ def test_bench_pin_moves_every_thread_of_a_process() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_overload_bench_reads_the_gateway_counters_over_a_window_and_plots(tmp_path: Path) -> None:
+    from loadtests.bench import overload
+
+    def sample(name: str, value: float, **labels: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return (name, tuple(sorted(labels.items()))), value
+
+    refusal = {"model": "fixed", "tenant": ""}
+    before = dict(
+        [
+            sample("gateway_refusals_total", 5, reason="shed", priority="batch", **refusal),
+            sample("gateway_batch_rows_count", 10, model="fixed", version="1"),
+            sample("gateway_batch_rows_sum", 70, model="fixed", version="1"),
+            sample("gateway_compute_duration_seconds_count", 70, model="fixed", version="1"),
+            sample("gateway_compute_duration_seconds_sum", 7.0, model="fixed", version="1"),
+            sample("gateway_queue_duration_seconds_sum", 1.0, model="fixed", version="1"),
+        ]
+    )
+    after = dict(
+        [
+            sample("gateway_refusals_total", 9, reason="shed", priority="batch", **refusal),
+            sample("gateway_refusals_total", 3, reason="predicted_miss", priority="default", **refusal),
+            sample("gateway_batch_rows_count", 20, model="fixed", version="1"),
+            sample("gateway_batch_rows_sum", 150, model="fixed", version="1"),
+            sample("gateway_compute_duration_seconds_count", 150, model="fixed", version="1"),
+            sample("gateway_compute_duration_seconds_sum", 15.0, model="fixed", version="1"),
+            sample("gateway_queue_duration_seconds_sum", 9.0, model="fixed", version="1"),
+        ]
+    )
+    refusals, view = overload.gateway_view(before, after)
+    assert refusals == {"batch": {"shed": 4}, "default": {"predicted_miss": 3}}
+    assert view == {"batches": 10, "mean_batch_rows": 8.0, "mean_call_ms": 100.0, "mean_queue_ms": 100.0}
+    one = {"goodput_share": 0.5, "p99_ms": 120.0, "errors": {"DEADLINE_EXCEEDED": 2}}
+    points = [
+        {"load": load, "mode": mode, "classes": {"critical": one, "batch": {**one, "p99_ms": None}}}
+        for load in (2.0, 5.0)
+        for mode in overload.MODES
+    ]
+    profile = {"critical": {"share": 0.25, "deadline_s": 0.5}, "batch": {"share": 0.75, "deadline_s": None}}
+    overload.plot({"profile": profile, "points": points}, tmp_path / "o.png")
+    assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
