@@ -6,6 +6,7 @@ Adapters translate a `GatewayError` at their boundary; nothing else picks status
 from __future__ import annotations
 
 import enum
+import math
 
 
 class Code(enum.IntEnum):
@@ -136,9 +137,10 @@ def shed(what: str, priority: str) -> GatewayError:
 def predicted_miss(what: str, predicted_s: float, left_s: float) -> GatewayError:
     # DEADLINE_EXCEEDED, not UNAVAILABLE: it is the answer the request would have had, only sooner, and a
     # retry with the same deadline would meet the same queue (so no retry hint).
+    when = f"in about {predicted_s * 1000:.0f} ms" if math.isfinite(predicted_s) else "only once higher classes ease"
     return GatewayError(
         Code.DEADLINE_EXCEEDED,
-        f"{what} would answer in about {predicted_s * 1000:.0f} ms, past this request's deadline "
+        f"{what} would answer {when}, past this request's deadline "
         f"({max(left_s, 0) * 1000:.0f} ms left); refused at once instead of queued. Allow a longer deadline, "
         "use a higher priority class, or retry when the model is less busy",
         refusal=Refusal.PREDICTED_MISS,

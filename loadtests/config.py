@@ -32,6 +32,68 @@ def parse_sweep(text: str) -> list[float]:
 
 
 @dataclass(frozen=True)
+class TrafficClass:
+    """One class of a mixed profile: its share of requests, the priority it names, its deadline and API key."""
+
+    name: str
+    weight: float
+    deadline_s: float | None = None  # gRPC deadline / HTTP x-timeout-ms; goodput counts answers within it
+    api_key: str | None = None
+
+
+def _pairs(text: str, option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise ValueError(f"bad {option} entry {part!r} (expected NAME=VALUE, comma separated)")
+        if name in out:
+            raise ValueError(f"{option} names class {name!r} twice")
+        out[name] = value
+    return out
+
+
+def parse_mix(text: str, deadlines: str | None = None, keys: str | None = None) -> tuple[TrafficClass, ...]:
+    """Classes from ``critical=20,default=30,batch=50`` (relative weights), with optional per-class
+    deadlines (``critical=250ms,batch=2s``) and API keys (``critical=KEY`` or ``critical=@FILE``)."""
+    weights: dict[str, float] = {}
+    for name, value in _pairs(text, "--mix").items():
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--mix weight of {name!r} must be a number, not {value!r}") from None
+        if weights[name] <= 0:
+            raise ValueError(f"--mix weight of {name!r} must be positive")
+    limits = {n: parse_duration(v) for n, v in _pairs(deadlines, "--class-deadline").items()} if deadlines else {}
+    secrets = _pairs(keys, "--class-key") if keys else {}
+    for option, named in (("--class-deadline", limits), ("--class-key", secrets)):
+        unknown = sorted(set(named) - set(weights))
+        if unknown:
+            raise ValueError(f"{option} names {', '.join(unknown)}, not in --mix ({', '.join(weights)})")
+    if any(v <= 0 for v in limits.values()):
+        raise ValueError("--class-deadline values must be positive")
+    return tuple(
+        TrafficClass(name, weight, limits.get(name), _read_key(secrets[name]) if name in secrets else None)
+        for name, weight in weights.items()
+    )
+
+
+def _read_key(value: str) -> str:
+    """``@PATH`` reads the key from a file (keeps it out of the process list); anything else is the key."""
+    if not value.startswith("@"):
+        return value
+    try:
+        with open(value[1:], encoding="utf-8") as f:
+            key = f.read().strip()
+    except OSError as exc:
+        raise ValueError(f"--class-key file {value[1:]!r}: {exc.strerror}") from None
+    if not key:
+        raise ValueError(f"--class-key file {value[1:]!r} is empty")
+    return key
+
+
+@dataclass(frozen=True)
 class Target:
     """Where the load goes; the only address the tool ever contacts."""
 
@@ -92,6 +154,16 @@ class LoadConfig:
     progress: bool = True
     report_path: str | None = None
     plot_path: str | None = None
+    mix: str | None = None  # "critical=20,default=30,batch=50": each request's class, by weight
+    class_deadlines: str | None = None  # "critical=250ms,batch=2s"
+    class_keys: str | None = None  # "critical=KEY,batch=@FILE"
+    priority_header: str = "x-priority"  # header / gRPC metadata key naming the class
+    key_header: str = "x-api-key"
+
+    @property
+    def classes(self) -> tuple[TrafficClass, ...]:
+        """The mixed profile's classes; empty without --mix (every request alike)."""
+        return parse_mix(self.mix, self.class_deadlines, self.class_keys) if self.mix else ()
 
     @property
     def mode(self) -> str:
@@ -124,6 +196,16 @@ class LoadConfig:
             raise ValueError("--max-requests must be at least 1")
         if self.concurrency is not None and self.concurrency < self.processes:
             raise ValueError("--concurrency must be at least --processes")
+        if self.mix is None and (self.class_deadlines or self.class_keys):
+            raise ValueError("--class-deadline and --class-key need --mix")
+        if self.mix is not None:
+            if self.streaming:
+                # A stream's metadata (and so its priority, deadline and key) is fixed for all its messages.
+                raise ValueError("--mix sends each class's headers per call; it cannot be combined with --streaming")
+            self.classes  # noqa: B018 - parses, raising ValueError on a bad profile
+            for header in (self.priority_header, self.key_header):
+                if not header or header != header.lower() or not header.replace("-", "").isalnum():
+                    raise ValueError(f"header name {header!r} must be lower case letters, digits and '-'")
         if self.model is None and self.input_file is None:
             raise ValueError("give --model (or an --input-file whose records name models)")
         parse_target(self.target)

@@ -34,6 +34,7 @@ class Behaviour:
     stall_after: int = 0  # ... when this infer request arrives (0: never)
     error_every: int = 0  # every N-th infer fails: gRPC UNAVAILABLE, HTTP 503
     validate: bool = False  # parse each request and reject malformed ones (costs CPU)
+    class_delay_s: dict[str, float] = field(default_factory=dict)  # added by the request's x-priority class
     inputs: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}])
 
 
@@ -45,6 +46,7 @@ class FakeServer:
         self.model = model
         self.infer_count = 0
         self.invalid = 0
+        self.seen: dict[tuple[str, str, str], int] = {}  # (x-priority, x-api-key, x-timeout-ms) -> infer calls
         self.grpc_port = 0
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -76,16 +78,18 @@ class FakeServer:
         if self._http is not None:
             self._http.close()
 
-    async def admit(self) -> str | None:
+    async def admit(self, priority: str = "", api_key: str = "", timeout_ms: str = "") -> str | None:
         """Apply the behaviour to one infer call; returns 'error' when it must fail."""
         self.infer_count += 1
+        key = (priority, api_key, timeout_ms)
+        self.seen[key] = self.seen.get(key, 0) + 1
         count = self.infer_count
         b = self.behaviour
         if b.stall_after and count == b.stall_after:
             # Deliberately blocking: a stop-the-world pause (GC, swap) stops reads and writes.
             time.sleep(b.stall_s)
-        if b.delay_s:
-            await asyncio.sleep(b.delay_s)
+        if b.delay_s or priority in b.class_delay_s:
+            await asyncio.sleep(b.delay_s + b.class_delay_s.get(priority, 0.0))
         if b.error_every and count % b.error_every == 0:
             return "error"
         return None
@@ -127,7 +131,8 @@ class _GrpcHandler(grpc.GenericRpcHandler):
 
     async def _infer(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         server = self._server
-        if await server.admit() == "error":
+        meta = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        if await server.admit(meta.get("x-priority", ""), meta.get("x-api-key", "")) == "error":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "fake overload")
         if server.behaviour.validate and not server.valid_grpc(request):
             server.invalid += 1
@@ -225,7 +230,8 @@ class _HttpProtocol(asyncio.Protocol):
             return 200, "", json.dumps(server.metadata).encode()
         if method != "POST":
             return 405, "", b'{"error":"method not allowed"}'
-        if await server.admit() == "error":
+        named = [headers.get(h, b"").decode("latin-1") for h in (b"x-priority", b"x-api-key", b"x-timeout-ms")]
+        if await server.admit(*named) == "error":
             return 503, "", b'{"error":"fake overload"}'
         raw_length = headers.get(b"inference-header-content-length")
         json_length = int(raw_length) if raw_length is not None else None

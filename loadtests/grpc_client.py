@@ -29,12 +29,20 @@ class GrpcSender:
     """Sends pool payloads by index; ``send`` returns None on success or an error code name."""
 
     def __init__(
-        self, address: str, payloads: Sequence[bytes], *, max_channels: int, timeout_s: float, parse_every: int = 64
+        self,
+        address: str,
+        payloads: Sequence[bytes],
+        *,
+        max_channels: int,
+        timeout_s: float,
+        parse_every: int = 64,
+        class_calls: Sequence[tuple[tuple[tuple[str, str], ...], float]] = (),
     ) -> None:
         self._address = address
         self._payloads = list(payloads)
         self._max_channels = max(1, max_channels)
         self._timeout_s = timeout_s
+        self._class_calls = list(class_calls)  # per class of a mixed profile: (metadata, deadline in seconds)
         self._parse_every = parse_every
         self._channels: list[grpc.aio.Channel] = []
         self._methods: list[Any] = []
@@ -75,7 +83,7 @@ class GrpcSender:
             except TimeoutError as exc:
                 raise ConnectionError(f"could not connect to {self._address}") from exc
 
-    async def send(self, index: int) -> str | None:
+    async def send(self, index: int, kind: int = -1) -> str | None:
         methods = self._methods
         if self._inflight >= len(methods) * STREAMS_PER_CHANNEL and len(methods) < self._max_channels:
             self._add_channel()
@@ -85,7 +93,11 @@ class GrpcSender:
         method = methods[self._turn % len(methods)]
         self._inflight += 1
         try:
-            reply = await method(self._payloads[index], timeout=self._timeout_s)
+            if kind < 0:
+                reply = await method(self._payloads[index], timeout=self._timeout_s)
+            else:
+                metadata, timeout_s = self._class_calls[kind]
+                reply = await method(self._payloads[index], timeout=timeout_s, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             return str(exc.code().name)
         finally:

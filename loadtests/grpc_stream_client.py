@@ -107,7 +107,8 @@ class GrpcStreamSender:
         for i in range(max(self._stream_count, len(self._channels))):
             self._streams.append(_Stream(self._channels[i % len(self._channels)]))
 
-    async def send(self, index: int) -> str | None:
+    async def send(self, index: int, kind: int = -1) -> str | None:
+        # `kind` (a mixed profile's class) never reaches a stream: the config refuses --mix with --streaming.
         # The id goes on the end of the request's bytes as protobuf field 3: the last value of a field wins.
         n = next(self._ids)
         stream = self._streams[n % len(self._streams)]

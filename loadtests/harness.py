@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,33 @@ def pids_running(fragment: str) -> list[int]:
             if fragment in cmdline:
                 found.append(int(entry))
     return found
+
+
+def cpu_seconds(pids: Iterable[int]) -> dict[int, tuple[float, float]]:
+    """CPU seconds (user + system) so far of each process and of all its living descendants (Ray's processes
+    are children of the gateway that started Ray), by pid (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, used = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                # Fields after the command name (which may hold spaces): state, ppid, ..., utime (12th), stime.
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(entry)] = int(fields[1])
+            used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    out = {}
+    for pid in pids:
+        below = 0.0
+        for other in used:
+            ancestor = parent.get(other, 0)
+            while ancestor > 1 and ancestor != pid:
+                ancestor = parent.get(ancestor, 0)
+            if ancestor == pid and other != pid:
+                below += used[other]
+        out[pid] = (used.get(pid, 0.0), below)
+    return out
 
 
 def wait_for_file(

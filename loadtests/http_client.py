@@ -182,7 +182,8 @@ class HttpSender:
             self._opening -= 1
         self._release(conn)
 
-    async def send(self, index: int) -> str | None:
+    async def send(self, index: int, kind: int = -1) -> str | None:
+        # `kind` (a mixed profile's class) needs nothing here: the class's headers are in the payload's bytes.
         self._inflight += 1
         try:
             try:

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from loadtests.config import Target
+from loadtests.config import Target, TrafficClass
 from loadtests.inputs import NUMPY_DTYPES, InferCall, Tensor
 
 
@@ -54,9 +54,11 @@ def infer_path(target: Target, call: InferCall) -> str:
     return path + "/infer"
 
 
-def http_payload(target: Target, call: InferCall, *, binary: bool) -> bytes:
+def http_payload(
+    target: Target, call: InferCall, *, binary: bool, extra_headers: Sequence[tuple[str, str]] = ()
+) -> bytes:
     """A full keep-alive HTTP/1.1 POST to the model's infer endpoint."""
-    headers = [f"Host: {target.address}"]
+    headers = [f"Host: {target.address}"] + [f"{name}: {value}" for name, value in extra_headers]
     if binary:
         raws = [raw_bytes(t) for t in call.inputs]
         header_json = {
@@ -89,7 +91,23 @@ def http_payload(target: Target, call: InferCall, *, binary: bool) -> bytes:
     return head_text.encode("latin-1") + b"\r\n\r\n" + body
 
 
-def build_payloads(target: Target, calls: Sequence[InferCall], *, http_binary: bool) -> list[bytes]:
+def build_payloads(
+    target: Target, calls: Sequence[InferCall], *, http_binary: bool, extra_headers: Sequence[tuple[str, str]] = ()
+) -> list[bytes]:
+    """One pool; HTTP requests carry `extra_headers` in their bytes (gRPC sends metadata per call instead)."""
     if target.protocol == "grpc":
         return [grpc_payload(c) for c in calls]
-    return [http_payload(target, c, binary=http_binary) for c in calls]
+    return [http_payload(target, c, binary=http_binary, extra_headers=extra_headers) for c in calls]
+
+
+def class_headers(
+    traffic: TrafficClass, *, priority_header: str, key_header: str, protocol: str
+) -> tuple[tuple[str, str], ...]:
+    """What names a request's class: its priority, its API key and, over HTTP, its deadline (x-timeout-ms;
+    over gRPC the deadline is the call's own)."""
+    headers = [(priority_header, traffic.name)]
+    if traffic.api_key is not None:
+        headers.append((key_header, traffic.api_key))
+    if protocol == "http" and traffic.deadline_s is not None:
+        headers.append(("x-timeout-ms", str(max(1, round(traffic.deadline_s * 1000)))))
+    return tuple(headers)

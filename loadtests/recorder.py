@@ -22,6 +22,17 @@ class SecondStats:
 
 
 @dataclass
+class ClassStats:
+    """Outcomes of one traffic class of a mixed profile; `good` are answers within the class's deadline."""
+
+    sent: int = 0
+    ok: int = 0
+    good: int = 0
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+    latency: Histogram = field(default_factory=Histogram)
+
+
+@dataclass
 class WorkerResult:
     """What one generator process measured; plain data so it pickles across processes."""
 
@@ -37,19 +48,23 @@ class WorkerResult:
     cpu_s: float = 0.0
     wall_s: float = 0.0
     peak_inflight: int = 0
+    classes: list[ClassStats] = field(default_factory=list)  # by class index, with --mix only
 
 
 class Recorder:
     """Counts outcomes of measured requests; times are ``time.perf_counter()`` seconds."""
 
-    def __init__(self, window_start: float) -> None:
+    def __init__(self, window_start: float, deadlines_s: list[float | None] | None = None) -> None:
         self.window_start = window_start
         self.result = WorkerResult()
+        # Per class (with --mix): the deadline in microseconds, None for none.
+        self._deadlines_us = [None if d is None else int(d * 1e6) for d in deadlines_s or ()]
+        self.result.classes = [ClassStats() for _ in self._deadlines_us]
         self._second = 0
         self._counts: dict[int, int] = {}
         self._stats = SecondStats()
 
-    def success(self, intended: float, done: float) -> None:
+    def success(self, intended: float, done: float, kind: int = -1) -> None:
         second = int(done - self.window_start)
         if second != self._second:
             self.roll(second)
@@ -66,14 +81,29 @@ class Recorder:
         if micros < latency.min_us:
             latency.min_us = micros
         self.result.ok += 1
+        if kind >= 0:
+            stats = self.result.classes[kind]
+            stats.ok += 1
+            stats.latency.record(micros)
+            deadline = self._deadlines_us[kind]
+            if deadline is None or micros <= deadline:
+                stats.good += 1
 
-    def failure(self, code: str, done: float) -> None:
+    def sent(self, kind: int = -1) -> None:
+        self.result.sent += 1
+        if kind >= 0:
+            self.result.classes[kind].sent += 1
+
+    def failure(self, code: str, done: float, kind: int = -1) -> None:
         second = int(done - self.window_start)
         if second != self._second:
             self.roll(second)
         self._stats.errors += 1
         errors = self.result.errors_by_code
         errors[code] = errors.get(code, 0) + 1
+        if kind >= 0:
+            errors = self.result.classes[kind].errors_by_code
+            errors[code] = errors.get(code, 0) + 1
 
     def lag(self, seconds: float) -> None:
         self.result.lag.record(int(seconds * 1e6) if seconds > 0 else 0)

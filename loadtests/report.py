@@ -8,18 +8,40 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loadtests.histogram import Histogram, coarse_value, percentiles_of
-from loadtests.recorder import SecondStats, WorkerResult
+from loadtests.recorder import ClassStats, SecondStats, WorkerResult
+
+if TYPE_CHECKING:
+    from loadtests.worker import ClassPlan
 
 # Generator lag beyond this (p99, open loop) means the tool, not the server, set the pace.
 MAX_LAG_P99_MS = 10.0
 # A sweep step with more failed requests than this does not meet the objective.
 MAX_ERROR_RATIO = 0.001
 _QUANTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+
+
+@dataclass
+class ClassReport:
+    """One traffic class of a mixed profile: goodput is answers within the class's deadline per second."""
+
+    name: str
+    share: float  # its weight's share of the mix
+    deadline_ms: float | None
+    sent: int
+    ok: int
+    good: int  # answered within the deadline (all answers without one)
+    late: int  # answered after the deadline
+    errors_by_code: dict[str, int]
+    offered_qps: float  # sent per second of the window
+    goodput_qps: float
+    goodput_ratio: float  # good / sent
+    latency_ms: dict[str, float]  # answered requests only
 
 
 @dataclass
@@ -53,6 +75,7 @@ class Report:
     kept_up: bool  # open loop: nothing late and send lag p99 <= 10 ms; closed loop: True
     warnings: list[str] = field(default_factory=list)
     started_at: str = ""
+    classes: list[ClassReport] = field(default_factory=list)  # with --mix: per class, in the mix's order
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,6 +114,7 @@ def build_report(
     warmup_s: float,
     batch_rows: int,
     started: datetime | None = None,
+    classes: Sequence[ClassPlan] = (),
 ) -> Report:
     latency, lag = Histogram(), Histogram()
     errors: dict[str, int] = {}
@@ -162,7 +186,41 @@ def build_report(
         kept_up=kept_up,
         warnings=warnings,
         started_at=(started or datetime.now(UTC)).isoformat(timespec="seconds"),
+        classes=_classes(results, classes, window),
     )
+
+
+def _classes(results: list[WorkerResult], plans: Sequence[ClassPlan], window: float) -> list[ClassReport]:
+    total = sum(c.weight for c in plans)
+    out = []
+    for kind, plan in enumerate(plans):
+        merged = ClassStats()
+        for res in results:
+            stats = res.classes[kind]
+            merged.sent += stats.sent
+            merged.ok += stats.ok
+            merged.good += stats.good
+            merged.latency.merge(stats.latency)
+            for code, count in stats.errors_by_code.items():
+                merged.errors_by_code[code] = merged.errors_by_code.get(code, 0) + count
+        lat = _latency_ms(merged.latency)
+        out.append(
+            ClassReport(
+                name=plan.name,
+                share=round(plan.weight / total, 4),
+                deadline_ms=None if plan.deadline_s is None else round(plan.deadline_s * 1000, 3),
+                sent=merged.sent,
+                ok=merged.ok,
+                good=merged.good,
+                late=merged.ok - merged.good,
+                errors_by_code=dict(sorted(merged.errors_by_code.items())),
+                offered_qps=round(merged.sent / window, 2),
+                goodput_qps=round(merged.good / window, 2),
+                goodput_ratio=round(merged.good / merged.sent, 4) if merged.sent else 0.0,
+                latency_ms={k: lat[k] for k in ("p50", "p99", "max")},
+            )
+        )
+    return out
 
 
 def _latency_ms(hist: Histogram) -> dict[str, float]:
@@ -242,6 +300,16 @@ def summary(report: Report) -> str:
             )
         )
     rows.append(("generator", f"{report.generator_cpu_percent:.0f}% CPU, peak in-flight {report.peak_inflight}"))
+    for c in report.classes:
+        deadline = f"deadline {c.deadline_ms:g} ms" if c.deadline_ms is not None else "no deadline"
+        errors = "  ".join(f"{code} {n}" for code, n in c.errors_by_code.items()) or "no errors"
+        rows.append(
+            (
+                f"class {c.name}",
+                f"{c.share:.0%} of requests, {deadline}: goodput {c.goodput_qps:.1f} of {c.offered_qps:.1f} req/s "
+                f"({c.goodput_ratio:.0%}), p99 {c.latency_ms['p99']:.1f} ms, late {c.late}, {errors}",
+            )
+        )
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     lines += [f"warning: {w}" for w in report.warnings]

@@ -13,11 +13,11 @@ from pathlib import Path
 from loadtests.config import LoadConfig, Target, parse_sweep, parse_target
 from loadtests.inputs import InferCall, random_calls, read_replay
 from loadtests.metadata import fetch_metadata
-from loadtests.payloads import build_payloads
+from loadtests.payloads import build_payloads, class_headers
 from loadtests.processes import run_plans
 from loadtests.progress import Progress
 from loadtests.report import Report, SweepReport, build_report, meets_slo
-from loadtests.worker import WorkerPlan
+from loadtests.worker import ClassPlan, WorkerPlan
 
 _SWEEP_PATIENCE = 2
 
@@ -46,7 +46,38 @@ def _split(total: int, parts: int, index: int) -> int:
     return total // parts + (1 if index < total % parts else 0)
 
 
-def make_plans(config: LoadConfig, target: Target, payloads: list[bytes], rate: float | None) -> list[WorkerPlan]:
+def class_pools(
+    config: LoadConfig, target: Target, calls: list[InferCall]
+) -> tuple[list[bytes], tuple[ClassPlan, ...]]:
+    """The payload pool and, with --mix, one slice of it per class (HTTP requests carry their class's headers
+    in their bytes, so each class has its own; gRPC classes share one pool and differ in metadata)."""
+    classes = config.classes
+    if not classes:
+        return build_payloads(target, calls, http_binary=config.http_binary), ()
+    payloads: list[bytes] = []
+    plans = []
+    shared = build_payloads(target, calls, http_binary=config.http_binary) if target.protocol == "grpc" else None
+    for traffic in classes:
+        headers = class_headers(
+            traffic, priority_header=config.priority_header, key_header=config.key_header, protocol=target.protocol
+        )
+        if shared is not None:
+            first, count = 0, len(shared)
+        else:
+            first = len(payloads)
+            payloads += build_payloads(target, calls, http_binary=config.http_binary, extra_headers=headers)
+            count = len(payloads) - first
+        plans.append(ClassPlan(traffic.name, traffic.weight, traffic.deadline_s, headers, first, count))
+    return (shared if shared is not None else payloads), tuple(plans)
+
+
+def make_plans(
+    config: LoadConfig,
+    target: Target,
+    payloads: list[bytes],
+    rate: float | None,
+    classes: tuple[ClassPlan, ...] = (),
+) -> list[WorkerPlan]:
     shares = config.processes
     plans = []
     for share in range(shares):
@@ -74,13 +105,21 @@ def make_plans(config: LoadConfig, target: Target, payloads: list[bytes], rate: 
                 seed=config.seed,
                 streaming=config.streaming,
                 shared_memory=config.shared_memory,
+                classes=classes,
             )
         )
     return plans
 
 
-def _run_once(config: LoadConfig, target: Target, payloads: list[bytes], rate: float | None, label: str) -> Report:
-    plans = make_plans(config, target, payloads, rate)
+def _run_once(
+    config: LoadConfig,
+    target: Target,
+    payloads: list[bytes],
+    rate: float | None,
+    label: str,
+    classes: tuple[ClassPlan, ...] = (),
+) -> Report:
+    plans = make_plans(config, target, payloads, rate, classes)
     started = datetime.now(UTC)
     progress = Progress(config.warmup_s + config.duration_s, label, enabled=config.progress, warmup_s=config.warmup_s)
     try:
@@ -99,6 +138,7 @@ def _run_once(config: LoadConfig, target: Target, payloads: list[bytes], rate: f
         warmup_s=config.warmup_s,
         batch_rows=config.batch_rows,
         started=started,
+        classes=classes,
     )
 
 
@@ -111,18 +151,20 @@ def run_load(config: LoadConfig) -> Report | SweepReport:
     """
     config.validate()
     target = parse_target(config.target)
-    payloads = build_payloads(target, prepare_calls(config, target), http_binary=config.http_binary)
+    payloads, classes = class_pools(config, target, prepare_calls(config, target))
     result: Report | SweepReport
     if config.sweep is None:
         load = f"{config.rate:g}/s" if config.rate is not None else f"c={config.concurrency}"
-        result = _run_once(config, target, payloads, config.rate, f"{target.protocol} {load}")
+        result = _run_once(config, target, payloads, config.rate, f"{target.protocol} {load}", classes)
     else:
-        result = run_sweep(config, target, payloads)
+        result = run_sweep(config, target, payloads, classes)
     write_outputs(config, result)
     return result
 
 
-def run_sweep(config: LoadConfig, target: Target, payloads: list[bytes]) -> SweepReport:
+def run_sweep(
+    config: LoadConfig, target: Target, payloads: list[bytes], classes: tuple[ClassPlan, ...] = ()
+) -> SweepReport:
     """Open-loop steps of increasing rate, until two steps in a row miss the objective."""
     assert config.slo_p99_ms is not None and config.sweep is not None
     rates = parse_sweep(config.sweep)
@@ -130,7 +172,7 @@ def run_sweep(config: LoadConfig, target: Target, payloads: list[bytes]) -> Swee
     best: float | None = None
     misses = 0
     for number, rate in enumerate(rates, start=1):
-        step = _run_once(config, target, payloads, rate, f"step {number}/{len(rates)} {rate:g}/s")
+        step = _run_once(config, target, payloads, rate, f"step {number}/{len(rates)} {rate:g}/s", classes)
         steps.append(step)
         if meets_slo(step, config.slo_p99_ms):
             best, misses = rate, 0

@@ -11,9 +11,11 @@ import gc
 import math
 import resource
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
 
 from loadtests.recorder import Recorder, WorkerResult
 from loadtests.schedule import offsets
@@ -32,8 +34,20 @@ class Sender(Protocol):
     @property
     def inflight(self) -> int: ...
     async def start(self, connections: int = 1, connect_timeout_s: float = 10.0) -> None: ...
-    async def send(self, index: int) -> str | None: ...
+    async def send(self, index: int, kind: int = -1) -> str | None: ...
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ClassPlan:
+    """One traffic class of a mixed profile as a worker sends it."""
+
+    name: str
+    weight: float
+    deadline_s: float | None
+    metadata: tuple[tuple[str, str], ...]  # gRPC metadata; HTTP payloads carry these headers in their bytes
+    first: int  # the class's requests are payloads[first : first + count]
+    count: int
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,7 @@ class WorkerPlan:
     seed: int | None = None
     streaming: bool = False  # gRPC ModelStreamInfer (one stream per channel) instead of unary calls
     shared_memory: bool = False  # gRPC inputs in a system shared memory region registered by this process
+    classes: tuple[ClassPlan, ...] = ()  # a mixed profile: each request draws its class by weight
 
 
 def make_sender(plan: WorkerPlan) -> Sender:
@@ -85,7 +100,13 @@ def make_sender(plan: WorkerPlan) -> Sender:
             load = plan.concurrency if plan.mode == "closed" else min(plan.max_inflight, 1024)
             streams = max(1, math.ceil(load / STREAM_DEPTH))
             return GrpcStreamSender(address, payloads, max_channels=wanted, streams=streams, timeout_s=plan.timeout_s)
-        return GrpcSender(address, payloads, max_channels=wanted, timeout_s=plan.timeout_s)
+        return GrpcSender(
+            address,
+            payloads,
+            max_channels=wanted,
+            timeout_s=plan.timeout_s,
+            class_calls=[(c.metadata, c.deadline_s or plan.timeout_s) for c in plan.classes],
+        )
     from loadtests.http_client import HttpSender
 
     return HttpSender(plan.host, plan.port, plan.payloads, max_connections=wanted, timeout_s=plan.timeout_s)
@@ -97,21 +118,33 @@ class _Run:
         self.sender = sender
         self.window_start = start + plan.warmup_s
         self.end = self.window_start + plan.duration_s
-        self.rec = Recorder(self.window_start)
+        self.rec = Recorder(self.window_start, [c.deadline_s for c in plan.classes])
         self.stop_at: float | None = None  # set when the request cap ends the window early
         self._next = 0
         self._pending: set[asyncio.Task[None]] = set()
+        self._kinds = _class_draws(plan) if plan.classes else None
+        self._next_of = [c.first for c in plan.classes]
 
     def _payload(self) -> int:
         index = self._next
         self._next = index + 1 if index + 1 < len(self.plan.payloads) else 0
         return index
 
+    def _pick(self) -> tuple[int, int]:
+        """The next request: (payload index, class index; -1 without a mixed profile)."""
+        if self._kinds is None:
+            return self._payload(), -1
+        kind = next(self._kinds)
+        cls = self.plan.classes[kind]
+        index = self._next_of[kind]
+        self._next_of[kind] = index + 1 if index + 1 < cls.first + cls.count else cls.first
+        return index, kind
+
     def _cap_reached(self) -> bool:
         cap = self.plan.max_requests
         return cap is not None and self.rec.result.sent >= cap
 
-    async def _one(self, index: int, intended: float, measured: bool) -> None:
+    async def _one(self, index: int, kind: int, intended: float, measured: bool) -> None:
         """One open-loop request, timed from its intended send time (or actual, if earlier)."""
         started = time.perf_counter()
         if measured:
@@ -119,16 +152,16 @@ class _Run:
         if started < intended:
             intended = started
         try:
-            code = await _safe_send(self.sender, index)
+            code = await _safe_send(self.sender, index, kind)
         except asyncio.CancelledError:
             if measured:
-                self.rec.failure("TIMEOUT", time.perf_counter())
+                self.rec.failure("TIMEOUT", time.perf_counter(), kind)
             raise
         if measured:
             if code is None:
-                self.rec.success(intended, time.perf_counter())
+                self.rec.success(intended, time.perf_counter(), kind)
             else:
-                self.rec.failure(code, time.perf_counter())
+                self.rec.failure(code, time.perf_counter(), kind)
 
     async def open_loop(self, start: float) -> None:
         plan, rec, result = self.plan, self.rec, self.rec.result
@@ -157,9 +190,10 @@ class _Run:
                 if measured:
                     result.late += 1
                 continue
+            index, kind = self._pick()
             if measured:
-                result.sent += 1
-            task = loop.create_task(self._one(self._payload(), intended, measured))
+                self.rec.sent(kind)
+            task = loop.create_task(self._one(index, kind, intended, measured))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
             if len(self._pending) > result.peak_inflight:
@@ -172,23 +206,24 @@ class _Run:
             if sent_at >= self.end or self.stop_at is not None:
                 return
             measured = sent_at >= self.window_start
+            index, kind = self._pick()
             if measured:
                 if self._cap_reached():
                     self.stop_at = sent_at
                     return
-                self.rec.result.sent += 1
+                self.rec.sent(kind)
             try:
-                code = await _safe_send(self.sender, self._payload())
+                code = await _safe_send(self.sender, index, kind)
             except asyncio.CancelledError:
                 if measured:
-                    self.rec.failure("TIMEOUT", time.perf_counter())
+                    self.rec.failure("TIMEOUT", time.perf_counter(), kind)
                 raise
             if measured:
                 done = time.perf_counter()
                 if code is None:
-                    self.rec.success(sent_at, done)
+                    self.rec.success(sent_at, done, kind)
                 else:
-                    self.rec.failure(code, done)
+                    self.rec.failure(code, done, kind)
 
     async def closed_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -212,9 +247,18 @@ class _Run:
             await asyncio.wait(still, timeout=5.0)
 
 
-async def _safe_send(sender: Sender, index: int) -> str | None:
+def _class_draws(plan: WorkerPlan) -> Iterator[int]:
+    """Class indices drawn by weight, in numpy chunks (one int per request on the send path); each
+    process of a run draws its own stream."""
+    weights = np.array([c.weight for c in plan.classes], dtype=float)
+    rng = np.random.default_rng(None if plan.seed is None else [plan.seed, plan.share, 1])
+    while True:
+        yield from rng.choice(len(weights), size=4096, p=weights / weights.sum()).tolist()
+
+
+async def _safe_send(sender: Sender, index: int, kind: int = -1) -> str | None:
     try:
-        return await sender.send(index)
+        return await sender.send(index, kind)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - any client failure is one counted error

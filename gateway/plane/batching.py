@@ -6,8 +6,8 @@ under load, requests pile up while every slot is busy, so batches grow exactly a
 replicas fall behind, and the call rate stays within max_inflight_batches in flight.
 Bounded (max_queue_rows, then 'overloaded' or the lowest class is shed), event-driven (no polling tick),
 serves priority classes in order (gateway/plane/scheduler.py), refuses at once a request its predicted
-answer time would put past its deadline, drops cancelled and expired requests before dispatch, and fans a
-failure out to every caller in the batch.
+answer time would put past its deadline, frees a cancelled caller's place at once, drops expired requests
+before dispatch, and fans a failure out to every caller in the batch.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from gateway.types import Timing
 
 BatchCall = Callable[[Arrays], Awaitable[Arrays]]
 _MIN_CALLS = 3  # timed calls before the batcher predicts answer times
+_RATE_TAU_S = 1.0  # time constant of each class's arrival rate estimate
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +64,13 @@ class Batcher:
     _closed: bool = field(default=False, init=False)
     _call_s: float = field(default=0.0, init=False)  # moving average of one call's time
     _calls: int = field(default=0, init=False)
+    _rates: list[float] = field(init=False)  # rows/s queued per class, exponentially weighted
+    _rates_at: float = field(default=0.0, init=False)
+    _cancelled: int = field(default=0, init=False)  # callers gone from the queue since the last batch was cut
 
     def __post_init__(self) -> None:
         self._queue = ClassQueue(len(self.classes), self.lower_share, self.fair)
+        self._rates = [0.0] * len(self.classes)
 
     @property
     def queued_rows(self) -> int:
@@ -78,7 +83,9 @@ class Batcher:
     def predict_s(self, rows: int, level: int = 0) -> float | None:
         """Seconds until a request of `rows` rows of this class would be answered if queued now; None until
         a few calls have been timed. The queue ahead of it (its class and higher) leaves in batches of
-        max_batch_size, max_inflight at a time; a slot frees halfway through a call on average."""
+        max_batch_size, max_inflight at a time; a slot frees halfway through a call on average. Below the
+        highest class, the higher classes' arrivals keep overtaking it, so its queue leaves only at the
+        capacity they leave over (at least the lower classes' share)."""
         if self._calls < _MIN_CALLS:
             return None
         ahead = self._queue.rows_ahead(level) + rows
@@ -86,7 +93,23 @@ class Batcher:
         if not busy and ahead <= self.max_batch_size:
             return self._call_s + self.max_wait_s
         waves = math.ceil(math.ceil(ahead / self.max_batch_size) / self.max_inflight)
-        return self._call_s * (waves + (0.5 if busy else 0.0)) + self.max_wait_s
+        slowdown = 1.0
+        if level > 0 and self._call_s > 0:
+            capacity = self.max_batch_size * self.max_inflight / self._call_s  # rows/s
+            higher = sum(self._rates[:level]) * math.exp(-(self.clock() - self._rates_at) / _RATE_TAU_S)
+            left = max(capacity - higher, self.lower_share * capacity)
+            if left <= 0:
+                return math.inf
+            slowdown = capacity / left
+        return self._call_s * (waves * slowdown + (0.5 if busy else 0.0)) + self.max_wait_s
+
+    def _count_arrival(self, level: int, rows: int, now: float) -> None:
+        decay = math.exp(-(now - self._rates_at) / _RATE_TAU_S) if now > self._rates_at else 1.0
+        rates = self._rates
+        for i in range(len(rates)):
+            rates[i] *= decay
+        rates[level] += rows / _RATE_TAU_S
+        self._rates_at = max(now, self._rates_at)
 
     async def submit(
         self,
@@ -125,10 +148,21 @@ class Batcher:
             self._slots = asyncio.Semaphore(self.max_inflight)
             self._loop_task = asyncio.get_running_loop().create_task(self._run_loop())
         fut: asyncio.Future[Arrays] = asyncio.get_running_loop().create_future()
-        self._queue.push(Item(inputs, rows, batch_key(inputs), fut, deadline, now, timing, level, tenant))
+        item = Item(inputs, rows, batch_key(inputs), fut, deadline, now, timing, level, tenant)
+        self._queue.push(item)
+        if len(self._rates) > 1:
+            self._count_arrival(level, rows, now)
         self._wakeup.set()
-        # A cancelled caller cancels its future; the loop skips it before dispatch.
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # A caller that went away (its deadline, the client) frees its place in the queue now, not when the
+            # loop would reach it: dead requests must not fill the queue and turn live ones away.
+            if not item.gone:
+                self._queue.discard(item)
+                self._cancelled += 1
+                item.inputs = {}  # its deque keeps the entry until it reaches an end, not the tensors
+            raise
 
     def _refused(self, reason: Refusal, level: int, tenant: str) -> None:
         if self.on_refusal is not None:
@@ -175,7 +209,8 @@ class Batcher:
         """Cuts the next batch: items in service order that share the first one's key, up to max_batch_size
         rows. Drops cancelled ones, and those whose deadline passed or falls before one call could end."""
         batch: list[Item] = []
-        rows = dropped = 0
+        rows = 0
+        dropped, self._cancelled = self._cancelled, 0
         now = self.clock()
         late = now + (self._call_s if self.admission and self._calls >= _MIN_CALLS else 0.0)
         key = None

@@ -85,3 +85,27 @@ def test_streaming_and_shared_memory_counts_add_up(gateway: RunningGateway, shar
         )
     )
     assert report.ok == 400 and report.errors == 0, report.errors_by_code
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_a_mixed_profile_names_each_class_to_the_gateway(gateway: RunningGateway, scheme: str) -> None:
+    # The gateway knows 'critical' and refuses a class it does not know (400 / INVALID_ARGUMENT): the class
+    # header reaches it on both doors, and the report keeps the two classes' outcomes apart.
+    address = gateway.grpc if scheme == "grpc" else gateway.http
+    report = _run(
+        LoadConfig(
+            target=f"{scheme}://{address}",
+            model="stall",
+            rate=60.0,
+            duration_s=1.0,
+            seed=7,
+            progress=False,
+            mix="critical=1,platinum=1",
+            class_deadlines="critical=5s,platinum=5s",
+        )
+    )
+    critical, unknown = report.classes
+    assert critical.sent > 5 and critical.good == critical.ok == critical.sent, critical
+    assert critical.goodput_qps > 0 and critical.latency_ms["p99"] < 5000
+    code = "INVALID_ARGUMENT" if scheme == "grpc" else "HTTP_400"
+    assert unknown.sent > 5 and unknown.ok == 0 and unknown.errors_by_code == {code: unknown.sent}, unknown

@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2
 
 from loadtests import LoadConfig, Report, SweepReport, run_load
 from loadtests.cli import add_arguments, config_from_args
-from loadtests.config import parse_duration, parse_sweep, parse_target
+from loadtests.config import TrafficClass, parse_duration, parse_mix, parse_sweep, parse_target
 from loadtests.fake_server import Behaviour, FakeServer, serve_in_thread
 from loadtests.histogram import (
     RELATIVE_ERROR,
@@ -32,6 +32,7 @@ from loadtests.http_wire import BadResponse, parse_head, read_body
 from loadtests.inputs import concrete_shape, random_calls, read_replay
 from loadtests.payloads import grpc_payload, http_payload
 from loadtests.recorder import Recorder
+from loadtests.report import summary
 from loadtests.schedule import constant_offsets, offsets, poisson_offsets
 
 # ---------------------------------------------------------------- histogram
@@ -264,6 +265,30 @@ def test_config_parsers_and_validation() -> None:
         parse_target("ftp://h:1")
 
 
+def test_mix_parser_reads_weights_deadlines_and_keys(tmp_path: Path) -> None:
+    (tmp_path / "bulk.key").write_text("s3cret\n")
+    classes = parse_mix("critical=10, default=30,batch=60", "critical=500ms,batch=4s", f"batch=@{tmp_path}/bulk.key")
+    assert classes == (
+        TrafficClass("critical", 10.0, 0.5, None),
+        TrafficClass("default", 30.0, None, None),
+        TrafficClass("batch", 60.0, 4.0, "s3cret"),
+    )
+    for bad, match in [
+        (("critical",), "NAME=VALUE"),
+        (("a=1,a=2",), "twice"),
+        (("a=x",), "number"),
+        (("a=0",), "positive"),
+        (("a=1", "b=1s"), "not in --mix"),
+        (("a=1", None, f"a=@{tmp_path}/missing"), "missing"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            parse_mix(*bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="need --mix"):
+        LoadConfig(target="grpc://h:1", model="m", rate=1.0, class_deadlines="a=1s").validate()
+    with pytest.raises(ValueError, match="header name"):
+        LoadConfig(target="grpc://h:1", model="m", rate=1.0, mix="a=1", priority_header="X Prio").validate()
+
+
 def test_cli_arguments_fill_the_config() -> None:
     parser = argparse.ArgumentParser(prog="gateway loadtest")
     add_arguments(parser)
@@ -287,12 +312,17 @@ def test_cli_arguments_fill_the_config() -> None:
             "--no-progress",
             "--report",
             "r.json",
+            "--mix",
+            "critical=1,batch=4",
+            "--class-deadline",
+            "critical=250ms",
         ]
     )
     config = config_from_args(args)
     config.validate()
     assert (config.mode, config.duration_s, config.warmup_s, config.processes) == ("sweep", 60, 2, 2)
     assert config.http_binary and not config.progress and config.report_path == "r.json"
+    assert [(c.name, c.weight, c.deadline_s) for c in config.classes] == [("critical", 1, 0.25), ("batch", 4, None)]
     assert "examples" in parser.format_help() and "gateway loadtest --target" in parser.format_help()
 
 
@@ -375,11 +405,45 @@ def test_request_cap_stops_the_run(fake: FakeServer) -> None:
     assert report.sent == 40 and report.ok == 40 and report.duration_s < 5.0
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_mixed_classes_carry_their_headers_and_report_goodput(protocol: str) -> None:
+    # The server answers 'batch' 0.3 s late, past its 0.1 s deadline: its goodput is nil (gRPC: the call's own
+    # deadline ends it; HTTP: the answer comes back late), while 'critical' keeps all of its own.
+    with serve_in_thread(Behaviour(class_delay_s={"batch": 0.3})) as server:
+        report = _run(
+            server,
+            protocol,
+            rate=200.0,
+            arrival="constant",
+            duration_s=1.0,
+            seed=3,
+            mix="critical=1,batch=3",
+            class_deadlines="critical=2s,batch=100ms",
+            class_keys="critical=gold",
+        )
+        seen = dict(server.seen)
+    timeout = {"critical": "2000", "batch": "100"} if protocol == "http" else {"critical": "", "batch": ""}
+    assert set(seen) == {("critical", "gold", timeout["critical"]), ("batch", "", timeout["batch"])}
+    critical, batch = report.classes
+    assert (critical.name, critical.share, critical.deadline_ms) == ("critical", 0.25, 2000.0)
+    assert critical.sent + batch.sent == report.sent == 200
+    assert 30 < critical.sent < 70  # a quarter of 200, drawn at random
+    assert critical.good == critical.ok == critical.sent and critical.goodput_ratio == 1.0
+    assert critical.goodput_qps == pytest.approx(critical.sent / report.duration_s, rel=0.01)
+    assert batch.good == 0 and batch.goodput_qps == 0.0
+    if protocol == "grpc":
+        assert batch.errors_by_code == {"DEADLINE_EXCEEDED": batch.sent}
+    else:
+        assert batch.late == batch.ok == batch.sent and batch.latency_ms["p50"] >= 300.0
+    assert "class critical" in summary(report) and "goodput" in summary(report)
+
+
 def test_two_processes_merge_their_results(fake: FakeServer) -> None:
-    report = _run(fake, "grpc", rate=200.0, arrival="constant", duration_s=1.0, processes=2)
+    report = _run(fake, "grpc", rate=200.0, arrival="constant", duration_s=1.0, processes=2, mix="a=1,b=1")
     assert report.processes == 2 and report.errors == 0
     assert report.sent == pytest.approx(200, abs=3)
     assert report.achieved_qps == pytest.approx(200.0, rel=0.05)
+    assert sum(c.sent for c in report.classes) == report.sent and sum(c.good for c in report.classes) == report.ok
 
 
 def test_replay_file_report_and_plot(fake: FakeServer, tmp_path: Path) -> None:
@@ -515,3 +579,52 @@ def test_stream_error_codes_come_from_the_message_prefix() -> None:
 
     assert error_code("[UNAVAILABLE] model 'm' is overloaded") == "UNAVAILABLE"
     assert error_code("something else") == "STREAM_ERROR"
+
+
+def test_overload_bench_reads_the_gateway_counters_over_a_window_and_plots(tmp_path: Path) -> None:
+    from loadtests.bench import overload
+
+    def sample(name: str, value: float, **labels: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return (name, tuple(sorted(labels.items()))), value
+
+    refusal = {"model": "fixed", "tenant": ""}
+    before = dict(
+        [
+            sample("gateway_refusals_total", 5, reason="shed", priority="batch", **refusal),
+            sample("gateway_batch_rows_count", 10, model="fixed", version="1"),
+            sample("gateway_batch_rows_sum", 70, model="fixed", version="1"),
+            sample("gateway_compute_duration_seconds_count", 70, model="fixed", version="1"),
+            sample("gateway_compute_duration_seconds_sum", 7.0, model="fixed", version="1"),
+            sample("gateway_queue_duration_seconds_sum", 1.0, model="fixed", version="1"),
+        ]
+    )
+    after = dict(
+        [
+            sample("gateway_refusals_total", 9, reason="shed", priority="batch", **refusal),
+            sample("gateway_refusals_total", 3, reason="predicted_miss", priority="default", **refusal),
+            sample("gateway_batch_rows_count", 20, model="fixed", version="1"),
+            sample("gateway_batch_rows_sum", 150, model="fixed", version="1"),
+            sample("gateway_compute_duration_seconds_count", 150, model="fixed", version="1"),
+            sample("gateway_compute_duration_seconds_sum", 15.0, model="fixed", version="1"),
+            sample("gateway_queue_duration_seconds_sum", 9.0, model="fixed", version="1"),
+        ]
+    )
+    refusals, view = overload.gateway_view(before, after)
+    assert refusals == {"batch": {"shed": 4}, "default": {"predicted_miss": 3}}
+    assert view == {"batches": 10, "mean_batch_rows": 8.0, "mean_call_ms": 100.0, "mean_queue_ms": 100.0}
+    one = {"goodput_share": 0.5, "p99_ms": 120.0, "errors": {"DEADLINE_EXCEEDED": 2}}
+    points = [
+        {"load": load, "mode": mode, "classes": {"critical": one, "batch": {**one, "p99_ms": None}}}
+        for load in (2.0, 5.0)
+        for mode in overload.MODES
+    ]
+    profile = {"critical": {"share": 0.25, "deadline_s": 0.5}, "batch": {"share": 0.75, "deadline_s": None}}
+    overload.plot({"profile": profile, "points": points}, tmp_path / "o.png")
+    assert (tmp_path / "o.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_mixed_profile_cannot_ride_on_streams() -> None:
+    from loadtests import LoadConfig
+
+    with pytest.raises(ValueError, match="cannot be combined with --streaming"):
+        LoadConfig(target="grpc://127.0.0.1:1", model="m", rate=10.0, streaming=True, mix="a=1,b=1").validate()

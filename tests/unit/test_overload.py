@@ -181,13 +181,15 @@ async def test_a_request_predicted_to_miss_its_deadline_is_refused_at_once(clock
         await b.submit(x(v), 1)
     await turns()
     assert b.predict_s(1) == pytest.approx(0.1)
+    clock.advance(10)  # long after those three: no critical stream is left to overtake lower classes
     model.gate.clear()
     model.batches.clear()
     first = await occupy(b, model)
     queued = [asyncio.ensure_future(b.submit(x(v), 1, clock() + 10, level=1)) for v in range(1, 5)]
     await turns()
-    # A fifth row rides the third batch of two, behind the half-done call in flight: 3.5 calls.
-    assert b.predict_s(1, level=1) == pytest.approx(0.35)
+    # A fifth row rides the third batch of two, behind the half-done call in flight: 3.5 calls, the three
+    # waves a little slower (20/19) for the critical request in flight, a stream of 1 row/s so far.
+    assert b.predict_s(1, level=1) == pytest.approx(0.1 * (3 * 20 / 19 + 0.5), rel=1e-4)
     with pytest.raises(GatewayError) as refused:
         await b.submit(x(9), 1, clock() + 0.3, level=1)
     assert refused.value.code is Code.DEADLINE_EXCEEDED and refused.value.refusal is Refusal.PREDICTED_MISS
@@ -200,6 +202,57 @@ async def test_a_request_predicted_to_miss_its_deadline_is_refused_at_once(clock
     model.gate.set()
     await asyncio.gather(first, critical, *queued, *lower)
     assert model.batches[1][0] == 8
+
+
+@pytest.mark.asyncio
+async def test_a_lower_class_is_predicted_at_the_capacity_the_higher_classes_leave_it(clock: FakeClock) -> None:
+    # Capacity 20 rows/s (2 rows per 100 ms call). Critical requests arrive at 15 rows/s for 3 s, behind a call
+    # that holds the only slot: 45 rows queued. A default request then waits for all of them and for the
+    # critical ones still arriving, which overtake it: at the 5 rows/s left over, about 9 s, not the 2.35 s the
+    # queue alone would take at full capacity. With a 5 s deadline it is refused at once.
+    model = Model(clock, call_s=0.1)
+    b = batcher(model, max_inflight=1, max_batch_size=2, clock=clock)
+    model.gate.set()
+    for v in range(3):  # three timed calls of 100 ms teach the batcher the call time
+        await b.submit(x(v), 1)
+    model.gate.clear()
+    model.batches.clear()
+    first = await occupy(b, model)
+    critical = []
+    for v in range(45):
+        clock.advance(1 / 15)
+        critical.append(asyncio.ensure_future(b.submit(x(v), 1, clock() + 100, level=0)))
+        await asyncio.sleep(0)
+    await turns()
+    assert b.predict_s(1, level=0) == pytest.approx(0.1 * (23 + 0.5))  # the highest class: its queue alone
+    predicted = b.predict_s(1, level=1)
+    assert predicted is not None and 8.0 < predicted < 9.5
+    with pytest.raises(GatewayError) as refused:
+        await b.submit(x(99), 1, clock() + 5, level=1)
+    assert refused.value.code is Code.DEADLINE_EXCEEDED and refused.value.refusal is Refusal.PREDICTED_MISS
+    # Once the critical stream stops, its rate fades and the lower class gets the whole capacity back.
+    clock.advance(10)
+    assert b.predict_s(1, level=1) == pytest.approx(0.1 * (23 + 0.5), rel=0.01)
+    model.gate.set()
+    await asyncio.gather(first, *critical)
+
+
+@pytest.mark.asyncio
+async def test_a_caller_that_goes_away_frees_its_place_in_a_full_queue_at_once() -> None:
+    model = Model()
+    b = batcher(model, max_inflight=1, max_batch_size=8, max_queue_rows=3)
+    first = await occupy(b, model)
+    queued = [asyncio.ensure_future(b.submit(x(v), 1, level=2)) for v in (1, 2, 3)]
+    await turns()
+    assert b.queued_rows == 3
+    queued[0].cancel()  # its deadline fired, or the client hung up
+    await turns()
+    assert b.queued_rows == 2
+    late = asyncio.ensure_future(b.submit(x(4), 1, level=2))  # the place is free: not refused as queue_full
+    await turns()
+    model.gate.set()
+    await asyncio.gather(first, late, *queued[1:])
+    assert model.batches[1] == [2, 3, 4] and not b.refusals  # type: ignore[attr-defined]
 
 
 @pytest.mark.asyncio
