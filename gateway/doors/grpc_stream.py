@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc.aio import EOF
 
 from gateway._proto import inference_pb2 as pb
 from gateway.core import DataPlane
@@ -139,7 +140,8 @@ class StreamInfer:
     async def handle(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
         call = self._call(context)
         flow = _Flow(self.max_inflight)
-        reader = asyncio.create_task(self._read(requests, call, flow))
+        # context.read() rather than the request iterator, which wraps each read in two more coroutines.
+        reader = asyncio.create_task(self._read(context, call, flow))
         done, write = flow.done, context.write
         try:
             while True:
@@ -157,10 +159,16 @@ class StreamInfer:
             for task in list(flow.working):
                 task.cancel()
 
-    async def _read(self, requests: AsyncIterator[bytes], call: _Call, flow: _Flow) -> None:
-        create_task, finished, working = flow.loop.create_task, flow.finished, flow.working
+    async def _read(self, context: grpc.aio.ServicerContext[Any, Any], call: _Call, flow: _Flow) -> None:
+        create_task, finished, working, read, eof = (
+            flow.loop.create_task,
+            flow.finished,
+            flow.working,
+            context.read,
+            EOF,
+        )
         try:
-            async for raw in requests:
+            while (raw := await read()) is not eof:
                 flow.pending += 1
                 # Parsed and checked here, at once: a request that fails before the data plane costs no task.
                 started = self.start(raw, call)
