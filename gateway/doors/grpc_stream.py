@@ -8,21 +8,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from grpc.aio import EOF
 
 from gateway._proto import inference_pb2 as pb
 from gateway.core import DataPlane
 from gateway.doors.grpc import decode_request, encode_response
 from gateway.errors import GatewayError
 from gateway.telemetry.tracing import parse_traceparent
-from gateway.types import InferRequest
 
 log = logging.getLogger(__name__)
 _INFER_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse.infer_response: field 2, length-delimited
@@ -60,38 +57,6 @@ class _Call:
     priority: str
     client: str
     deadline: float | None  # the stream's own deadline, if the client set one
-
-
-class _Flow:
-    """One stream's answers between the tasks that compute them and the writer, without a queue or semaphore:
-    a done callback appends each answer and wakes the writer; the reader waits only when the stream is full."""
-
-    __slots__ = ("done", "loop", "max_pending", "pending", "reader", "reading", "working", "writer")
-
-    def __init__(self, max_pending: int) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.done: deque[bytes] = deque()
-        self.working: set[asyncio.Task[bytes]] = set()
-        self.pending = 0  # read and not yet written: the stream's bound counts these
-        self.max_pending = max_pending
-        self.writer: asyncio.Future[None] | None = None
-        self.reader: asyncio.Future[None] | None = None
-        self.reading = True
-
-    def answered(self, reply: bytes) -> None:
-        self.done.append(reply)
-        if self.writer is not None and not self.writer.done():
-            self.writer.set_result(None)
-
-    def finished(self, task: asyncio.Task[bytes]) -> None:
-        self.working.discard(task)
-        if not task.cancelled():
-            self.answered(task.result())  # answer() turns every failure into an error reply
-
-    def wrote(self) -> None:
-        self.pending -= 1
-        if self.reader is not None and not self.reader.done():
-            self.reader.set_result(None)
 
 
 class StreamInfer:
@@ -139,56 +104,39 @@ class StreamInfer:
 
     async def handle(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
         call = self._call(context)
-        flow = _Flow(self.max_inflight)
-        # context.read() rather than the request iterator, which wraps each read in two more coroutines.
-        reader = asyncio.create_task(self._read(context, call, flow))
-        done, write = flow.done, context.write
+        answers: asyncio.Queue[bytes | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.max_inflight)
+        working: set[asyncio.Task[None]] = set()
+
+        async def answer(raw: bytes) -> None:
+            answers.put_nowait(await self.one(raw, call))
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    await slots.acquire()  # released once its answer is on the wire
+                    task = asyncio.create_task(answer(raw))
+                    working.add(task)
+                    task.add_done_callback(working.discard)
+            finally:
+                # The client finished sending (or went away): answer what is in flight, then end the call.
+                if working:
+                    await asyncio.gather(*list(working), return_exceptions=True)
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
         try:
-            while True:
-                while done:
-                    await write(done.popleft())
-                    flow.wrote()
-                if not flow.reading and not flow.working and not done:
-                    break  # the client finished sending and every request it sent is answered
-                flow.writer = flow.loop.create_future()
-                await flow.writer
-                flow.writer = None
+            while (reply := await answers.get()) is not None:
+                await context.write(reply)
+                slots.release()
         finally:
             # A client cancel lands here: its queued work goes too (a batcher drops cancelled requests).
             reader.cancel()
-            for task in list(flow.working):
+            for task in list(working):
                 task.cancel()
 
-    async def _read(self, context: grpc.aio.ServicerContext[Any, Any], call: _Call, flow: _Flow) -> None:
-        create_task, finished, working, read, eof = (
-            flow.loop.create_task,
-            flow.finished,
-            flow.working,
-            context.read,
-            EOF,
-        )
-        try:
-            while (raw := await read()) is not eof:
-                flow.pending += 1
-                # Parsed and checked here, at once: a request that fails before the data plane costs no task.
-                started = self.start(raw, call)
-                if isinstance(started, bytes):
-                    flow.answered(started)
-                else:
-                    task = create_task(self.answer(*started))
-                    working.add(task)
-                    task.add_done_callback(finished)
-                while flow.pending >= flow.max_pending:
-                    flow.reader = flow.loop.create_future()
-                    await flow.reader
-                    flow.reader = None
-        finally:
-            flow.reading = False
-            if flow.writer is not None and not flow.writer.done():
-                flow.writer.set_result(None)
-
-    def start(self, raw: bytes, call: _Call) -> bytes | tuple[InferRequest, pb.ModelInferRequest]:
-        """A streamed request parsed and checked, or its error reply."""
+    async def one(self, raw: bytes, call: _Call) -> bytes:
+        """One streamed request's answer, serialized; failures become an error_message, never an exception."""
         received = time.monotonic()
         try:
             request = pb.ModelInferRequest.FromString(raw)
@@ -196,8 +144,8 @@ class StreamInfer:
             return error_response("request is not a valid inference.ModelInferRequest message")
         try:
             deadline = received + self.default_timeout_s
-            if call.deadline is not None and call.deadline < deadline:
-                deadline = call.deadline
+            if call.deadline is not None:
+                deadline = min(deadline, call.deadline)
             plane = self.plane
             plane.check_rows(
                 request.model_name,
@@ -220,30 +168,16 @@ class StreamInfer:
             )
             if req.outputs:
                 plane.shm_check_outputs(req.outputs)
+            resp = await plane.infer(req)
+            return wrap_response(encode_response(resp, req.outputs, plane.shm_write).SerializeToString())
         except GatewayError as exc:
-            return _refused(exc, request)
-        except Exception:
-            log.exception("streamed request %r failed", request.id)
-            return _internal(request)
-        return req, request
-
-    async def answer(self, req: InferRequest, request: pb.ModelInferRequest) -> bytes:
-        """One streamed request's answer, serialized; failures become an error_message, never an exception."""
-        try:
-            resp = await self.plane.infer(req)
-            return wrap_response(encode_response(resp, req.outputs, self.plane.shm_write).SerializeToString())
-        except GatewayError as exc:
-            return _refused(exc, request)
+            return error_response(
+                f"[{exc.code.name}] {exc.message}", request.model_name, request.model_version, request.id
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("streamed request %r failed", request.id)
-            return _internal(request)
-
-
-def _refused(exc: GatewayError, request: pb.ModelInferRequest) -> bytes:
-    return error_response(f"[{exc.code.name}] {exc.message}", request.model_name, request.model_version, request.id)
-
-
-def _internal(request: pb.ModelInferRequest) -> bytes:
-    return error_response("internal error in the gateway", request.model_name, request.model_version, request.id)
+            return error_response(
+                "internal error in the gateway", request.model_name, request.model_version, request.id
+            )

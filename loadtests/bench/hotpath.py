@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import uvloop
-from grpc.aio import EOF
 from prometheus_client import CollectorRegistry
 
 from contract.manifest import Batching, Manifest, TensorSpecModel
@@ -73,12 +72,8 @@ class _Context:
 class _StreamContext(_Context):
     """A stream's call: each write frees a slot of the client's window and takes a turn of the loop."""
 
-    def __init__(self, window: asyncio.Semaphore, requests: Any) -> None:
+    def __init__(self, window: asyncio.Semaphore) -> None:
         self.window = window
-        self.requests = requests
-
-    async def read(self) -> Any:
-        return await anext(self.requests, EOF)
 
     async def write(self, reply: bytes) -> None:
         self.window.release()
@@ -132,8 +127,7 @@ async def _round(args: argparse.Namespace, log_dir: Path, profile: cProfile.Prof
                 left -= 1
                 yield request
 
-        messages = requests()
-        await stream.handle(messages, _StreamContext(window, messages))  # type: ignore[arg-type]
+        await stream.handle(requests(), _StreamContext(window))  # type: ignore[arg-type]
 
     clients = (
         [stream_client for _ in range(max(args.concurrency // args.stream_depth, 1))]
