@@ -170,6 +170,8 @@ class Gateway:
             s.routing_header,
             s.max_request_rows,
             s.stream_max_inflight,
+            key_header=s.tenants.key_header,
+            priority_header=s.overload.priority_header,
         )
         self._grpc = GrpcDoor(
             servicer,

@@ -48,11 +48,13 @@ def error_response(message: str, model: str = "", version: str = "", request_id:
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """What every request of one stream shares: the call's metadata and its deadline."""
+    """What every request of one stream shares: the call's metadata, read once, and its deadline."""
 
     routing_key: str | None
     traceparent: str
     tracestate: str
+    api_key: str
+    priority: str
     client: str
     deadline: float | None  # the stream's own deadline, if the client set one
 
@@ -69,28 +71,36 @@ class StreamInfer:
         routing_header: str,
         max_rows: int,
         max_inflight: int,
+        key_header: str = "x-api-key",
+        priority_header: str = "x-priority",
     ) -> None:
         self.plane = plane
         self.max_elements = max_elements
         self.default_timeout_s = default_timeout_s
         self.routing_header = routing_header
+        self.key_header = key_header.lower()  # gRPC metadata keys are lower case
+        self.priority_header = priority_header.lower()
         self.max_rows = max_rows
         self.max_inflight = max_inflight
 
     def _call(self, context: grpc.aio.ServicerContext[Any, Any]) -> _Call:
         routing_key = None
-        traceparent = tracestate = ""
+        traceparent = tracestate = api_key = priority = ""
         for key, value in context.invocation_metadata() or ():
             text = value if isinstance(value, str) else value.decode()
             if key == self.routing_header:
                 routing_key = text
+            elif key == self.key_header:
+                api_key = text
+            elif key == self.priority_header:
+                priority = text
             elif key == "traceparent":
                 traceparent = parse_traceparent(text)
             elif key == "tracestate":
                 tracestate = text
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        return _Call(routing_key, traceparent, tracestate, context.peer(), deadline)
+        return _Call(routing_key, traceparent, tracestate, api_key, priority, context.peer(), deadline)
 
     async def handle(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
         call = self._call(context)
@@ -153,6 +163,8 @@ class StreamInfer:
                 client=call.client,
                 traceparent=call.traceparent,
                 tracestate=call.tracestate,
+                api_key=call.api_key,
+                priority=call.priority,
             )
             if req.outputs:
                 plane.shm_check_outputs(req.outputs)

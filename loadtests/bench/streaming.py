@@ -14,6 +14,13 @@ what one core of the server answers, whatever else runs beside it):
     bare streaming        the bare grpc.aio server, ModelStreamInfer (a streaming echo)
 
     python -m loadtests.bench.streaming --rounds 3 --requests 5000 --out streaming.json
+
+With --baseline DIR (a source tree of the gateway to compare with, e.g. `git archive` of a commit
+unpacked), a second gateway runs from that tree, joined to the first one's Ray cluster (the same
+replicas answer both), and its unary and streaming points are measured in the same rounds:
+
+    mkdir /tmp/base && git archive HEAD~1 | tar -x -C /tmp/base
+    python -m loadtests.bench.streaming --rounds 3 --requests 4000 --baseline /tmp/base --no-shm
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ from loadtests.bench.sidebyside import load
 from loadtests.harness import free_port, process, wait_for_file
 
 MODEL = "breast_cancer"
+BASELINE_POINTS = (
+    ("baseline unary", "base", ()),
+    ("baseline streaming", "base", ("--streaming",)),
+)
 POINTS = (
     ("gateway unary", "gw", ()),
     ("gateway streaming", "gw", ("--streaming",)),
@@ -48,7 +59,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(stack: ExitStack, work: Path) -> dict[str, tuple[str, int]]:
+def start(stack: ExitStack, work: Path, baseline: Path | None) -> dict[str, tuple[str, int]]:
     ready, log = work / "ready.json", work / "gateway.log"
     cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(work / "repository")]
     cmd += ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--ready-file", str(ready)]
@@ -59,18 +70,33 @@ def start(stack: ExitStack, work: Path) -> dict[str, tuple[str, int]]:
     bare_cmd += ["--http-port", str(free_port()), "--model", MODEL]
     bare = stack.enter_context(process(bare_cmd, work / "bare.log"))
     info = wait_for_file(ready, gw, log, 300)
-    return {
+    servers = {
         "gw": (f"grpc://127.0.0.1:{info['grpc_port']}", gw.pid),
         "bare": (f"grpc://127.0.0.1:{bare_port}", bare.pid),
     }
+    if baseline is not None:
+        # -P: the baseline tree on PYTHONPATH comes first, not this checkout (the current directory).
+        base_ready, base_log = work / "base-ready.json", work / "baseline.log"
+        base_cmd = [sys.executable, "-P", *cmd[1:-1], str(base_ready)]
+        base_env = {**env, "PYTHONPATH": str(baseline.resolve()), "GATEWAY_RAY_ADDRESS": info["ray_address"]}
+        base_env["GATEWAY_REQUEST_LOG__DIR"] = str(work / "base_request_log")
+        base = stack.enter_context(process(base_cmd, base_log, base_env, stop_timeout_s=60))
+        base_info = wait_for_file(base_ready, base, base_log, 300)
+        servers["base"] = (f"grpc://127.0.0.1:{base_info['grpc_port']}", base.pid)
+    return servers
 
 
 def measure(
-    servers: dict[str, tuple[str, int]], rounds: int, requests: int, concurrency: int, work: Path
+    servers: dict[str, tuple[str, int]],
+    points: tuple[tuple[str, str, tuple[str, ...]], ...],
+    rounds: int,
+    requests: int,
+    concurrency: int,
+    work: Path,
 ) -> dict[str, dict[str, list[float]]]:
-    results: dict[str, dict[str, list[float]]] = {name: {"qps": [], "cpu_us": []} for name, _, _ in POINTS}
+    results: dict[str, dict[str, list[float]]] = {name: {"qps": [], "cpu_us": []} for name, _, _ in points}
     for r in range(rounds):
-        order = POINTS[r % len(POINTS) :] + POINTS[: r % len(POINTS)]  # alternate who goes first
+        order = points[r % len(points) :] + points[: r % len(points)]  # alternate who goes first
         for name, server, extra in order:
             url, pid = servers[server]
             tag = f"{name.replace(' ', '_')}-{r}"
@@ -115,13 +141,22 @@ def main(argv: list[str] | None = None) -> int:
         "--requests", type=int, default=5000, help="measured requests per point and round (default: 5000)"
     )
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: 64)")
+    parser.add_argument("--baseline", type=Path, help="also measure a gateway run from this source tree (see above)")
+    parser.add_argument("--no-shm", action="store_true", help="leave out the shared-memory points")
     parser.add_argument("--out", type=Path, help="write every round's figures and the medians here (JSON)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        servers = start(stack, work)
-        results = measure(servers, args.rounds, args.requests, args.concurrency, work)
+        points = tuple(p for p in POINTS if not (args.no_shm and "--shared-memory" in p[2]))
+        if args.baseline is not None:
+            if not (args.baseline / "gateway" / "cli.py").is_file():
+                parser.error(
+                    f"--baseline {args.baseline}: no gateway/cli.py there; unpack a source tree of the gateway"
+                )
+            points = BASELINE_POINTS + points
+        servers = start(stack, work, args.baseline)
+        results = measure(servers, points, args.rounds, args.requests, args.concurrency, work)
     text, med = table(results)
     print(text)
     if args.out is not None:

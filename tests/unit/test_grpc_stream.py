@@ -126,3 +126,27 @@ async def test_unserved_methods_and_extensions() -> None:
         await asyncio.to_thread(run)
     finally:
         await door.stop(0)
+
+
+async def test_the_streams_metadata_applies_to_each_of_its_requests() -> None:
+    plane = DataPlane(catalog(("m", "1", "READY")), FakeDispatcher())
+    door, address = await serve(plane)
+    req = pb.ModelInferRequest(model_name="m", id="r1")
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 2])
+    req.raw_input_contents.append(np.zeros((1, 2), np.float32).tobytes())
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            replies = []
+            for priority in ("no-such-class", ""):
+                metadata = (("x-priority", priority),) if priority else ()
+                call = channel.stream_stream(STREAM)(timeout=30, metadata=metadata)
+                for _ in range(3):
+                    await call.write(req.SerializeToString())
+                await call.done_writing()
+                replies.append([pb.ModelStreamInferResponse.FromString(r) async for r in call])
+    finally:
+        await door.stop(0)
+    refused, answered = replies
+    assert len(refused) == 3 and all("unknown priority class 'no-such-class'" in r.error_message for r in refused)
+    assert all(r.infer_response.id == "r1" for r in refused)
+    assert len(answered) == 3 and not any(r.error_message for r in answered)
