@@ -163,16 +163,7 @@ class Gateway:
             key_header=s.tenants.key_header,
             priority_header=s.overload.priority_header,
         )
-        stream = StreamInfer(
-            self.plane,
-            s.max_tensor_elements,
-            s.default_timeout_ms / 1000.0,
-            s.routing_header,
-            s.max_request_rows,
-            s.stream_max_inflight,
-            key_header=s.tenants.key_header,
-            priority_header=s.overload.priority_header,
-        )
+        stream = StreamInfer(servicer, s.stream_max_inflight)
         self._grpc = GrpcDoor(
             servicer,
             s.max_request_bytes,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -202,6 +203,15 @@ def encode_response(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class CallMetadata:
+    routing_key: str | None
+    traceparent: str
+    tracestate: str
+    api_key: str
+    priority: str
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self,
@@ -279,50 +289,62 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             ]
         )
 
+    def call_metadata(self, context: Any) -> CallMetadata:
+        """The routing, tracing and tenant keys a call's metadata carries (a stream's apply to all its messages)."""
+        routing_key = None
+        traceparent = tracestate = api_key = priority = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == self.routing_header:
+                routing_key = value if isinstance(value, str) else value.decode()
+            elif key == self.key_header:
+                api_key = value if isinstance(value, str) else value.decode()
+            elif key == self.priority_header:
+                priority = value if isinstance(value, str) else value.decode()
+            elif key == "traceparent":
+                traceparent = parse_traceparent(value if isinstance(value, str) else value.decode())
+            elif key == "tracestate":
+                tracestate = value if isinstance(value, str) else value.decode()
+        return CallMetadata(routing_key, traceparent, tracestate, api_key, priority)
+
+    async def answer(
+        self, request: pb.ModelInferRequest, meta: CallMetadata, received: float, deadline: float, client: str
+    ) -> tuple[InferResponse, pb.ModelInferResponse]:
+        """One ModelInferRequest through the data plane, unary or streamed alike; GatewayError for a fault."""
+        plane = self.plane
+        plane.check_rows(
+            request.model_name,
+            request.model_version or None,
+            ((t.name, t.shape) for t in request.inputs),
+            self.max_rows,
+        )
+        req = decode_request(
+            request,
+            self.max_elements,
+            read_shm=plane.shm_read,
+            received_at=received,
+            deadline=deadline,
+            routing_key=meta.routing_key,
+            client=client,
+            traceparent=meta.traceparent,
+            tracestate=meta.tracestate,
+            api_key=meta.api_key,
+            priority=meta.priority,
+        )
+        if req.outputs:
+            plane.shm_check_outputs(req.outputs)
+        resp = await plane.infer(req)
+        return resp, encode_response(resp, req.outputs, plane.shm_write)
+
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         # The hot path: no closure or _guard indirection per call.
         received = time.monotonic()
         try:
             remaining = context.time_remaining()
             deadline = received + (remaining if remaining is not None else self.default_timeout_s)
-            routing_key = None
-            traceparent = tracestate = api_key = priority = ""
-            for key, value in context.invocation_metadata() or ():
-                if key == self.routing_header:
-                    routing_key = value if isinstance(value, str) else value.decode()
-                elif key == self.key_header:
-                    api_key = value if isinstance(value, str) else value.decode()
-                elif key == self.priority_header:
-                    priority = value if isinstance(value, str) else value.decode()
-                elif key == "traceparent":
-                    traceparent = parse_traceparent(value if isinstance(value, str) else value.decode())
-                elif key == "tracestate":
-                    tracestate = value if isinstance(value, str) else value.decode()
-            self.plane.check_rows(
-                request.model_name,
-                request.model_version or None,
-                ((t.name, t.shape) for t in request.inputs),
-                self.max_rows,
-            )
-            req = decode_request(
-                request,
-                self.max_elements,
-                read_shm=self.plane.shm_read,
-                received_at=received,
-                deadline=deadline,
-                routing_key=routing_key,
-                client=context.peer(),
-                traceparent=traceparent,
-                tracestate=tracestate,
-                api_key=api_key,
-                priority=priority,
-            )
-            if req.outputs:
-                self.plane.shm_check_outputs(req.outputs)
-            resp = await self.plane.infer(req)
+            resp, reply = await self.answer(request, self.call_metadata(context), received, deadline, context.peer())
             if resp.traceparent:  # only when tracing is on
                 context.set_trailing_metadata((("traceparent", resp.traceparent),))
-            return encode_response(resp, req.outputs, self.plane.shm_write)
+            return reply
         except GatewayError as exc:
             await self._abort(context, exc)
             raise

@@ -16,10 +16,8 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from gateway._proto import inference_pb2 as pb
-from gateway.core import DataPlane
-from gateway.doors.grpc import decode_request, encode_response
+from gateway.doors.grpc import CallMetadata, InferenceServicer
 from gateway.errors import GatewayError
-from gateway.telemetry.tracing import parse_traceparent
 
 log = logging.getLogger(__name__)
 _INFER_RESPONSE_TAG = b"\x12"  # ModelStreamInferResponse.infer_response: field 2, length-delimited
@@ -48,59 +46,26 @@ def error_response(message: str, model: str = "", version: str = "", request_id:
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """What every request of one stream shares: the call's metadata, read once, and its deadline."""
+    """What every request of one stream shares: the call's metadata, read once, its peer and its deadline."""
 
-    routing_key: str | None
-    traceparent: str
-    tracestate: str
-    api_key: str
-    priority: str
+    meta: CallMetadata
     client: str
     deadline: float | None  # the stream's own deadline, if the client set one
 
 
 class StreamInfer:
     """At most `max_inflight` requests of a stream are in the gateway (read, not yet answered on the wire); past
-    that the stream stops reading until answers are written, so a client that never reads holds bounded memory."""
+    that the stream stops reading until answers are written, so a client that never reads holds bounded memory.
+    Each request is answered by the unary door's own path (InferenceServicer.answer)."""
 
-    def __init__(
-        self,
-        plane: DataPlane,
-        max_elements: int,
-        default_timeout_s: float,
-        routing_header: str,
-        max_rows: int,
-        max_inflight: int,
-        key_header: str = "x-api-key",
-        priority_header: str = "x-priority",
-    ) -> None:
-        self.plane = plane
-        self.max_elements = max_elements
-        self.default_timeout_s = default_timeout_s
-        self.routing_header = routing_header
-        self.key_header = key_header.lower()  # gRPC metadata keys are lower case
-        self.priority_header = priority_header.lower()
-        self.max_rows = max_rows
+    def __init__(self, servicer: InferenceServicer, max_inflight: int) -> None:
+        self.servicer = servicer
         self.max_inflight = max_inflight
 
     def _call(self, context: grpc.aio.ServicerContext[Any, Any]) -> _Call:
-        routing_key = None
-        traceparent = tracestate = api_key = priority = ""
-        for key, value in context.invocation_metadata() or ():
-            text = value if isinstance(value, str) else value.decode()
-            if key == self.routing_header:
-                routing_key = text
-            elif key == self.key_header:
-                api_key = text
-            elif key == self.priority_header:
-                priority = text
-            elif key == "traceparent":
-                traceparent = parse_traceparent(text)
-            elif key == "tracestate":
-                tracestate = text
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        return _Call(routing_key, traceparent, tracestate, api_key, priority, context.peer(), deadline)
+        return _Call(self.servicer.call_metadata(context), context.peer(), deadline)
 
     async def handle(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]) -> None:
         call = self._call(context)
@@ -143,33 +108,11 @@ class StreamInfer:
         except DecodeError:
             return error_response("request is not a valid inference.ModelInferRequest message")
         try:
-            deadline = received + self.default_timeout_s
+            deadline = received + self.servicer.default_timeout_s
             if call.deadline is not None:
                 deadline = min(deadline, call.deadline)
-            plane = self.plane
-            plane.check_rows(
-                request.model_name,
-                request.model_version or None,
-                ((t.name, t.shape) for t in request.inputs),
-                self.max_rows,
-            )
-            req = decode_request(
-                request,
-                self.max_elements,
-                read_shm=plane.shm_read,
-                received_at=received,
-                deadline=deadline,
-                routing_key=call.routing_key,
-                client=call.client,
-                traceparent=call.traceparent,
-                tracestate=call.tracestate,
-                api_key=call.api_key,
-                priority=call.priority,
-            )
-            if req.outputs:
-                plane.shm_check_outputs(req.outputs)
-            resp = await plane.infer(req)
-            return wrap_response(encode_response(resp, req.outputs, plane.shm_write).SerializeToString())
+            _, reply = await self.servicer.answer(request, call.meta, received, deadline, call.client)
+            return wrap_response(reply.SerializeToString())
         except GatewayError as exc:
             return error_response(
                 f"[{exc.code.name}] {exc.message}", request.model_name, request.model_version, request.id

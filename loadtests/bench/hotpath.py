@@ -115,7 +115,7 @@ async def _round(args: argparse.Namespace, log_dir: Path, profile: cProfile.Prof
             reply = await servicer.ModelInfer(pb.ModelInferRequest.FromString(request), context)
             reply.SerializeToString()
 
-    stream = StreamInfer(plane, 1 << 20, 30.0, "x-routing-key", 65536, 256)
+    stream = StreamInfer(InferenceServicer(plane, 1 << 20, 30.0, "x-routing-key", 65536), 256)
 
     async def stream_client() -> None:
         window = asyncio.Semaphore(args.stream_depth)

@@ -34,7 +34,7 @@ class SlowDispatcher(FakeDispatcher):
 
 async def serve(plane: DataPlane, max_inflight: int = 8) -> tuple[GrpcDoor, str]:
     servicer = InferenceServicer(plane, 1 << 16, 10.0)
-    stream = StreamInfer(plane, 1 << 16, 10.0, "x-routing-key", 65536, max_inflight)
+    stream = StreamInfer(InferenceServicer(plane, 1 << 16, 10.0, "x-routing-key", 65536), max_inflight)
     door = GrpcDoor(
         servicer, 1 << 20, stream=stream.handle, extensions=ExtensionServicer(plane, servicer._abort, "tok")
     )
