@@ -18,6 +18,7 @@ import grpc
 import ray
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+from ray.serve import context as serve_context
 from ray.serve.config import ProxyLocation
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -71,7 +72,8 @@ class RayDispatcher:
             self._handle_options.update(
                 _by_reference=False, request_serialization="pickle", response_serialization="pickle"
             )
-        self._handles: dict[Key, DeploymentHandle[Any]] = {}
+        self._handles: dict[Key, DeploymentHandle[Any]] = {}  # as deployed, not yet set up
+        self._routed: dict[Key, DeploymentHandle[Any]] = {}  # set up on the event loop, with the call options
         self._refused: dict[Key, str] = {}
         self._owns_cluster = False
         self._ray_log = RayLogFile()
@@ -155,17 +157,27 @@ class RayDispatcher:
         for e in entries:
             key = (e.manifest.name, e.manifest.version)
             if key not in self._refused:
-                self._handles[key] = serve.get_app_handle(app_name(*key)).options(**self._handle_options)
+                self._handles[key] = serve.get_app_handle(app_name(*key))
 
     def undeploy(self, model: str, version: str) -> None:
         """Deletes the version's Serve application (blocking: call it off the event loop)."""
         self._handles.pop((model, version), None)
+        self._routed.pop((model, version), None)
         self._refused.pop((model, version), None)
         serve.delete(app_name(model, version), _blocking=True)
 
     def readiness(self) -> dict[Key, Readiness]:
-        """Blocking: asks the Serve controller; call it off the event loop."""
+        """Blocking: asks the Serve controller; call it off the event loop.
+
+        First the applications' states alone (a small message); the full status (replica counts, deployment
+        messages), which the controller and this process take milliseconds of CPU to build, only when one of
+        this gateway's applications is not RUNNING. The poll runs every few seconds on a serving gateway."""
         out = {key: Readiness("UNAVAILABLE", reason) for key, reason in self._refused.items()}
+        client = serve_context._get_global_client(raise_if_no_controller_running=False)
+        if client is not None:
+            states = {s.name: s.app_status.status for s in client.list_serve_statuses()}
+            if all(states.get(app_name(*key)) == "RUNNING" for key in self._handles):
+                return out | {key: Readiness("READY") for key in self._handles}
         apps = serve.status().applications
         for key in self._handles:
             app = apps.get(app_name(*key))
@@ -188,11 +200,22 @@ class RayDispatcher:
                 )
         return out
 
+    def _handle(self, key: Key) -> DeploymentHandle[Any]:
+        """The version's handle, set up on its first call, on the event loop: Serve's router (replica choice,
+        queue bounds, the replica channel) then runs on this loop, not on a thread and event loop of its own, so a
+        call costs no hop between threads and no contention for the GIL (docs/ARCHITECTURE.md, "Transport")."""
+        handle = self._routed.get(key)
+        if handle is None:
+            try:
+                deployed = self._handles[key]
+            except KeyError:
+                raise unavailable(f"model '{key[0]}' version '{key[1]}' is not deployed") from None
+            deployed._init(_run_router_in_separate_loop=False)
+            handle = self._routed[key] = deployed.options(**self._handle_options)
+        return handle
+
     async def infer(self, model: str, version: str, inputs: Arrays) -> Arrays:
-        try:
-            handle = self._handles[(model, version)]
-        except KeyError:
-            raise unavailable(f"model '{model}' version '{version}' is not deployed") from None
+        handle = self._handle((model, version))
         for attempt in (1, 2):
             try:
                 result: Arrays = await handle.remote(inputs)

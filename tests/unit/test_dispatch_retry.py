@@ -26,6 +26,15 @@ class FakeHandle:
     def __init__(self, *outcomes: Any) -> None:
         self.outcomes = list(outcomes)
         self.calls = 0
+        self.init_options: list[dict[str, Any]] = []
+        self.call_options: dict[str, Any] = {}
+
+    def _init(self, **options: Any) -> None:
+        self.init_options.append(options)
+
+    def options(self, **options: Any) -> FakeHandle:
+        self.call_options = options
+        return self
 
     def remote(self, inputs: dict[str, np.ndarray]) -> Any:
         self.calls += 1
@@ -46,6 +55,21 @@ def dispatcher(handle: FakeHandle) -> RayDispatcher:
 
 
 X = {"x": np.ones((1, 2), np.float32)}
+
+
+async def test_a_handle_is_set_up_once_with_its_router_on_the_calling_loop() -> None:
+    handle = FakeHandle({"y": X["x"]}, {"y": X["x"]})
+    d = dispatcher(handle)
+    await d.infer("m", "1", X)
+    await d.infer("m", "1", X)
+    assert handle.init_options == [{"_run_router_in_separate_loop": False}]
+    assert handle.call_options["method_name"] == "infer" and handle.calls == 2
+
+
+async def test_an_unknown_version_is_unavailable() -> None:
+    with pytest.raises(GatewayError) as e:
+        await dispatcher(FakeHandle()).infer("m", "2", X)
+    assert e.value.code == Code.UNAVAILABLE and "not deployed" in e.value.message
 
 
 @pytest.mark.parametrize("lost", [ActorDiedError(), ReplicaUnavailableError("r1")])
