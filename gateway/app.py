@@ -360,9 +360,16 @@ def settle_heap() -> None:
     """Takes what start-up allocated (Ray's client, protobuf descriptors, the catalog) out of the cyclic
     garbage collector's reach, so its collections scan only what requests allocate. Without this the
     collector's sweeps over Ray's heap were the largest single cost on the event loop: freezing it gave
-    about +17% requests/s and a third of the p99 at saturation (see docs/PERFORMANCE.md)."""
+    about +17% requests/s and a third of the p99 at saturation (see docs/PERFORMANCE.md).
+
+    The youngest generation is collected every 10,000 net allocations instead of 700: at 700 each
+    collection found mostly the requests in flight alive, scanned them and moved them to older generations
+    to be scanned again (about 5 us per request under load; about 1 us at 10,000). What requests allocate
+    is freed by reference counting, so the bigger threshold only lets a few thousand more objects wait."""
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(10_000, older, oldest)
 
 
 async def serve(settings: GatewaySettings, ready_file: Path | None = None, worker: bool = False) -> int:
