@@ -108,7 +108,7 @@ class DataPlane:
         self._id_prefix = f"{uuid.uuid4().hex[:12]}-"
         self._ids = itertools.count(1)
         self.metrics = metrics or Metrics(None)
-        self.stats = InferenceStats(self.metrics.registry)
+        self.stats = InferenceStats(self.metrics)
         self.shm = shared_memory or SharedMemory()
         self.repository = repository  # None: load/unload off
         self.name = name
@@ -363,7 +363,7 @@ class DataPlane:
         code = error.code.name if error is not None else "OK"
         self.metrics.request(model, version, code, total, timing.queue_s, timing.model_s)
         if version:
-            self.stats.request(model, version, error is None, total, timing.queue_s, timing.model_s, timing.input_s)
+            self.stats.request(model, version, error is None, total, timing.input_s)
         # Tracing off: the caller's trace id ("" when it sent no valid traceparent) still goes in the record.
         trace_id = span.finish(model, version, timing, error) if span is not None else request.traceparent[3:35]
         if model in self.router.ramped and self.router.ramped[model] == version:

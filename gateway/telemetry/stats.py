@@ -1,5 +1,7 @@
-"""Triton-style inference statistics per (model, version), kept as Prometheus counters the data plane adds to.
+"""Triton-style inference statistics per (model, version), read from Prometheus metrics the data plane adds to.
 
+Answered requests are counted once, by the request metrics (gateway/telemetry/metrics.py); what Triton's
+statistics need beyond those (failures' time, decoding time, executions by batch size) is counted here.
 With several gateway processes each writes its own multiprocess file and a read sums them all.
 """
 
@@ -11,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess
+
+from gateway.telemetry.metrics import Metrics
 
 PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 
@@ -35,15 +39,16 @@ class VersionStats:
 
 
 class InferenceStats:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
+    """Success counts and the queue and compute-infer times are the request metrics' own (Metrics.request observes
+    them per answered request), read back from their histograms; only what those do not hold is counted here."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.registry = registry = metrics.registry
         labels = ["model", "version"]
-        self.count = Counter(
-            "gateway_stats_requests", "Requests by outcome (success/fail)", [*labels, "outcome"], registry=registry
-        )
         self.ns = Counter(
             "gateway_stats_duration_ns",
-            "Cumulative nanoseconds per request phase",
+            "Cumulative nanoseconds of failed requests (phase fail) and of decoding answered ones (compute_input)",
             [*labels, "phase"],
             registry=registry,
         )
@@ -68,6 +73,12 @@ class InferenceStats:
             registry=registry,
             multiprocess_mode="max",
         )
+        self._families = {
+            metrics.requests._name: _fold_requests,
+            metrics.latency._name: _fold_latency,
+            metrics.queue._name: _fold_queue,
+            metrics.compute._name: _fold_compute,
+        }
         self._cells: dict[tuple[str, ...], Any] = {}  # labels() costs a lock and a lookup: reuse the value cells
 
     def _cell(self, metric: Any, *labels: str) -> Any:
@@ -77,21 +88,13 @@ class InferenceStats:
             cell = self._cells[key] = metric.labels(*labels)._value
         return cell
 
-    def request(
-        self, model: str, version: str, ok: bool, total_s: float, queue_s: float, infer_s: float, input_s: float
-    ) -> None:
-        """One answered (ok) or failed request that reached a known version."""
-        cell = self._cell
-        outcome = "success" if ok else "fail"
-        cell(self.count, model, version, outcome).inc(1)
-        cell(self.ns, model, version, outcome).inc(int(total_s * 1e9))
+    def request(self, model: str, version: str, ok: bool, total_s: float, input_s: float) -> None:
+        """One answered (ok) or failed request that reached a known version; Metrics.request has counted it too."""
         if ok:
-            output_s = max(0.0, total_s - input_s - queue_s - infer_s)
-            cell(self.ns, model, version, "queue").inc(int(queue_s * 1e9))
-            cell(self.ns, model, version, "compute_input").inc(int(input_s * 1e9))
-            cell(self.ns, model, version, "compute_infer").inc(int(infer_s * 1e9))
-            cell(self.ns, model, version, "compute_output").inc(int(output_s * 1e9))
-            cell(self.last, model, version).set(time.time() * 1000.0)
+            self._cell(self.ns, model, version, "compute_input").inc(int(input_s * 1e9))
+            self._cell(self.last, model, version).set(time.time() * 1000.0)
+        else:
+            self._cell(self.ns, model, version, "fail").inc(int(total_s * 1e9))
 
     def execution(self, model: str, version: str, rows: int, seconds: float) -> None:
         """One successful model execution (a batch of `rows` rows)."""
@@ -105,31 +108,56 @@ class InferenceStats:
         """The statistics of the given versions, summed over every gateway process."""
         out = {key: VersionStats(*key) for key in versions}
         for family in self._collect():
+            fold = self._families.get(family.name, _fold)
             for sample in family.samples:
                 labels = sample.labels
                 stats = out.get((labels.get("model", ""), labels.get("version", "")))
                 if stats is None or sample.name.endswith("_created"):
                     continue
-                _fold(stats, family.name, labels, sample.value)
+                fold(stats, family.name, sample.name, labels, sample.value)
         for stats in out.values():
-            ok = stats.phases["success"].count
+            ok = stats.phases["success"]
+            known = sum(stats.phases[p].ns for p in ("compute_input", "queue", "compute_infer"))
+            stats.phases["compute_output"].ns = max(0, ok.ns - known)
             for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
-                stats.phases[phase].count = ok
+                stats.phases[phase].count = ok.count
         return list(out.values())
 
     def _collect(self) -> list[Any]:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
-            return [f for f in registry.collect() if f.name.startswith("gateway_stats_")]
-        return [f for f in self.registry.collect() if f.name.startswith("gateway_stats_")]
+            families = registry.collect()
+        else:
+            families = self.registry.collect()
+        return [f for f in families if f.name.startswith("gateway_stats_") or f.name in self._families]
 
 
-def _fold(stats: VersionStats, family: str, labels: dict[str, str], value: float) -> None:
+def _fold_requests(stats: VersionStats, family: str, sample: str, labels: dict[str, str], value: float) -> None:
+    if labels.get("code") != "OK":
+        stats.phases["fail"].count += int(value)
+
+
+def _fold_latency(stats: VersionStats, family: str, sample: str, labels: dict[str, str], value: float) -> None:
+    if sample.endswith("_count"):
+        stats.phases["success"].count += int(value)
+    elif sample.endswith("_sum"):
+        stats.phases["success"].ns += round(value * 1e9)
+
+
+def _fold_queue(stats: VersionStats, family: str, sample: str, labels: dict[str, str], value: float) -> None:
+    if sample.endswith("_sum"):
+        stats.phases["queue"].ns += round(value * 1e9)
+
+
+def _fold_compute(stats: VersionStats, family: str, sample: str, labels: dict[str, str], value: float) -> None:
+    if sample.endswith("_sum"):
+        stats.phases["compute_infer"].ns += round(value * 1e9)
+
+
+def _fold(stats: VersionStats, family: str, sample: str, labels: dict[str, str], value: float) -> None:
     n = int(value)
-    if family == "gateway_stats_requests":
-        stats.phases[labels["outcome"]].count += n
-    elif family == "gateway_stats_duration_ns":
+    if family == "gateway_stats_duration_ns":
         stats.phases[labels["phase"]].ns += n
     elif family == "gateway_stats_inferences":
         stats.inference_count += n

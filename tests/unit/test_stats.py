@@ -47,14 +47,22 @@ def test_config_maps_the_manifest() -> None:
 _WORKER = """
 import sys
 from prometheus_client import CollectorRegistry
+from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.stats import InferenceStats
-stats = InferenceStats(CollectorRegistry())
-for _ in range(int(sys.argv[1])):
-    stats.request("m", "1", True, 0.002, 0.0005, 0.001, 0.0001)
+metrics = Metrics(CollectorRegistry())
+stats = InferenceStats(metrics)
+for _ in range(int(sys.argv[1])):  # as the data plane does: the request metrics, then the statistics' own part
+    metrics.request("m", "1", "OK", 0.002, 0.0005, 0.001)
+    stats.request("m", "1", True, 0.002, 0.0001)
     stats.execution("m", "1", 4, 0.001)
+metrics.request("m", "1", "INVALID_ARGUMENT", 0.001)
+stats.request("m", "1", False, 0.001, 0.0)
 if len(sys.argv) > 2:
     (s,) = stats.read([("m", "1")])
-    print(s.phases["success"].count, s.execution_count, s.inference_count, s.batches[4].count)
+    p = s.phases
+    print(p["success"].count, p["fail"].count, s.execution_count, s.inference_count, s.batches[4].count)
+    print(*(round(p[k].ns / 1e3) for k in ("success", "fail", "queue", "compute_input", "compute_infer")), end=" ")
+    print(round(p["compute_output"].ns / 1e3))
 """
 
 
@@ -65,4 +73,7 @@ def test_statistics_sum_every_gateway_process(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-c", _WORKER, "2", "read"], check=True, env=env, timeout=60, capture_output=True, text=True
     )
-    assert out.stdout.split() == ["9", "9", "36", "9"]
+    counts, micros = out.stdout.splitlines()
+    assert counts.split() == ["9", "3", "9", "36", "9"]
+    # 9 answered requests of 2 ms (0.5 queued, 0.1 decoding, 1 computing, the rest output), 3 failed of 1 ms
+    assert micros.split() == ["18000", "3000", "4500", "900", "9000", "3600"]
