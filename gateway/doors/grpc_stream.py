@@ -74,15 +74,16 @@ class StreamInfer:
         working: set[asyncio.Task[None]] = set()
 
         async def answer(raw: bytes) -> None:
-            answers.put_nowait(await self.one(raw, call))
+            try:
+                answers.put_nowait(await self.one(raw, call))
+            finally:
+                working.discard(asyncio.current_task())  # type: ignore[arg-type]  # always inside its task
 
         async def read() -> None:
             try:
                 async for raw in requests:
                     await slots.acquire()  # released once its answer is on the wire
-                    task = asyncio.create_task(answer(raw))
-                    working.add(task)
-                    task.add_done_callback(working.discard)
+                    working.add(asyncio.create_task(answer(raw)))
             finally:
                 # The client finished sending (or went away): answer what is in flight, then end the call.
                 if working:
