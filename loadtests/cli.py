@@ -180,7 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--streaming",
         action="store_true",
-        help="gRPC: send on long-lived ModelStreamInfer streams (one per connection) instead of unary calls",
+        help="gRPC: send on long-lived ModelStreamInfer streams (one per 8 requests in flight) instead of unary calls",
     )
     data.add_argument(
         "--shared-memory",

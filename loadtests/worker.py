@@ -73,7 +73,7 @@ class WorkerPlan:
     timeout_s: float = 30.0
     drain_timeout_s: float = 5.0
     seed: int | None = None
-    streaming: bool = False  # gRPC ModelStreamInfer (one stream per channel) instead of unary calls
+    streaming: bool = False  # gRPC ModelStreamInfer (one stream per STREAM_DEPTH in flight) instead of unary calls
     shared_memory: bool = False  # gRPC inputs in a system shared memory region registered by this process
     classes: tuple[ClassPlan, ...] = ()  # a mixed profile: each request draws its class by weight
 

@@ -7,20 +7,20 @@ own CPU time per request over a fixed number of requests (steadier than req/s on
 what one core of the server answers, whatever else runs beside it):
 
     gateway unary         ModelInfer, one call per request
-    gateway streaming     ModelStreamInfer, all requests on one stream per connection
+    gateway streaming     ModelStreamInfer, one stream per 8 requests in flight
     gateway shm unary     ModelInfer with the inputs in a system shared memory region
     gateway shm streaming the two together
     bare unary            the bare grpc.aio server, ModelInfer
     bare streaming        the bare grpc.aio server, ModelStreamInfer (a streaming echo)
 
-    python -m loadtests.bench.streaming --rounds 3 --requests 5000 --out streaming.json
+    python -m loadtests.bench.streaming --rounds 3 --requests 10000 --out streaming.json
 
 With --baseline DIR (a source tree of the gateway to compare with, e.g. `git archive` of a commit
 unpacked), a second gateway runs from that tree, joined to the first one's Ray cluster (the same
 replicas answer both), and its unary and streaming points are measured in the same rounds:
 
     mkdir /tmp/base && git archive HEAD~1 | tar -x -C /tmp/base
-    python -m loadtests.bench.streaming --rounds 3 --requests 4000 --baseline /tmp/base --no-shm
+    python -m loadtests.bench.streaming --rounds 3 --requests 10000 --baseline /tmp/base --no-shm
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
     parser.add_argument(
-        "--requests", type=int, default=5000, help="measured requests per point and round (default: 5000)"
+        "--requests", type=int, default=10000, help="measured requests per point and round (default: 10000)"
     )
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: 64)")
     parser.add_argument("--baseline", type=Path, help="also measure a gateway run from this source tree (see above)")
