@@ -157,7 +157,10 @@ class RayDispatcher:
         for e in entries:
             key = (e.manifest.name, e.manifest.version)
             if key not in self._refused:
-                self._handles[key] = serve.get_app_handle(app_name(*key))
+                # A handle of this dispatcher's own: Serve caches one per application and process, which may already
+                # be set up (a version unloaded and loaded again), and this one's router is set up on first use.
+                ingress = serve.get_app_handle(app_name(*key))
+                self._handles[key] = DeploymentHandle(ingress.deployment_name, ingress.app_name)
 
     def undeploy(self, model: str, version: str) -> None:
         """Deletes the version's Serve application (blocking: call it off the event loop)."""
