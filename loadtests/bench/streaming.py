@@ -15,6 +15,12 @@ what one core of the server answers, whatever else runs beside it):
 
     python -m loadtests.bench.streaming --rounds 3 --requests 10000 --out streaming.json
 
+--concurrency takes a list: the same servers are measured at each level in turn, a table for each, then
+the two ratios the streaming path is judged by (streaming x gateway unary, streaming x bare streaming) at
+every level, in req/s and in capacity; --plot draws them:
+
+    python -m loadtests.bench.streaming --concurrency 64,128,256,512 --no-shm --plot streaming.png
+
 With --baseline DIR (a source tree of the gateway to compare with, e.g. `git archive` of a commit
 unpacked), a second gateway runs from that tree, joined to the first one's Ray cluster (the same
 replicas answer both), and its unary and streaming points are measured in the same rounds:
@@ -35,10 +41,12 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from contract.extras import require
 from loadtests.bench.sidebyside import load
 from loadtests.harness import free_port, process, wait_for_file
 
 MODEL = "breast_cancer"
+TARGETS = {"x gateway unary": 2.0, "x bare streaming": 0.5}  # the streaming path's targets (docs/PERFORMANCE.md)
 BASELINE_POINTS = (
     ("baseline unary", "base", ()),
     ("baseline streaming", "base", ("--streaming",)),
@@ -133,6 +141,105 @@ def table(results: dict[str, dict[str, list[float]]]) -> tuple[str, dict[str, di
     return "\n".join(lines), med
 
 
+def ratios(med: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Gateway streaming against gateway unary and against the bare streaming echo: req/s and capacity
+    (the inverse ratio of server CPU per request); and, for reference, what streaming gives the bare server
+    itself over its own unary calls."""
+    streaming, unary, bare = med["gateway streaming"], med["gateway unary"], med["bare streaming"]
+    bare_unary = med["bare unary"]
+    return {
+        "x gateway unary": {
+            "qps": streaming["qps"] / unary["qps"],
+            "capacity": unary["cpu_us"] / streaming["cpu_us"],
+        },
+        "x bare streaming": {
+            "qps": streaming["qps"] / bare["qps"],
+            "capacity": bare["cpu_us"] / streaming["cpu_us"],
+        },
+        "bare streaming x bare unary": {
+            "qps": bare["qps"] / bare_unary["qps"],
+            "capacity": bare_unary["cpu_us"] / bare["cpu_us"],
+        },
+    }
+
+
+def summary(by_level: dict[int, dict[str, dict[str, float]]]) -> str:
+    """One line per concurrency: gateway streaming's two ratios, in req/s and capacity, against the targets, and
+    the bare server's own streaming over unary beside them."""
+    lines = [
+        f"{'in flight':>9} {'x gw unary req/s':>17} {'capacity':>9} {'x bare str. req/s':>18} {'capacity':>9}"
+        f" {'bare: str. x unary req/s':>25} {'capacity':>9}",
+    ]
+    for level, med in sorted(by_level.items()):
+        r = ratios(med)
+        u, b, own = r["x gateway unary"], r["x bare streaming"], r["bare streaming x bare unary"]
+        lines.append(
+            f"{level:>9} {u['qps']:17.2f} {u['capacity']:9.2f} {b['qps']:18.2f} {b['capacity']:9.2f}"
+            f" {own['qps']:25.2f} {own['capacity']:9.2f}"
+        )
+    lines.append(f"{'target':>9} {TARGETS['x gateway unary']:17.2f} {'':9} {TARGETS['x bare streaming']:18.2f}")
+    return "\n".join(lines)
+
+
+def plot(by_level: dict[int, dict[str, dict[str, float]]], path: Path) -> None:
+    """Left: req/s of every point against requests in flight. Right: the streaming path's two ratios, in req/s
+    (solid) and capacity (dashed), with their targets."""
+    matplotlib = require("matplotlib", "plots", "python -m loadtests.bench.streaming --plot")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(by_level)
+    fig, (qps_ax, ratio_ax) = plt.subplots(1, 2, figsize=(14, 5), width_ratios=(1, 1.25))
+    for name in by_level[levels[0]]:
+        qps_ax.plot(levels, [by_level[c][name]["qps"] for c in levels], marker="o", label=name)
+    qps_ax.set_ylabel("requests per second")
+    qps_ax.set_title(f"{MODEL}: throughput by requests in flight", fontsize=10)
+    for (label, target), color in zip(TARGETS.items(), ("tab:blue", "tab:orange"), strict=True):
+        values = [ratios(by_level[c])[label] for c in levels]
+        ratio_ax.plot(levels, [v["qps"] for v in values], marker="o", color=color, label=f"{label} (req/s)")
+        ratio_ax.plot(
+            levels,
+            [v["capacity"] for v in values],
+            marker="s",
+            linestyle="--",
+            color=color,
+            label=f"{label} (capacity)",
+        )
+        ratio_ax.axhline(target, linestyle=":", color=color, label=f"target {target:g}")
+    own = [ratios(by_level[c])["bare streaming x bare unary"] for c in levels]
+    ratio_ax.plot(levels, [v["qps"] for v in own], marker="o", color="gray", label="bare: streaming x unary (req/s)")
+    ratio_ax.plot(
+        levels,
+        [v["capacity"] for v in own],
+        marker="s",
+        linestyle="--",
+        color="gray",
+        label="bare: streaming x unary (capacity)",
+    )
+    ratio_ax.set_ylabel("gateway streaming, ratio")
+    ratio_ax.set_title("gateway streaming against gateway unary and the bare streaming echo", fontsize=10)
+    for ax in (qps_ax, ratio_ax):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.set_xlabel("requests in flight")
+        ax.grid(True, alpha=0.3)
+    qps_ax.legend(loc="best", fontsize=8)
+    ratio_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def concurrency_levels(text: str) -> list[int]:
+    try:
+        levels = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give requests in flight as numbers, e.g. 64 or 64,256") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one number of requests in flight, each >= 1")
+    return levels
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench.streaming", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -140,12 +247,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--requests", type=int, default=10000, help="measured requests per point and round (default: 10000)"
     )
-    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: 64)")
+    parser.add_argument(
+        "--concurrency",
+        type=concurrency_levels,
+        default=[64],
+        help="requests in flight; a comma-separated list measures each level in turn (default: 64)",
+    )
     parser.add_argument("--baseline", type=Path, help="also measure a gateway run from this source tree (see above)")
     parser.add_argument("--no-shm", action="store_true", help="leave out the shared-memory points")
     parser.add_argument("--out", type=Path, help="write every round's figures and the medians here (JSON)")
+    parser.add_argument("--plot", type=Path, help="draw throughput and the streaming ratios by concurrency (PNG)")
     args = parser.parse_args(argv)
+    if args.plot is not None:
+        require("matplotlib", "plots", "python -m loadtests.bench.streaming --plot")  # fail before measuring
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
+    runs: dict[int, dict[str, dict[str, list[float]]]] = {}
+    medians: dict[int, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-streaming-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         points = tuple(p for p in POINTS if not (args.no_shm and "--shared-memory" in p[2]))
@@ -156,11 +273,20 @@ def main(argv: list[str] | None = None) -> int:
                 )
             points = BASELINE_POINTS + points
         servers = start(stack, work, args.baseline)
-        results = measure(servers, points, args.rounds, args.requests, args.concurrency, work)
-    text, med = table(results)
-    print(text)
+        for level in args.concurrency:
+            print(f"--- {level} requests in flight", flush=True)
+            runs[level] = measure(servers, points, args.rounds, args.requests, level, work)
+            text, medians[level] = table(runs[level])
+            print(text, flush=True)
+    if len(medians) > 1:
+        print("\ngateway streaming, by requests in flight (capacity: inverse ratio of server CPU per request)")
+        print(summary(medians))
     if args.out is not None:
-        args.out.write_text(json.dumps({"rounds": results, "median": med, "concurrency": args.concurrency}, indent=2))
+        levels = {str(c): {"rounds": runs[c], "median": medians[c], "ratios": ratios(medians[c])} for c in medians}
+        args.out.write_text(json.dumps({"concurrency": levels, "targets": TARGETS}, indent=2))
+    if args.plot is not None:
+        plot(medians, args.plot)
+        print(f"plot: {args.plot}")
     return 0
 
 

@@ -628,3 +628,41 @@ def test_a_mixed_profile_cannot_ride_on_streams() -> None:
 
     with pytest.raises(ValueError, match="cannot be combined with --streaming"):
         LoadConfig(target="grpc://127.0.0.1:1", model="m", rate=10.0, streaming=True, mix="a=1,b=1").validate()
+
+
+def test_streaming_bench_judges_each_concurrency_against_its_targets_and_plots(tmp_path: Path) -> None:
+    import argparse
+
+    from loadtests.bench import streaming
+
+    def point(qps: float, cpu_us: float) -> dict[str, float]:
+        return {"qps": qps, "cpu_us": cpu_us}
+
+    by_level = {
+        64: {
+            "gateway unary": point(1000, 400),
+            "gateway streaming": point(1500, 250),
+            "bare unary": point(2000, 200),
+            "bare streaming": point(4000, 100),
+        },
+        256: {
+            "gateway unary": point(1000, 400),
+            "gateway streaming": point(2200, 180),
+            "bare unary": point(2000, 200),
+            "bare streaming": point(4000, 90),
+        },
+    }
+    r = streaming.ratios(by_level[64])
+    assert r["x gateway unary"] == {"qps": 1.5, "capacity": 1.6}
+    assert r["x bare streaming"] == {"qps": 0.375, "capacity": 0.4}
+    lines = streaming.summary(by_level).splitlines()
+    assert r["bare streaming x bare unary"] == {"qps": 2.0, "capacity": 2.0}
+    assert lines[1].split() == ["64", "1.50", "1.60", "0.38", "0.40", "2.00", "2.00"]
+    assert lines[2].split() == ["256", "2.20", "2.22", "0.55", "0.50", "2.00", "2.22"]
+    assert lines[3].split() == ["target", "2.00", "0.50"]
+    streaming.plot(by_level, tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert streaming.concurrency_levels("64, 256") == [64, 256]
+    for bad in ("", "0", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            streaming.concurrency_levels(bad)
