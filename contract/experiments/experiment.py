@@ -227,6 +227,12 @@ class Experiment:
         self.state, self.outcome, self.ended = state, why, now
         return Decision("promote" if state == "promoted" else "end", version, why)
 
+    def _arm_state(self, version: str) -> str:
+        """An arm still running when the whole experiment ended (stopped by an operator, inconclusive, or another
+        arm promoted) is shown as ended: no arm of a finished experiment runs."""
+        state = self.arm_states.get(version, "running")
+        return "ended" if state == "running" and not self.running else state
+
     def _says(self, d: Interval) -> str:
         return f"(lift {d.estimate:+.4g}, {1 - self.plan.alpha:.0%} interval [{d.low:+.4g}, {d.high:+.4g}])"
 
@@ -250,7 +256,7 @@ class Experiment:
             w = c.window()
             arm: dict[str, Any] = {
                 "role": "control" if v == p.control else "treatment",
-                "state": self.arm_states.get(v, "running"),
+                "state": self._arm_state(v),
                 "n": c.primary.n,
                 "metric": _num(c.primary.mean),
                 "interval": [_num(low), _num(high)],

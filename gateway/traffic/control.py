@@ -178,7 +178,12 @@ class TrafficControl:
         return await self.store.get()
 
     async def model_view(self, model: str) -> dict[str, Any]:
+        """NOT_FOUND for a model neither in the cluster's table nor served here (the table may name models that
+        only other gateways serve: those are shown)."""
         table = await self.store.get()
+        sections = ("models", "shadows", "ramps", "experiments")
+        if not any(model in table.get(section, {}) for section in sections):
+            self.plane.require_model(model)
         return {
             "model": model,
             "weights": table["models"].get(model),
@@ -194,7 +199,7 @@ class TrafficControl:
         try:
             split = ModelSplit(weights=weights)
         except ValidationError as exc:
-            raise GatewayError(Code.INVALID_ARGUMENT, "; ".join(e["msg"] for e in exc.errors())) from None
+            raise GatewayError(Code.INVALID_ARGUMENT, _messages(exc)) from None
         current = await self._current()
         await self._check(current.model_copy(update={"models": {**current.models, model: split}}), model)
         return await self._applied(await self.store.set_model(model, split.weights, who, reason))
@@ -254,7 +259,7 @@ class TrafficControl:
         except PlanError as exc:
             raise GatewayError(Code.INVALID_ARGUMENT, str(exc)) from None
         except ValidationError as exc:
-            raise GatewayError(Code.INVALID_ARGUMENT, "; ".join(e["msg"] for e in exc.errors())) from None
+            raise GatewayError(Code.INVALID_ARGUMENT, _messages(exc)) from None
         current = await self._current()
         await self._check(current.model_copy(update={"models": {**current.models, model: split}}), model)
         return await self._applied(await self.store.start_experiment(model, plan, who, reason))
@@ -384,3 +389,8 @@ class TrafficControl:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, drain_s)
+
+
+def _messages(exc: ValidationError) -> str:
+    """pydantic's messages without its "Value error, " prefix: the operator reads only what was wrong."""
+    return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())

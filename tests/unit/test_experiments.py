@@ -209,6 +209,8 @@ async def test_no_result_by_the_end_changes_nothing_and_says_so(table: TrafficTa
     await report(table, {"1": arm(1000, 0.9), "2": arm(1000, 0.9)})
     e = table.experiments["m"]
     assert e.state == "inconclusive" and table.models["m"] == {"1": 50, "2": 50}
+    shown = table.get()["experiments"]["m"]["arms"]
+    assert shown["1"]["state"] == "control" and shown["2"]["state"] == "ended"  # no arm of an ended one runs
     last = table.model_history("m")[-1]
     assert last["who"] == "experiment" and "nothing changed" in last["reason"] and last["before"] == last["after"]
     # And by time, with the clock passed in.
