@@ -35,24 +35,12 @@ from gateway.doors.admin import AdminApi
 from gateway.tenants.gate import TenantGate
 from gateway.traffic.control import TrafficControl
 from serving.traffic_table import TrafficTable
-from tests.unit.test_admin_traffic import StateStore, _NoDispatch
+from tests.unit.test_admin_traffic import _NoDispatch
+from tests.unit.test_experiments import ExperimentStore
 from tests.unit.test_traffic import catalog
 
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "admin-openapi.yaml"
 TOKEN = "admin-openapi-token"
-
-
-class Store(StateStore):
-    """StateStore with the experiment calls (gateway.dispatch.RayTrafficStore has them all)."""
-
-    async def start_experiment(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]:
-        return await self._call("start_experiment", model, plan, who, reason)  # type: ignore[no-any-return]
-
-    async def stop_experiment(self, model: str, who: str, reason: str) -> dict[str, Any]:
-        return await self._call("stop_experiment", model, who, reason)  # type: ignore[no-any-return]
-
-    async def experiment(self, model: str) -> dict[str, Any] | None:
-        return await self._call("experiment", model)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +54,7 @@ def admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         # Built on the server's own event loop: the table and the gate start tasks and locks on it.
         plane = DataPlane(catalog(("1", "READY"), ("2", "READY"), ("3", "LOADING")), _NoDispatch())
         state = TrafficTable(str(root / "traffic_table.json"))
-        api = AdminApi(TrafficControl(plane, Store(state)), TOKEN, TenantGate(root / "tenants.json"))
+        api = AdminApi(TrafficControl(plane, ExperimentStore(state)), TOKEN, TenantGate(root / "tenants.json"))
         config = uvicorn.Config(api, loop="none", lifespan="off", access_log=False, log_level="warning")
         server = holder["server"] = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
