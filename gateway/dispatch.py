@@ -8,6 +8,7 @@ onto the gateway's error vocabulary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -379,6 +380,17 @@ class RayTrafficStore:
 
     async def report_outcomes(self, gateway_id: str, snapshots: dict[str, Any]) -> None:
         await self._call("report_outcomes", gateway_id, snapshots)
+
+    async def claim_join(self, gateway_id: str, root_id: str, lease_s: float) -> bool:
+        try:
+            claimed: bool = await self._call("claim_join", gateway_id, root_id, lease_s)
+        except AttributeError:  # a table actor started by an older gateway: every gateway joins, as it expects
+            return True
+        return claimed
+
+    async def release_join(self, gateway_id: str, root_id: str) -> None:
+        with contextlib.suppress(AttributeError):
+            await self._call("release_join", gateway_id, root_id)
 
     async def history(self, model: str) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = await self._call("model_history", model)

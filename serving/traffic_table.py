@@ -68,6 +68,7 @@ class TrafficTable:
             self.experiments = {m: Experiment.from_dict(e) for m, e in saved.get("experiments", {}).items()}
         self._changed: asyncio.Event | None = None
         self._saved_at = 0.0
+        self._joiners: dict[str, tuple[str, float]] = {}  # log root id -> (gateway id, lease end, monotonic)
         self._ticker: asyncio.Task[None] | None = None
 
     # --- reading ---------------------------------------------------------------------------
@@ -230,6 +231,24 @@ class TrafficTable:
         # a cache of what the logs hold, so they are saved now and then.
         if tuned != {m: e.scale for m, e in self.experiments.items()} or now - self._saved_at > SAVE_COUNTS_S:
             self._save()
+
+    def claim_join(self, gateway_id: str, root_id: str, lease_s: float) -> bool:
+        """Whether this gateway joins the experiments' outcomes now. Of the gateways that share a log root (its
+        id, see gateway/traffic/outcomes.py), one at a time reads all their logs: the others would read the same
+        files for the same totals. It keeps the lease by claiming again within lease_s; when it stops doing so
+        (it died, or released it), the next gateway of that root to ask takes over."""
+        now = time.monotonic()
+        holder = self._joiners.get(root_id)
+        if holder is None or holder[0] == gateway_id or now > holder[1]:
+            self._joiners[root_id] = (gateway_id, now + lease_s)
+            return True
+        return False
+
+    def release_join(self, gateway_id: str, root_id: str) -> None:
+        """The joining gateway is stopping: the next to ask takes over at once."""
+        holder = self._joiners.get(root_id)
+        if holder is not None and holder[0] == gateway_id:
+            del self._joiners[root_id]
 
     def _running_experiment(self, model: str) -> Experiment | None:
         e = self.experiments.get(model)

@@ -63,6 +63,10 @@ class TrafficStore(Protocol):
 
     async def report_outcomes(self, gateway_id: str, snapshots: dict[str, Any]) -> None: ...
 
+    async def claim_join(self, gateway_id: str, root_id: str, lease_s: float) -> bool: ...
+
+    async def release_join(self, gateway_id: str, root_id: str) -> None: ...
+
 
 class Plane(Protocol):
     """What the control loop needs of the data plane (gateway.core.DataPlane)."""

@@ -1,10 +1,14 @@
 """The outcome join: each answered request of a running experiment, its arm, and the label posted for it later.
 
-Runs in each gateway (not its extra worker processes) while the cluster's table has a running experiment:
-it tails every gateway's request log and the feedback stream under the log root, scores each labelled
-request (contract/experiments/outcomes.py) and sends the table per-arm totals since the experiment began.
-Totals, not increments: every gateway joins the same files, so the table keeps the fullest snapshot and
-nothing is counted twice however many gateways report.
+Runs in one gateway per log root at a time (never in a gateway's extra worker processes) while the
+cluster's table has a running experiment: of the gateways that write under one log root (a shared volume,
+told apart from a look-alike path on another disk by the id file in it), the one holding the table's join
+lease for that root tails every gateway's request log and the feedback stream under it, scores each labelled
+request
+(contract/experiments/outcomes.py) and sends the table per-arm totals since the experiment began. The others
+only renew their claim; when the holder stops (or dies and its lease runs out), the next gateway to claim
+takes over and joins from the experiment's start. Totals, not increments: a snapshot from a gateway that took
+over replaces the last one only when it holds at least as much, so nothing is counted twice or lost.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +44,10 @@ class OutcomeStore(Protocol):
     async def get(self) -> dict[str, Any]: ...
 
     async def report_outcomes(self, gateway_id: str, snapshots: dict[str, Any]) -> None: ...
+
+    async def claim_join(self, gateway_id: str, root_id: str, lease_s: float) -> bool: ...
+
+    async def release_join(self, gateway_id: str, root_id: str) -> None: ...
 
 
 @dataclass
@@ -120,6 +130,33 @@ class _Join:
             self.dropped += 1
 
 
+ROOT_ID_FILE = ".outcome-join-id"
+
+
+def root_id(root: Path) -> str:
+    """The log root's identity, the same for every gateway that sees the same directory: a random id in a file
+    the first gateway to ask creates there. Without a writable root, its resolved path."""
+    path = root / ROOT_ID_FILE
+    with contextlib.suppress(OSError):
+        if text := path.read_text().strip():
+            return text
+    tmp = root / f"{ROOT_ID_FILE}.{uuid.uuid4().hex}.tmp"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(uuid.uuid4().hex)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # whole or absent, and never replaces the id another gateway wrote first
+        return path.read_text().strip()
+    except OSError:
+        return str(root.resolve())
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 class OutcomeJoiner:
     """Tails the whole log root while experiments run; forgets everything when none does."""
 
@@ -174,10 +211,14 @@ def _tailer_since(root: Path, since: float) -> Tailer:
 
 
 class OutcomeReporter:
-    """The loop: every interval, follow the table's experiments, join, and report totals."""
+    """The loop: every interval, follow the table's experiments and, while this gateway holds the join lease,
+    join and report totals."""
 
     def __init__(self, joiner: OutcomeJoiner, store: OutcomeStore, gateway_id: str, interval_s: float) -> None:
         self.joiner, self.store, self.gateway_id, self.interval_s = joiner, store, gateway_id, interval_s
+        self.lease_s = max(3 * interval_s, 5.0)  # three missed renewals before another gateway takes over
+        self.joining = False
+        self.root_id: str | None = None  # the log root's id, read when the first experiment runs
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -189,17 +230,31 @@ class OutcomeReporter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.interval_s)
             try:
-                table = await self.store.get()
-                self.joiner.follow(table.get("experiments", {}))
-                if not self.joiner.joins:
-                    continue
-                snapshots = await asyncio.to_thread(self.joiner.poll)
-                await self.store.report_outcomes(self.gateway_id, snapshots)
+                await self.step()
             except Exception as exc:  # noqa: BLE001 - the table or the files hiccup: try again next interval
                 log.warning("experiment outcome join failed: %s", exc)
+
+    async def step(self) -> None:
+        """One interval's work."""
+        experiments = (await self.store.get()).get("experiments", {})
+        running = any(e.get("state") == "running" for e in experiments.values())
+        if running and self.root_id is None:
+            self.root_id = await asyncio.to_thread(root_id, self.joiner.root)
+        joining = running and await self.store.claim_join(self.gateway_id, str(self.root_id), self.lease_s)
+        if joining != self.joining:
+            log.info("%s the outcome join of the cluster's experiments", "now runs" if joining else "no longer runs")
+            self.joining = joining
+        # Not joining: forget, so that taking over later starts from each experiment's beginning.
+        self.joiner.follow(experiments if joining else {})
+        if self.joiner.joins:
+            snapshots = await asyncio.to_thread(self.joiner.poll)
+            await self.store.report_outcomes(self.gateway_id, snapshots)
 
     async def stop(self) -> None:
         self._stopping.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._task, 5.0)
+        if self.joining:  # hand the join over at once rather than when the lease runs out
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.store.release_join(self.gateway_id, str(self.root_id)), 5.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from gateway.core import DataPlane
 from gateway.doors.admin import AdminApi
 from gateway.traffic.control import TrafficControl
 from gateway.traffic.experiment_cli import render, write_report
-from gateway.traffic.outcomes import OutcomeJoiner
+from gateway.traffic.outcomes import ROOT_ID_FILE, OutcomeJoiner, OutcomeReporter, root_id
 from serving.traffic_table import TrafficTable
 from tests.unit.test_admin_traffic import StateStore, _NoDispatch
 from tests.unit.test_traffic import catalog
@@ -230,10 +231,63 @@ async def test_operator_changes_end_it_and_the_state_survives_a_restart(table: T
         await table.stop_experiment("m", "alice", "")
 
 
+def test_one_gateway_per_log_root_holds_the_join_lease_until_it_stops_or_lets_it_lapse(tmp_path: Path) -> None:
+    t = TrafficTable(str(tmp_path / "table.json"))
+    assert t.claim_join("gw1", "root", 60) and not t.claim_join("gw2", "root", 60) and t.claim_join("gw1", "root", 60)
+    assert t.claim_join("gw3", "other root", 60)  # gateways writing elsewhere join their own root
+    t.release_join("gw2", "root")  # not the holder: nothing changes
+    assert not t.claim_join("gw2", "root", 60)
+    t._joiners["root"] = ("gw1", time.monotonic() - 1.0)  # gw1 stopped renewing and its lease ran out
+    assert t.claim_join("gw2", "root", 60) and not t.claim_join("gw1", "root", 60)
+    t.release_join("gw2", "root")
+    assert t.claim_join("gw1", "root", 60)
+
+
+def test_a_log_root_has_one_id_for_everyone_who_sees_it(tmp_path: Path) -> None:
+    first = root_id(tmp_path / "logs")
+    assert len(first) == 32 and root_id(tmp_path / "logs") == first  # made once, then read
+    assert root_id(tmp_path / "elsewhere") != first
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == [ROOT_ID_FILE]  # no temporary file is left
+    (tmp_path / "a-file").write_text("")
+    unwritable = tmp_path / "a-file" / "logs"  # cannot be created, even by root
+    assert root_id(unwritable) == str(unwritable.resolve())
+
+
+async def test_only_the_lease_holder_joins_and_a_successor_joins_from_the_start(
+    table: TrafficTable, tmp_path: Path
+) -> None:
+    root, seg = tmp_path / "logs", "segment-0000000001.jsonl"
+    store = ExperimentStore(table)
+    first, second = (OutcomeReporter(OutcomeJoiner(root), store, g, 1.0) for g in ("gw1", "gw2"))
+    await table.start_experiment("m", PLAN, "op", "")
+    now = time.time() + 1
+    write_lines(root / "gw1" / seg, [request(f"a{i}", "1", now) for i in range(3)])
+    write_lines(root / "gw2" / seg, [request(f"b{i}", "2", now) for i in range(2)])
+    write_lines(root / "feedback" / "gw1" / seg, [label(f"a{i}", [0, 1, 1], now) for i in range(3)])
+    await first.step()
+    await second.step()
+    assert store.reports == ["gw1"] and first.joining and not second.joining and not second.joiner.joins
+    arms = table.experiments["m"].counts
+    assert arms["1"].requests == 3 and arms["1"].primary.n == 9 and arms["2"].requests == 2
+    await first.stop()  # hands the lease over
+    write_lines(root / "gw2" / seg, [request("b9", "2", now)])
+    await second.step()
+    assert store.reports == ["gw1", "gw2"] and second.joining
+    arms = table.experiments["m"].counts  # the successor read both logs from the experiment's start
+    assert arms["1"].requests == 3 and arms["1"].primary.n == 9 and arms["2"].requests == 3
+    await table.stop_experiment("m", "op", "")
+    await second.step()  # nothing runs: no claim, no join, no report
+    assert store.reports == ["gw1", "gw2"] and not second.joining and not second.joiner.joins
+
+
 # --- admin API and CLI ----------------------------------------------------------------------------------
 
 
 class ExperimentStore(StateStore):
+    def __init__(self, state: TrafficTable) -> None:
+        super().__init__(state)
+        self.reports: list[str] = []  # which gateway sent each outcome report, in order
+
     async def start_experiment(self, model: str, plan: dict[str, Any], who: str, reason: str) -> dict[str, Any]:
         return await self._call("start_experiment", model, plan, who, reason)  # type: ignore[no-any-return]
 
@@ -242,6 +296,16 @@ class ExperimentStore(StateStore):
 
     async def experiment(self, model: str) -> dict[str, Any] | None:
         return await self._call("experiment", model)  # type: ignore[no-any-return]
+
+    async def report_outcomes(self, gateway_id: str, snapshots: dict[str, Any]) -> None:
+        self.reports.append(gateway_id)
+        await self._call("report_outcomes", gateway_id, snapshots)
+
+    async def claim_join(self, gateway_id: str, root_id: str, lease_s: float) -> bool:
+        return await self._call("claim_join", gateway_id, root_id, lease_s)  # type: ignore[no-any-return]
+
+    async def release_join(self, gateway_id: str, root_id: str) -> None:
+        await self._call("release_join", gateway_id, root_id)
 
 
 async def test_admin_api_starts_shows_and_stops_an_experiment(table: TrafficTable, tmp_path: Path) -> None:
