@@ -118,6 +118,34 @@ def test_set_limits_changes_only_the_named_limits_and_keeps_the_keys(tmp_path: P
     assert following.view()["tenants"]["shop"]["rows_per_s"] == 100 and following.admit(key, "m").tenant == "shop"
 
 
+def test_a_gate_follows_the_file_swapped_in_the_way_the_kubelet_updates_a_secret(
+    tmp_path: Path, capsys: Capsys
+) -> None:
+    """A Secret volume is a folder of symlinks: tenants.json -> ..data/tenants.json, ..data -> a timestamped
+    folder. An update writes a new folder and swaps ..data atomically; a gate on the mounted path sees it."""
+    local = tmp_path / "tenants.json"  # the operator's copy
+    old_key = only_key(tenants(capsys, local, "add", "shop")[1])
+    mount = tmp_path / "mount"
+    mount.mkdir()
+
+    def publish(version: str, stamp: int) -> None:
+        folder = mount / f"..{version}"
+        folder.mkdir()
+        (folder / "tenants.json").write_bytes(local.read_bytes())
+        os.utime(folder / "tenants.json", ns=(stamp, stamp))
+        (mount / "..data_tmp").symlink_to(folder.name)
+        os.replace(mount / "..data_tmp", mount / "..data")
+
+    publish("2024_01_01", 1_000_000_000_000_000_000)
+    (mount / "tenants.json").symlink_to("..data/tenants.json")
+    gate = TenantGate(mount / "tenants.json")
+    assert gate.admit(old_key, "m").tenant == "shop"
+    new_key = only_key(tenants(capsys, local, "rotate", "shop")[1])  # same size: only the mtime tells
+    publish("2024_01_02", 1_000_000_060_000_000_000)
+    assert gate.reload()
+    assert gate.admit(new_key, "m").tenant == "shop" and refused(gate, old_key)
+
+
 def test_remove_and_list(tmp_path: Path, capsys: Capsys) -> None:
     path = tmp_path / "tenants.json"
     key = only_key(tenants(capsys, path, "add", "shop", "--priority", "critical")[1])
