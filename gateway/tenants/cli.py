@@ -67,7 +67,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "tenants",
         help="list tenants, add them, rotate their API keys, set their rate limits and quotas",
-        description="Manage the gateway's tenants (API keys, rate limits, in-flight quotas) through its admin API, "
+        description="Manage the gateway's tenants (API keys, rate limits, in-flight quotas) through its admin API,\n"
         "or in a tenant file without a gateway (--file), e.g. to build the file of a Kubernetes Secret.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
