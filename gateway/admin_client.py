@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 
 
-def add_admin_options(p: Any) -> None:
-    """How to reach the admin API: the same options for every operator CLI."""
-    p.add_argument(
+def add_admin_options(p: Any, admin_group: Any = None) -> None:
+    """How to reach the admin API: the same options for every operator CLI. `admin_group`: a mutually exclusive
+    group of p's that --admin joins (for a CLI that can also work without a gateway)."""
+    (p if admin_group is None else admin_group).add_argument(
         "--admin",
         default=os.environ.get("GATEWAY_ADMIN_URL", "http://127.0.0.1:8003"),
         help="admin API address (default $GATEWAY_ADMIN_URL or http://127.0.0.1:8003)",

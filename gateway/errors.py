@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import enum
 import math
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Code(enum.IntEnum):
@@ -105,6 +110,19 @@ def as_gateway_error(exc: BaseException, what: str) -> GatewayError:
 
 def invalid(message: str) -> GatewayError:
     return GatewayError(Code.INVALID_ARGUMENT, message)
+
+
+def parse_json(kind: type[M], raw: bytes) -> M:
+    """A JSON body as `kind`, or INVALID_ARGUMENT naming each bad field (the admin API's and its CLI's message)."""
+    try:
+        return kind.model_validate_json(raw)
+    except ValidationError as exc:
+        raise GatewayError(Code.INVALID_ARGUMENT, field_errors(exc)) from None
+
+
+def field_errors(exc: ValidationError, whole: str = "body") -> str:
+    """A validation error on one line: 'where: what' for each bad field (`whole` for the whole document)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}" for e in exc.errors())
 
 
 def not_found(message: str) -> GatewayError:

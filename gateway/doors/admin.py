@@ -26,18 +26,17 @@ it is stored in the cluster's table; every gateway then follows the table (gatew
 from __future__ import annotations
 
 import hmac
-import re
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.doors.asgi import client_address, read_body
-from gateway.errors import Code, GatewayError
+from gateway.errors import Code, GatewayError, parse_json
+from gateway.tenants.gate import Action, Tenants, check_name, operate
 
 Scope = dict[str, Any]
 JSON = [(b"content-type", b"application/json")]
-M = TypeVar("M", bound=BaseModel)
 
 
 class Traffic(Protocol):
@@ -65,39 +64,6 @@ class Traffic(Protocol):
     async def stop_experiment(self, model: str, who: str, reason: str) -> dict[str, Any]: ...
 
     async def experiment(self, model: str) -> dict[str, Any]: ...
-
-
-class Tenants(Protocol):
-    """The tenant operations the admin API offers (gateway.tenants.gate.TenantGate)."""
-
-    def view(self) -> dict[str, Any]: ...
-
-    async def add(self, name: str, fields: dict[str, Any]) -> dict[str, Any]: ...
-
-    async def rotate(self, name: str, keep_old: bool = False) -> dict[str, Any]: ...
-
-    async def set_limits(self, name: str, fields: dict[str, Any]) -> dict[str, Any]: ...
-
-    async def remove(self, name: str) -> dict[str, Any]: ...
-
-
-class LimitsChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    priority: str | None = Field(None, max_length=64)
-    requests_per_s: float | None = Field(None, gt=0)
-    rows_per_s: float | None = Field(None, gt=0)
-    burst_s: float = Field(1.0, gt=0, le=3600)
-    max_inflight: int | None = Field(None, ge=1)
-
-
-class RotateChange(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    keep_old: bool = False
-
-
-TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class _Change(BaseModel):
@@ -203,19 +169,19 @@ class AdminApi:
             body = await read_body(scope, receive, MAX_BODY_BYTES)
             who = _who(scope)
             if action is None and method == "PUT":
-                split = _parse(SplitChange, body)
+                split = parse_json(SplitChange, body)
                 return 200, await traffic.set_split(model, split.weights, who, split.reason)
             if action == "shadows" and method == "PUT":
-                shadows = _parse(ShadowChange, body)
+                shadows = parse_json(ShadowChange, body)
                 return 200, await traffic.set_shadows(model, shadows.shadows, who, shadows.reason)
             if action == "ramp" and method == "POST":
-                ramp = _parse(RampChange, body)
+                ramp = parse_json(RampChange, body)
                 return 200, await traffic.start_ramp(model, ramp.model_dump(exclude={"reason"}), who, ramp.reason)
             if action == "promote" and method == "POST":
-                promote = _parse(PromoteChange, body)
+                promote = parse_json(PromoteChange, body)
                 return 200, await traffic.promote(model, promote.version, who, promote.reason)
             if action == "rollback" and method == "POST":
-                change = _parse(_Change, body or b"{}")
+                change = parse_json(_Change, body or b"{}")
                 return 200, await traffic.rollback(model, who, change.reason)
         except GatewayError as exc:
             return exc.http_status, {"error": exc.message}
@@ -227,11 +193,11 @@ class AdminApi:
             if action is None and method == "GET":
                 return 200, await self.traffic.experiment(model)
             if action is None and method == "POST":
-                change = _parse(ExperimentChange, await read_body(scope, receive, MAX_BODY_BYTES))
+                change = parse_json(ExperimentChange, await read_body(scope, receive, MAX_BODY_BYTES))
                 plan = change.model_dump(exclude={"reason"}, exclude_unset=True)
                 return 200, await self.traffic.start_experiment(model, plan, _who(scope), change.reason)
             if action == "stop" and method == "POST":
-                stop = _parse(_Change, await read_body(scope, receive, MAX_BODY_BYTES) or b"{}")
+                stop = parse_json(_Change, await read_body(scope, receive, MAX_BODY_BYTES) or b"{}")
                 return 200, await self.traffic.stop_experiment(model, _who(scope), stop.reason)
         except GatewayError as exc:
             return exc.http_status, {"error": exc.message}
@@ -242,32 +208,24 @@ class AdminApi:
         if tenants is None:
             raise GatewayError(Code.FAILED_PRECONDITION, "tenants are off; set tenants.enabled to manage API keys")
         if not rest and method == "GET":
-            return 200, tenants.view()
+            return 200, await operate(tenants, "list")
         if not rest:
             return 404, {"error": f"no admin route {method} {scope['path']}"}
-        name, action = rest[0], (rest[1] if len(rest) > 1 else None)
-        if not TENANT_NAME.fullmatch(name):
-            raise GatewayError(
-                Code.INVALID_ARGUMENT, "a tenant name is 1-64 letters, digits, '_', '.' or '-', starting alphanumeric"
-            )
-        if action is None and method == "DELETE":
-            return 200, await tenants.remove(name)
+        name = check_name(rest[0])
+        action = TENANT_ROUTES.get((method, rest[1] if len(rest) > 1 else None))
+        if action is None:
+            return 404, {"error": f"no admin route {method} {scope['path']}"}
         body = await read_body(scope, receive, MAX_BODY_BYTES) if method in ("POST", "PUT") else b""
-        if action is None and method == "POST":
-            return 200, await tenants.add(name, _parse(LimitsChange, body or b"{}").model_dump())
-        if action == "rotate" and method == "POST":
-            return 200, await tenants.rotate(name, _parse(RotateChange, body or b"{}").keep_old)
-        if action == "limits" and method == "PUT":
-            return 200, await tenants.set_limits(name, _parse(LimitsChange, body).model_dump(exclude_unset=True))
-        return 404, {"error": f"no admin route {method} {scope['path']}"}
+        return 200, await operate(tenants, action, name, body)
 
 
-def _parse(kind: type[M], raw: bytes) -> M:
-    try:
-        return kind.model_validate_json(raw)
-    except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise GatewayError(Code.INVALID_ARGUMENT, detail) from None
+TENANT_ROUTES: dict[tuple[str, str | None], Action] = {
+    ("POST", None): "add",
+    ("POST", "rotate"): "rotate",
+    ("PUT", "limits"): "set-limits",
+    ("DELETE", None): "remove",
+}
+"""/admin/tenants/{name}[/{suffix}] by method: the tenant operation (gateway.tenants.gate.operate) it runs."""
 
 
 def _who(scope: Scope) -> str:

@@ -1,13 +1,26 @@
-"""`gateway tenants`: operators list tenants, add them, rotate their keys and set their limits (admin API)."""
+"""`gateway tenants`: operators list tenants, add them, rotate their keys and set their limits, through a running
+gateway's admin API or directly in a tenant file (--file), e.g. to build the file a Kubernetes Secret holds.
+
+Both ways run the same operations (gateway.tenants.gate.operate), so they check and answer alike.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from gateway.admin_client import add_admin_options, call_admin
+from gateway.errors import GatewayError
+from gateway.tenants.gate import Action, TenantGate, operate
+from gateway.tenants.store import load
+
+PROG = "gateway tenants"
 
 EPILOG = """\
 examples:
@@ -23,18 +36,51 @@ examples:
 A new key is printed once (only its salted hash is kept): hand it to the tenant, who sends it
 in the x-api-key header (HTTP) or metadata key (gRPC). Changes reach every gateway process
 within tenants.reload_s, without a restart. Limits: 'none' is unlimited.
+
+Without a gateway (--file PATH), the same actions change a local tenant file ('add' creates it).
+On Kubernetes the chart mounts the file from a Secret, read-only, so the admin API cannot change
+it: build the file here and put it in the Secret.
+  gateway tenants --file tenants.json add checkout --requests-per-s 200 --priority critical
+  kubectl create secret generic model-gateway-tenants --from-file=tenants.json=tenants.json
+  helm upgrade --install gw helm/model-gateway --reuse-values \\
+      --set tenants.enabled=true --set tenants.existingSecret=model-gateway-tenants
+Later changes: read the Secret back, change the file, replace the Secret. Every gateway pod
+follows it without a restart (the kubelet updates the mounted file within a minute or two):
+  kubectl get secret model-gateway-tenants -o jsonpath='{.data.tenants\\.json}' | base64 -d > tenants.json
+  gateway tenants --file tenants.json rotate checkout
+  kubectl create secret generic model-gateway-tenants --from-file=tenants.json=tenants.json \\
+      --dry-run=client -o yaml | kubectl apply -f -
+The file holds no keys, only their salted hashes, but keep it private (it is written owner-only).
 """
+
+ROUTES: dict[str, tuple[str, str]] = {
+    "list": ("GET", ""),
+    "add": ("POST", ""),
+    "rotate": ("POST", "/rotate"),
+    "set-limits": ("PUT", "/limits"),
+    "remove": ("DELETE", ""),
+}
+"""Each action's admin API call: its method, and what follows /admin/tenants/{name} (gateway/doors/admin.py)."""
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "tenants",
         help="list tenants, add them, rotate their API keys, set their rate limits and quotas",
-        description="Manage the gateway's tenants (API keys, rate limits, in-flight quotas) through its admin API.",
+        description="Manage the gateway's tenants (API keys, rate limits, in-flight quotas) through its admin API,\n"
+        "or in a tenant file without a gateway (--file), e.g. to build the file of a Kubernetes Secret.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_admin_options(p)
+    where = p.add_mutually_exclusive_group()
+    add_admin_options(p, where)
+    where.add_argument(
+        "--file",
+        type=Path,
+        metavar="PATH",
+        help="change this tenant file instead of a running gateway's ('add' creates it): build the file offline, "
+        "e.g. for the Kubernetes Secret the chart mounts (tenants.existingSecret); not with --admin",
+    )
     actions = p.add_subparsers(dest="tenants_action", metavar="ACTION", required=True)
     actions.add_parser("list", help="every tenant's limits and how many keys it has")
     add = actions.add_parser("add", help="a new tenant with a new key (printed once)")
@@ -77,25 +123,53 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _request(http: httpx.Client, args: argparse.Namespace) -> httpx.Response:
+def _body(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The action's JSON body, as the admin API takes it."""
     action = args.tenants_action
-    if action == "list":
-        return http.get("/admin/tenants")
-    path = f"/admin/tenants/{args.name}"
-    if action == "add":
-        return http.post(path, json=_fields(args))
+    if action in ("add", "set-limits"):
+        return _fields(args)
     if action == "rotate":
-        return http.post(f"{path}/rotate", json={"keep_old": args.keep_old})
-    if action == "set-limits":
-        fields = _fields(args)
-        if not fields:
-            raise SystemExit("gateway tenants set-limits: name at least one limit to change")
-        return http.put(f"{path}/limits", json=fields)
-    return http.delete(path)
+        return {"keep_old": args.keep_old}
+    return None
+
+
+def _request(http: httpx.Client, args: argparse.Namespace) -> httpx.Response:
+    method, suffix = ROUTES[args.tenants_action]
+    path = "/admin/tenants" if args.tenants_action == "list" else f"/admin/tenants/{args.name}{suffix}"
+    return http.request(method, path, json=_body(args))
+
+
+def _on_file(args: argparse.Namespace) -> tuple[int, Any]:
+    """The action on the tenant file --file names: (0, the answer the admin API would give), or (1, None)
+    after saying on stderr what went wrong."""
+    path: Path = args.file
+    action: Action = args.tenants_action
+    if action != "add" and not path.exists():
+        print(f"{PROG}: no tenant file {path} ('{PROG} --file {path} add NAME' creates one)", file=sys.stderr)
+        return 1, None
+    try:
+        load(path)  # unreadable, or not a tenant file: say so rather than take it for an empty one
+    except ValueError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1, None
+    body = _body(args)
+    raw = b"" if body is None else json.dumps(body).encode()
+    try:
+        answer = asyncio.run(operate(TenantGate(path), action, getattr(args, "name", ""), raw))
+    except GatewayError as exc:
+        print(f"{PROG}: refused: {exc.message}", file=sys.stderr)
+        return 1, None
+    return 0, answer
 
 
 def run(args: argparse.Namespace) -> int:
-    status, body = call_admin(args, "gateway tenants", lambda http: _request(http, args))
+    if args.tenants_action == "set-limits" and not _fields(args):
+        print(f"{PROG} set-limits: name at least one limit to change", file=sys.stderr)
+        return 2
+    if args.file is not None:
+        status, body = _on_file(args)
+    else:
+        status, body = call_admin(args, PROG, lambda http: _request(http, args))
     if status:
         return status
     if args.tenants_action == "list":

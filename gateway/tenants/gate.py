@@ -2,7 +2,8 @@
 within its rate (token buckets for requests/s and rows/s) and its in-flight quota for the model.
 
 It follows the tenant file (store.py), re-read when its modification time changes, and changes it for the
-admin API. Limits are per gateway deployment: each of N processes allows 1/N of a tenant's rate.
+admin API and for `gateway tenants --file` (both through `operate`, so both check and answer alike). Limits are
+per gateway deployment: each of N processes allows 1/N of a tenant's rate.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
-from gateway.errors import Code, GatewayError, Refusal
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.errors import Code, GatewayError, Refusal, parse_json
 from gateway.tenants.store import Limits, Tenant, TenantFile, load, new_key, save
 
 log = logging.getLogger(__name__)
@@ -241,6 +245,69 @@ class TenantGate:
         if with_key:
             out["key"] = key  # shown once; only its hash is kept
         return out
+
+
+# --- one operation, wherever it comes from ------------------------------------------------
+
+Action = Literal["list", "add", "rotate", "set-limits", "remove"]
+
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class Tenants(Protocol):
+    """The tenant operations (TenantGate's): the admin API offers them, `gateway tenants --file` runs them."""
+
+    def view(self) -> dict[str, Any]: ...
+
+    async def add(self, name: str, fields: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def rotate(self, name: str, keep_old: bool = False) -> dict[str, Any]: ...
+
+    async def set_limits(self, name: str, fields: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def remove(self, name: str) -> dict[str, Any]: ...
+
+
+class LimitsChange(BaseModel):
+    """The body of add and set-limits (set-limits changes only the fields it names; null is unlimited)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: str | None = Field(None, max_length=64)
+    requests_per_s: float | None = Field(None, gt=0)
+    rows_per_s: float | None = Field(None, gt=0)
+    burst_s: float = Field(1.0, gt=0, le=3600)
+    max_inflight: int | None = Field(None, ge=1)
+
+
+class RotateChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keep_old: bool = False
+
+
+def check_name(name: str) -> str:
+    if not TENANT_NAME.fullmatch(name):
+        raise GatewayError(
+            Code.INVALID_ARGUMENT, "a tenant name is 1-64 letters, digits, '_', '.' or '-', starting alphanumeric"
+        )
+    return name
+
+
+async def operate(tenants: Tenants, action: Action, name: str = "", body: bytes = b"") -> dict[str, Any]:
+    """One tenant operation with its JSON body, checked the same way whether the admin API received it or
+    `gateway tenants --file` runs it on a local file. INVALID_ARGUMENT for a bad name or body; NOT_FOUND,
+    ALREADY_EXISTS or FAILED_PRECONDITION from the operation itself."""
+    if action == "list":
+        return tenants.view()
+    check_name(name)
+    if action == "add":
+        return await tenants.add(name, parse_json(LimitsChange, body or b"{}").model_dump())
+    if action == "rotate":
+        return await tenants.rotate(name, parse_json(RotateChange, body or b"{}").keep_old)
+    if action == "set-limits":
+        return await tenants.set_limits(name, parse_json(LimitsChange, body).model_dump(exclude_unset=True))
+    return await tenants.remove(name)
 
 
 def _existing(book: TenantFile, name: str) -> Tenant:

@@ -2,6 +2,8 @@
 
 Every gateway process reads it and re-reads it when it changes (gateway/tenants/gate.py); the admin API
 changes it with an atomic replace, so a running gateway picks up new keys and limits without a restart.
+`gateway tenants --file` changes a local copy the same way, e.g. the file a Kubernetes Secret holds (mounted
+read-only in the pods, which then follow the Secret instead).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.errors import Code, GatewayError
+from gateway.errors import Code, GatewayError, field_errors
 
 KEY_PREFIX = "gk_"
 
@@ -69,7 +71,9 @@ def load(path: Path) -> TenantFile:
         raise ValueError(f"cannot read the tenant file {path}: {exc}") from None
     try:
         return TenantFile.model_validate(json.loads(raw))
-    except (ValueError, ValidationError) as exc:
+    except ValidationError as exc:
+        raise ValueError(f"the tenant file {path} is not valid: {field_errors(exc, 'the file')}") from None
+    except ValueError as exc:  # not JSON (or not UTF-8)
         raise ValueError(f"the tenant file {path} is not valid: {exc}") from None
 
 

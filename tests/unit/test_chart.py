@@ -21,7 +21,8 @@ from yamllint import config as yamllint_config
 from yamllint import linter
 
 from gateway.request_log.settings import RequestLogSettings
-from gateway.settings import GatewaySettings
+from gateway.settings import ExperimentSettings, GatewaySettings, ShadowSettings
+from gateway.tenants.settings import OverloadSettings, TenantSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "model-gateway"
@@ -43,6 +44,17 @@ CHART_OWNED_SETTINGS = {
     "ray_num_cpus",
     "fpga_resource",
     "traffic_file",
+    "tenants",
+}
+# Settings gateway.settings may not set for another reason: drift comes from drift.settings, and TLS would need
+# certificate files the chart does not mount. Every other setting passes through.
+NOT_PASSED_SETTINGS = {"drift", "tls"}
+# Nested sections the schema spells out, against the model of each.
+SECTIONS: dict[str, type[BaseModel]] = {
+    "request_log": RequestLogSettings,
+    "overload": OverloadSettings,
+    "experiments": ExperimentSettings,
+    "shadow": ShadowSettings,
 }
 
 
@@ -80,6 +92,21 @@ def schema_errors(schema: dict[str, Any], values: dict[str, Any]) -> list[str]:
     return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(values)]
 
 
+def chart_tenants(values: dict[str, Any]) -> dict[str, Any]:
+    """The settings' tenants section as configmap.yaml writes it: tenants.settings, enabled, and when on the file
+    the gateway container mounts from the Secret (test_configmap_writes_the_tenants_section checks the template)."""
+    tenants = values["tenants"]
+    section = {**tenants["settings"], "enabled": tenants["enabled"]}
+    if tenants["enabled"]:
+        section["file"] = tenants["mountPath"].rstrip("/") + "/tenants.json"
+    return section
+
+
+def chart_settings(values: dict[str, Any]) -> GatewaySettings:
+    """gateway.settings with the tenants section the chart adds (its other keys need a cluster to mean anything)."""
+    return GatewaySettings.model_validate({**values["gateway"]["settings"], "tenants": chart_tenants(values)})
+
+
 def template_texts() -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(TEMPLATES.iterdir()) if p.is_file()}
 
@@ -94,7 +121,13 @@ def test_schema_is_a_valid_draft7_schema(schema: dict[str, Any]) -> None:
 
 def test_example_values_files_exist() -> None:
     names = {p.name for p in EXAMPLES}
-    assert {"default-values.yaml", "gpu-values.yaml", "fpga-values.yaml", "pvc-monitoring-values.yaml"} <= names
+    assert {
+        "default-values.yaml",
+        "gpu-values.yaml",
+        "fpga-values.yaml",
+        "pvc-monitoring-values.yaml",
+        "tenants-values.yaml",
+    } <= names
 
 
 def test_default_values_validate(schema: dict[str, Any], defaults: dict[str, Any]) -> None:
@@ -114,6 +147,15 @@ def test_examples_turn_on_what_they_claim(defaults: dict[str, Any]) -> None:
     assert fpga["ray"]["workers"]["fpga"]["enabled"] and not defaults["ray"]["workers"]["fpga"]["enabled"]
     assert prod["modelRepository"]["source"] == "pvc" and prod["requestLog"]["persistence"]["enabled"]
     assert prod["metrics"]["serviceMonitor"]["enabled"] and not defaults["metrics"]["serviceMonitor"]["enabled"]
+    keyed = helm_merge(defaults, load_yaml(CHART / "ci" / "tenants-values.yaml"))
+    assert keyed["tenants"]["enabled"] and not defaults["tenants"]["enabled"]
+    assert keyed["tenants"]["existingSecret"] and not defaults["tenants"]["existingSecret"]
+    assert "overload" not in defaults["gateway"]["settings"]
+    overload = GatewaySettings.model_validate(keyed["gateway"]["settings"]).overload
+    assert overload.scheduling == "priority" and len(overload.priorities) >= 2
+    written = chart_settings(keyed)
+    assert written.tenants.enabled and written.tenants.file == Path(keyed["tenants"]["mountPath"]) / "tenants.json"
+    assert not chart_settings(defaults).tenants.enabled
 
 
 BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
@@ -161,6 +203,31 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("object store below Ray's minimum", {"gateway": {"rayObjectStoreBytes": 1024}}, "rayObjectStoreBytes"),
     ("resource quantity with a typo", {"gateway": {"resources": {"limits": {"memory": "4 GB"}}}}, "memory"),
     ("access mode typo", {"requestLog": {"persistence": {"accessModes": ["ReadWriteAll"]}}}, "accessModes"),
+    ("tenants set in gateway.settings", {"gateway": {"settings": {"tenants": {"enabled": True}}}}, "tenants"),
+    ("tenant file set by hand", {"tenants": {"settings": {"file": "/data/tenants.json"}}}, "file"),
+    ("tenants turned on in settings", {"tenants": {"settings": {"enabled": True}}}, "enabled"),
+    ("typo in tenants", {"tenants": {"existingSecert": "keys"}}, "existingSecert"),
+    ("missing tenants section", {"tenants": None}, "tenants"),
+    ("tenant reload over a minute", {"tenants": {"settings": {"reload_s": 120}}}, "reload_s"),
+    ("tenant reload zero", {"tenants": {"settings": {"reload_s": 0}}}, "reload_s"),
+    ("key header with a space", {"tenants": {"settings": {"key_header": "x api key"}}}, "key_header"),
+    ("Secret name not a DNS name", {"tenants": {"existingSecret": "Tenant_Keys"}}, "existingSecret"),
+    ("Secret key with a slash", {"tenants": {"secretKey": "keys/tenants.json"}}, "secretKey"),
+    ("relative tenants mount", {"tenants": {"mountPath": "tenants"}}, "mountPath"),
+    ("tenants mounted over the settings file", {"tenants": {"mountPath": "/etc/gateway"}}, "mountPath"),
+    ("scheduling not in the enum", {"gateway": {"settings": {"overload": {"scheduling": "lifo"}}}}, "scheduling"),
+    ("priority class named twice", {"gateway": {"settings": {"overload": {"priorities": ["a", "a"]}}}}, "priorities"),
+    ("no priority class", {"gateway": {"settings": {"overload": {"priorities": []}}}}, "priorities"),
+    ("lower share over half", {"gateway": {"settings": {"overload": {"lower_share": 0.6}}}}, "lower_share"),
+    ("typo in overload", {"gateway": {"settings": {"overload": {"priority": "batch"}}}}, "priority"),
+    ("stream in-flight zero", {"gateway": {"settings": {"stream_max_inflight": 0}}}, "stream_max_inflight"),
+    ("too many shm regions", {"gateway": {"settings": {"shared_memory_regions": 5000}}}, "shared_memory_regions"),
+    ("repository control not a bool", {"gateway": {"settings": {"repository_control": "yes"}}}, "repository_control"),
+    ("experiments keep too few", {"gateway": {"settings": {"experiments": {"max_pending": 10}}}}, "max_pending"),
+    ("typo in experiments", {"gateway": {"settings": {"experiments": {"join_s": 5}}}}, "join_s"),
+    ("typo in shadow", {"gateway": {"settings": {"shadow": {"timeout": 5}}}}, "timeout"),
+    ("drain over ten minutes", {"gateway": {"settings": {"drain_s": 900}}}, "drain_s"),
+    ("TLS through gateway.settings", {"gateway": {"settings": {"tls": {"cert_file": "/x"}}}}, "tls"),
 ]
 
 
@@ -288,8 +355,17 @@ def test_schema_settings_names_are_real_and_not_chart_owned(schema: dict[str, An
     assert allowed <= set(GatewaySettings.model_fields), allowed - set(GatewaySettings.model_fields)
     assert not allowed & CHART_OWNED_SETTINGS
     assert set(settings["properties"]) <= allowed
-    log_allowed = set(settings["properties"]["request_log"]["propertyNames"]["enum"])
-    assert log_allowed == set(RequestLogSettings.model_fields) - {"dir"}
+    # Every setting passes through, except the chart's own and the few it cannot wire.
+    assert set(GatewaySettings.model_fields) - allowed == CHART_OWNED_SETTINGS | NOT_PASSED_SETTINGS
+    for name, model in SECTIONS.items():
+        section = settings["properties"][name]
+        names = set(section["propertyNames"]["enum"])
+        assert names == set(model.model_fields) - ({"dir"} if name == "request_log" else set()), name
+        assert set(section.get("properties", {})) <= names, name
+        assert GatewaySettings.model_fields[name].annotation is model, name
+    tenants = schema["properties"]["tenants"]["properties"]["settings"]
+    assert set(tenants["propertyNames"]["enum"]) == set(TenantSettings.model_fields) - {"enabled", "file"}
+    assert GatewaySettings.model_fields["tenants"].annotation is TenantSettings
     tracing = settings["properties"]["tracing"]
     tracing_model = GatewaySettings.model_fields["tracing"].annotation
     assert isinstance(tracing_model, type) and issubclass(tracing_model, BaseModel)
@@ -300,18 +376,60 @@ def test_schema_settings_names_are_real_and_not_chart_owned(schema: dict[str, An
 def test_gateway_settings_in_values_load_as_gateway_settings(defaults: dict[str, Any], path: Path) -> None:
     values = defaults if path.name == "values.yaml" else helm_merge(defaults, load_yaml(path))
     try:
-        GatewaySettings.model_validate(values["gateway"]["settings"])
+        chart_settings(values)
     except ValidationError as exc:
-        pytest.fail(f"{path.name}: gateway.settings is not valid: {exc}")
+        pytest.fail(f"{path.name}: gateway.settings with the chart's tenants section is not valid: {exc}")
+
+
+def commented_settings_examples() -> dict[str, Any]:
+    """The settings values.yaml shows commented out under gateway.settings, uncommented."""
+    text = (CHART / "values.yaml").read_text()
+    block = text.split("\n  settings:\n", 1)[1].split("\n  # -- Admin API token", 1)[0]
+    lines = [m.group(1) for m in re.finditer(r"^    # ((?:  )?[a-z_]+:.*)$", block, re.M)]
+    loaded: dict[str, Any] = yaml.safe_load("\n".join(lines))
+    return loaded
+
+
+def test_commented_settings_in_values_are_valid_and_the_defaults(
+    schema: dict[str, Any], defaults: dict[str, Any]
+) -> None:
+    examples = commented_settings_examples()
+    shown = {"overload", "experiments", "shadow", "stream_max_inflight", "shared_memory_regions", "repository_control"}
+    assert shown <= set(examples)
+    assert not set(examples) & set(defaults["gateway"]["settings"])  # shown, not set
+    assert schema_errors(schema, helm_merge(defaults, {"gateway": {"settings": examples}})) == []
+    # Each shows the gateway's default, so uncommenting one changes nothing.
+    names = set(examples)
+    assert GatewaySettings.model_validate(examples).model_dump(include=names) == GatewaySettings().model_dump(
+        include=names
+    )
 
 
 def test_settings_that_pydantic_refuses_are_refused_by_the_schema_too(
     schema: dict[str, Any], defaults: dict[str, Any]
 ) -> None:
-    for bad in ({"workers": 0}, {"request_log": {"on_full": "block"}}, {"tracing": {"exporter": "jaeger"}}):
+    for bad in (
+        {"workers": 0},
+        {"request_log": {"on_full": "block"}},
+        {"tracing": {"exporter": "jaeger"}},
+        {"overload": {"scheduling": "lifo"}},
+        {"overload": {"lower_share": 0.6}},
+        {"overload": {"priorities": ["a", "a"], "default_priority": "a"}},
+        {"experiments": {"max_pending": 10}},
+        {"shadow": {"max_inflight": 0}},
+        {"stream_max_inflight": 0},
+        {"shared_memory_regions": -1},
+        {"max_header_bytes": 100},
+        {"drain_s": 0},
+        {"ray_transport": "http"},
+    ):
         with pytest.raises(ValidationError):
             GatewaySettings.model_validate(bad)
         assert schema_errors(schema, helm_merge(defaults, {"gateway": {"settings": bad}})), bad
+    for bad in ({"reload_s": 0}, {"reload_s": 61}, {"key_headers": "x-key"}):
+        with pytest.raises(ValidationError):
+            TenantSettings.model_validate(bad)
+        assert schema_errors(schema, helm_merge(defaults, {"tenants": {"settings": bad}})), bad
 
 
 def test_gateway_pod_wiring() -> None:
@@ -325,6 +443,70 @@ def test_gateway_pod_wiring() -> None:
     assert deployment.count("- name: request-log\n              mountPath: {{ .Values.requestLog.mountPath }}") == 2
     service = (TEMPLATES / "service.yaml").read_text()
     assert "appProtocol: grpc" in service and service.count("type: ClusterIP") == 2
+
+
+def test_tenant_file_is_mounted_from_the_secret_into_the_gateway_container() -> None:
+    deployment = (TEMPLATES / "deployment.yaml").read_text()
+    gateway = deployment.split("        - name: gateway\n", 1)[1].split("        - name: drift\n", 1)[0]
+    drift = deployment.split("        - name: drift\n", 1)[1].split("      volumes:\n", 1)[0]
+    volumes = deployment.split("      volumes:\n", 1)[1]
+    mount = (
+        "{{- if .Values.tenants.enabled }}\n"
+        "            # The folder, never a subPath: the kubelet then updates the file when the Secret changes, and\n"
+        "            # the gateway re-reads it (tenants.reload_s). Read-only: the admin API cannot change it.\n"
+        "            - name: tenants\n"
+        "              mountPath: {{ .Values.tenants.mountPath }}\n"
+        "              readOnly: true\n"
+        "            {{- end }}\n"
+    )
+    assert mount in gateway and "tenants" not in drift  # only the gateway reads it
+    volume = (
+        "{{- if .Values.tenants.enabled }}\n"
+        "        - name: tenants\n"
+        "          secret:\n"
+        "            secretName: {{ .Values.tenants.existingSecret }}\n"
+        "            items:\n"
+        "              - key: {{ .Values.tenants.secretKey | quote }}\n"
+        "                path: tenants.json\n"
+    )
+    assert volume in volumes
+    # A subPath mount would never see the Secret's updates.
+    assert re.search(r"^\s*subPath:", deployment, re.M) is None
+    # The projected file's name is the one the settings file names.
+    helpers = (TEMPLATES / "_helpers.tpl").read_text()
+    assert 'printf "%s/tenants.json" (trimSuffix "/" .Values.tenants.mountPath)' in helpers
+
+
+def test_configmap_writes_the_tenants_section_from_the_tenants_values() -> None:
+    managed, text = configmap_keys()
+    assert managed["tenants"] == "$tenants"
+    assert re.search(
+        r"{{- \$tenants := deepCopy \.Values\.tenants\.settings -}}\s*"
+        r'{{- \$_ := set \$tenants "enabled" \.Values\.tenants\.enabled -}}\s*'
+        r"{{- if \.Values\.tenants\.enabled -}}\s*"
+        r'{{- \$_ := set \$tenants "file" \(include "model-gateway\.tenantsFile" \.\) -}}\s*'
+        r"{{- end -}}",
+        text,
+    )
+    # The chart cannot make keys: tenants on without a Secret stops the install with what to do instead.
+    failure = re.search(
+        r'{{- if and \.Values\.tenants\.enabled \(not \.Values\.tenants\.existingSecret\) }}\s*{{- fail "([^\n]+)" }}',
+        text,
+    )
+    assert failure is not None
+    message = failure.group(1)
+    assert message.startswith("tenants.enabled needs tenants.existingSecret")
+    assert "gateway tenants --file tenants.json add NAME" in message and "kubectl create secret generic" in message
+    assert text.index("fail ") < text.index("apiVersion: v1")
+
+
+def test_notes_say_how_to_change_tenants_offline() -> None:
+    notes = (TEMPLATES / "NOTES.txt").read_text()
+    block = notes.split("{{- if .Values.tenants.enabled }}", 1)[1].split("{{- end }}\n{{- if not .Values.drift", 1)[0]
+    assert "gateway tenants --file tenants.json add TENANT" in block
+    assert "kubectl -n {{ $ns }} get secret {{ $secret }}" in block and "| base64 -d > tenants.json" in block
+    assert "create secret generic {{ $secret }} --from-file={{ $key }}=tenants.json" in block
+    assert "--dry-run=client -o yaml | kubectl apply -f -" in block
 
 
 # --- YAML style and the image build file -------------------------------------------------------------

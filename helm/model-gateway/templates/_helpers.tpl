@@ -75,6 +75,14 @@ app.kubernetes.io/component: gateway
 {{- default (printf "%s-ray-auth" (include "model-gateway.fullname" .)) .Values.ray.auth.existingSecret }}
 {{- end }}
 
+{{/*
+The tenant file in the gateway container (the settings' tenants.file): the Secret's key, projected as
+tenants.json into the folder tenants.mountPath.
+*/}}
+{{- define "model-gateway.tenantsFile" -}}
+{{- printf "%s/tenants.json" (trimSuffix "/" .Values.tenants.mountPath) }}
+{{- end }}
+
 {{/* The traffic table's folder: its file's parent. */}}
 {{- define "model-gateway.trafficDir" -}}
 {{- dir .Values.trafficTable.path }}
