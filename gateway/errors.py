@@ -121,8 +121,12 @@ def parse_json(kind: type[M], raw: bytes) -> M:
 
 
 def field_errors(exc: ValidationError, whole: str = "body") -> str:
-    """A validation error on one line: 'where: what' for each bad field (`whole` for the whole document)."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}" for e in exc.errors())
+    """A validation error on one line: 'where: what' for each bad field (`whole` for the whole document), without
+    pydantic's "Value error, " before the messages of our own validators."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or whole}: {str(e['msg']).removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
 
 
 def not_found(message: str) -> GatewayError:

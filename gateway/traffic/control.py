@@ -24,7 +24,7 @@ from contract.experiments.plan import ExperimentPlan
 from contract.manifest import Manifest
 from contract.ramp import PlanError, RampPlan, split_with
 from contract.repository import Repository, VersionEntry
-from gateway.errors import Code, GatewayError
+from gateway.errors import Code, GatewayError, field_errors
 from gateway.plane.catalog import VersionInfo
 from gateway.traffic.routing import ModelSplit, RoutingTable, only, versions_named
 
@@ -203,7 +203,7 @@ class TrafficControl:
         try:
             split = ModelSplit(weights=weights)
         except ValidationError as exc:
-            raise GatewayError(Code.INVALID_ARGUMENT, _messages(exc)) from None
+            raise GatewayError(Code.INVALID_ARGUMENT, field_errors(exc)) from None
         current = await self._current()
         await self._check(current.model_copy(update={"models": {**current.models, model: split}}), model)
         return await self._applied(await self.store.set_model(model, split.weights, who, reason))
@@ -263,7 +263,7 @@ class TrafficControl:
         except PlanError as exc:
             raise GatewayError(Code.INVALID_ARGUMENT, str(exc)) from None
         except ValidationError as exc:
-            raise GatewayError(Code.INVALID_ARGUMENT, _messages(exc)) from None
+            raise GatewayError(Code.INVALID_ARGUMENT, field_errors(exc)) from None
         current = await self._current()
         await self._check(current.model_copy(update={"models": {**current.models, model: split}}), model)
         return await self._applied(await self.store.start_experiment(model, plan, who, reason))
@@ -393,8 +393,3 @@ class TrafficControl:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, drain_s)
-
-
-def _messages(exc: ValidationError) -> str:
-    """pydantic's messages without its "Value error, " prefix: the operator reads only what was wrong."""
-    return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
