@@ -94,7 +94,7 @@ def add_parser(sub: Any) -> None:
         ("--requests-per-s", _limit, "N", "sustained requests per second"),
         ("--rows-per-s", _limit, "N", "sustained rows per second"),
         ("--burst-s", float, "S", "seconds of its rate a tenant may spend at once (default 1)"),
-        ("--max-inflight", _limit, "N", "requests in flight at once per model and process"),
+        ("--max-inflight", _count, "N", "requests in flight at once per model and process"),
         ("--priority", str, "CLASS", "the tenant's default priority class (e.g. critical, default, batch)"),
     )
     for action in (add, limits):
@@ -114,13 +114,17 @@ def _limit(text: str) -> float | None:
     return value
 
 
+def _count(text: str) -> int | None:
+    """A whole number of requests, or 'none' (unlimited)."""
+    value = _limit(text)
+    if value is not None and value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or 'none'")
+    return None if value is None else int(value)
+
+
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in ("requests_per_s", "rows_per_s", "burst_s", "max_inflight", "priority"):
-        if hasattr(args, name):
-            value = getattr(args, name)
-            out[name] = int(value) if name == "max_inflight" and value is not None else value
-    return out
+    names = ("requests_per_s", "rows_per_s", "burst_s", "max_inflight", "priority")
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
 def _body(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -157,7 +161,8 @@ def _on_file(args: argparse.Namespace) -> tuple[int, Any]:
     try:
         answer = asyncio.run(operate(TenantGate(path), action, getattr(args, "name", ""), raw))
     except GatewayError as exc:
-        print(f"{PROG}: refused: {exc.message}", file=sys.stderr)
+        message = exc.message.replace(f"'{PROG} list'", f"'{PROG} --file {path} list'")  # the hint, for this file
+        print(f"{PROG}: refused: {message}", file=sys.stderr)
         return 1, None
     return 0, answer
 
@@ -174,12 +179,12 @@ def run(args: argparse.Namespace) -> int:
         return status
     if args.tenants_action == "list":
         _table(body["tenants"])
+    elif args.tenants_action == "remove":
+        print(f"removed tenant {body['tenant']}")
     else:
-        _table({body["tenant"]: body} if "keys" in body else {})
+        _table({body["tenant"]: body})
         if "key" in body:
             print(f"\nnew API key for {body['tenant']} (shown this once; keep it secret):\n{body['key']}")
-        elif args.tenants_action == "remove":
-            print(f"removed tenant {body['tenant']}")
     return 0
 
 

@@ -156,7 +156,7 @@ def test_remove_and_list(tmp_path: Path, capsys: Capsys) -> None:
     assert [line.split()[0] for line in out.splitlines()[1:]] == ["nightly", "shop"]
     assert row(out, "nightly") == ["nightly", "-", "-", "5000", "1", "-", "1"]
     status, out, _ = tenants(capsys, path, "remove", "shop")
-    assert status == 0 and "removed tenant shop" in out
+    assert status == 0 and out == "removed tenant shop\n"  # no empty table before it
     assert set(load(path).tenants) == {"nightly"}
     assert refused(TenantGate(path), key)
     status, out, _ = tenants(capsys, path, "list")
@@ -185,6 +185,7 @@ ERRORS: list[tuple[str, Any, list[str], int, str]] = [
     ("unknown tenant: rotate", a_tenant, ["rotate", "nope"], 1, "refused: no tenant 'nope'"),
     ("unknown tenant: set-limits", a_tenant, ["set-limits", "nope", "--rows-per-s", "1"], 1, "no tenant 'nope'"),
     ("unknown tenant: remove", a_tenant, ["remove", "nope"], 1, "refused: no tenant 'nope'"),
+    ("unknown tenant: the hint names the file", a_tenant, ["remove", "nope"], 1, "tenants --file "),
     ("tenant exists", a_tenant, ["add", "shop"], 1, "refused: tenant 'shop' exists; use rotate or set-limits"),
     ("burst out of range", a_tenant, ["add", "b", "--burst-s", "5000"], 1, "refused: burst_s: Input should be less"),
     ("priority too long", a_tenant, ["add", "b", "--priority", "p" * 65], 1, "refused: priority: String should"),
@@ -206,6 +207,15 @@ def test_errors_say_what_is_wrong_in_one_line_and_change_nothing(
     assert out == ""
     assert (path.read_bytes() if path.exists() else None) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ([] if before is None else ["tenants.json"])  # no temp file
+
+
+def test_in_flight_limits_are_whole_numbers(tmp_path: Path, capsys: Capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        tenants(capsys, tmp_path / "tenants.json", "add", "b", "--max-inflight", "1.5")
+    assert exited.value.code == 2 and "'1.5' is not a whole number or 'none'" in capsys.readouterr().err
+    assert not (tmp_path / "tenants.json").exists()
+    tenants(capsys, tmp_path / "tenants.json", "add", "b", "--max-inflight", "2.0")
+    assert load(tmp_path / "tenants.json").tenants["b"].max_inflight == 2
 
 
 def test_a_folder_or_a_missing_folder_is_refused(tmp_path: Path, capsys: Capsys) -> None:
@@ -312,7 +322,8 @@ def test_file_and_admin_api_answer_and_print_alike(tmp_path: Path, capsys: Capsy
         assert by_admin[0] == by_file[0], args
         # The same table and messages; only the keys differ (each is new), and the admin path names the status.
         assert KEY.sub("KEY", by_admin[1]) == KEY.sub("KEY", by_file[1]), args
-        assert re.sub(r"refused \(\d+\)", "refused", by_admin[2]) == by_file[2], args
+        # The hint to list tenants names the file on the file's path.
+        assert re.sub(r"refused \(\d+\)", "refused", by_admin[2]) == by_file[2].replace(f"--file {local} ", ""), args
     assert {n: t.model_dump(exclude={"key_hashes"}) for n, t in load(admin_path).tenants.items()} == {
         n: t.model_dump(exclude={"key_hashes"}) for n, t in load(local).tenants.items()
     }
