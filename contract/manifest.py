@@ -69,7 +69,10 @@ class Batching(BaseModel):
     milliseconds of CPU on both sides, so fewer, larger calls serve more."""
     replica_max_batch_size: int = Field(8, ge=1)
     """Calls a replica merges across gateway processes (@serve.batch)."""
-    replica_batch_wait_ms: float = Field(0.5, ge=0)
+    replica_batch_wait_ms: float = Field(0.0, ge=0)
+    """How long a replica waits for more calls before it runs what it has. Calls that arrive while a batch runs
+    are merged into the next one without any wait, so a wait only adds latency at light load (and event-loop
+    work in the replica); raise it only for many gateway processes that each send small batches."""
 
 
 class Accelerator(BaseModel):

@@ -48,7 +48,7 @@ class ModelVersionServer:
 
     # max_batch_size counts rows (batch_size_fn); the real limits are set from the manifest in __init__.
     @serve.batch(
-        max_batch_size=256, batch_wait_timeout_s=0.0005, batch_size_fn=lambda items: sum(_rows(i) for i in items)
+        max_batch_size=256, batch_wait_timeout_s=0.0, batch_size_fn=lambda items: sum(_rows(i) for i in items)
     )
     async def _infer_batch(self, items: list[Arrays]) -> list[Arrays]:
         if len(items) == 1:
