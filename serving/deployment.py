@@ -47,9 +47,7 @@ class ModelVersionServer:
         return result
 
     # max_batch_size counts rows (batch_size_fn); the real limits are set from the manifest in __init__.
-    @serve.batch(
-        max_batch_size=256, batch_wait_timeout_s=0.0, batch_size_fn=lambda items: sum(_rows(i) for i in items)
-    )
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0, batch_size_fn=lambda items: sum(_rows(i) for i in items))
     async def _infer_batch(self, items: list[Arrays]) -> list[Arrays]:
         if len(items) == 1:
             return [await run_model(self.runtime, items[0])]
