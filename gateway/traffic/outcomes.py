@@ -247,8 +247,11 @@ class OutcomeReporter:
         # Not joining: forget, so that taking over later starts from each experiment's beginning.
         self.joiner.follow(experiments if joining else {})
         if self.joiner.joins:
-            snapshots = await asyncio.to_thread(self.joiner.poll)
-            await self.store.report_outcomes(self.gateway_id, snapshots)
+            reading = asyncio.ensure_future(asyncio.to_thread(self.joiner.poll))
+            # A long read (a takeover reads from each experiment's start) keeps the lease while it runs.
+            while not (await asyncio.wait({reading}, timeout=self.interval_s))[0]:
+                await self.store.claim_join(self.gateway_id, str(self.root_id), self.lease_s)
+            await self.store.report_outcomes(self.gateway_id, reading.result())
 
     async def stop(self) -> None:
         self._stopping.set()

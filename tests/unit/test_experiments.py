@@ -280,6 +280,29 @@ async def test_only_the_lease_holder_joins_and_a_successor_joins_from_the_start(
     assert store.reports == ["gw1", "gw2"] and not second.joining and not second.joiner.joins
 
 
+async def test_a_long_read_keeps_the_lease_while_it_runs(table: TrafficTable, tmp_path: Path) -> None:
+    store = ExperimentStore(table)
+    claims: list[str] = []
+    claim = store.claim_join
+
+    async def counted(gateway_id: str, root: str, lease_s: float) -> bool:
+        claims.append(gateway_id)
+        return await claim(gateway_id, root, lease_s)
+
+    store.claim_join = counted  # type: ignore[method-assign]
+    reporter = OutcomeReporter(OutcomeJoiner(tmp_path / "logs"), store, "gw1", 0.05)
+
+    def slow_poll() -> dict[str, Any]:
+        time.sleep(0.4)  # eight intervals
+        return {}
+
+    reporter.joiner.poll = slow_poll  # type: ignore[method-assign]
+    await table.start_experiment("m", PLAN, "op", "")
+    await reporter.step()
+    assert len(claims) >= 2 and set(claims) == {"gw1"}  # the claim before the read, renewed during it
+    assert store.reports == ["gw1"]
+
+
 # --- admin API and CLI ----------------------------------------------------------------------------------
 
 
