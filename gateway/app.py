@@ -268,7 +268,11 @@ class Gateway:
         if not self.worker and s.request_log.enabled:  # one join per gateway: its workers read the same files
             joiner = OutcomeJoiner(s.request_log.dir, s.experiments.max_pending)
             self.outcomes = OutcomeReporter(
-                joiner, self.traffic.store, self.traffic.gateway_id, s.experiments.join_interval_s
+                joiner,
+                self.traffic.store,
+                self.traffic.gateway_id,
+                s.experiments.join_interval_s,
+                self.metrics.set_outcome_join,
             )
             self.outcomes.start()
         if self.worker or not s.admin_token:

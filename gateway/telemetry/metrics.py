@@ -72,6 +72,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        self.outcome_join = Gauge(
+            "gateway_outcome_join_active",
+            "1 while this gateway joins the experiments' outcomes for its log root (one gateway per root at a time)",
+            registry=r,
+            multiprocess_mode="max",
+        )
 
         self.refusals = Counter(
             "gateway_refusals",
@@ -122,6 +128,9 @@ class Metrics:
 
     def refusal(self, model: str, reason: str, priority: str, tenant: str) -> None:
         self._child(self.refusals, model, reason, priority, tenant).inc()
+
+    def set_outcome_join(self, active: bool) -> None:
+        self.outcome_join.set(1 if active else 0)
 
     def set_ready(self, model: str, version: str, ready: bool) -> None:
         self.ready.labels(model, version).set(1 if ready else 0)

@@ -19,6 +19,7 @@ import logging
 import os
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -214,8 +215,16 @@ class OutcomeReporter:
     """The loop: every interval, follow the table's experiments and, while this gateway holds the join lease,
     join and report totals."""
 
-    def __init__(self, joiner: OutcomeJoiner, store: OutcomeStore, gateway_id: str, interval_s: float) -> None:
+    def __init__(
+        self,
+        joiner: OutcomeJoiner,
+        store: OutcomeStore,
+        gateway_id: str,
+        interval_s: float,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
         self.joiner, self.store, self.gateway_id, self.interval_s = joiner, store, gateway_id, interval_s
+        self.on_change = on_change  # told when this gateway starts or stops joining (a metric)
         self.lease_s = max(3 * interval_s, 5.0)  # three missed renewals before another gateway takes over
         self.joining = False
         self.root_id: str | None = None  # the log root's id, read when the first experiment runs
@@ -244,6 +253,8 @@ class OutcomeReporter:
         if joining != self.joining:
             log.info("%s the outcome join of the cluster's experiments", "now runs" if joining else "no longer runs")
             self.joining = joining
+            if self.on_change is not None:
+                self.on_change(joining)
         # Not joining: forget, so that taking over later starts from each experiment's beginning.
         self.joiner.follow(experiments if joining else {})
         if self.joiner.joins:

@@ -4,9 +4,15 @@ the better version when it is the new arm, and stops the worse one when that is 
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +20,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from tests.integration.conftest import ADMIN_TOKEN, RunningGateway, run_onnx
+from loadtests.harness import process
+from tests.integration.conftest import ADMIN_TOKEN, RunningGateway, run_onnx, until, wait_ready
 
 MODEL = "breast_cancer"
 ROWS = 200  # rows per request; each row is one outcome
@@ -118,3 +125,55 @@ def test_a_worse_new_version_is_stopped_by_itself(
     assert stop["who"] == "experiment" and stop["after"] == {better: 100}
     # Requests now go to control only.
     send_labelled(gateway, x, y, 4, 999)
+
+
+def join_active(metrics_url: str) -> float:
+    """The gateway's gateway_outcome_join_active gauge."""
+    for line in httpx.get(metrics_url, timeout=10).text.splitlines():
+        if line.startswith("gateway_outcome_join_active "):
+            return float(line.split()[1])
+    raise AssertionError(f"{metrics_url} has no gateway_outcome_join_active")
+
+
+def test_gateways_sharing_a_log_root_elect_one_joiner_and_a_survivor_takes_over(
+    gateway: RunningGateway, admin: httpx.Client, truth: tuple[np.ndarray, np.ndarray, str, str], tmp_path: Path
+) -> None:
+    """Two more gateways write under one shared log root (their own, not the session gateway's): while an
+    experiment runs exactly one of them joins it, and when that one is killed the other takes over."""
+    x, y, better, worse = truth
+    shared = tmp_path / "shared_log_root"
+    with ExitStack() as stack:
+        procs, metrics = [], []
+        for name in ("a", "b"):
+            ready, out = tmp_path / f"ready-{name}.json", tmp_path / f"gateway-{name}.log"
+            env = {
+                "GATEWAY_REQUEST_LOG__DIR": str(shared),
+                "GATEWAY_EXAMPLE_MODELS": "false",
+                "GATEWAY_EXPERIMENTS__JOIN_INTERVAL_S": "0.5",
+            }
+            cmd = [sys.executable, "-m", "gateway.cli", "serve", "--repository", str(gateway.repository)]
+            cmd += ["--ray-address", gateway.ray_address, "--http-port", "0", "--grpc-port", "0"]
+            cmd += ["--metrics-port", "0", "--ready-file", str(ready)]
+            proc = stack.enter_context(process(cmd, out, env))
+            procs.append(proc)
+            metrics.append(wait_ready(ready, proc, out, 120)["metrics"])
+        assert [join_active(m) for m in metrics] == [0.0, 0.0]  # no experiment: nobody reads
+        start(admin, control=worse, treatment=better)
+
+        def one_joiner() -> list[float] | None:
+            values = [join_active(m) for m in metrics]
+            return values if sum(values) == 1 else None
+
+        active = until(one_joiner, "one joiner")
+        for _ in range(4):  # and it stays one, interval after interval
+            time.sleep(0.5)
+            assert [join_active(m) for m in metrics] == active
+        assert join_active(gateway.metrics) == 1.0  # the session gateway's own root has a joiner of its own
+        holder = active.index(1.0)
+        os.killpg(procs[holder].pid, signal.SIGKILL)  # dies holding the lease: no hand-over
+        procs[holder].wait()
+        survivor = metrics[1 - holder]
+        until(lambda: join_active(survivor) == 1.0, "the surviving gateway to take the join over", timeout_s=60)
+        assert (shared / ".outcome-join-id").is_file()
+        send_labelled(gateway, x, y, 2, 7)  # the experiment goes on
+        assert admin.get(f"/admin/experiments/{MODEL}").json()["state"] == "running"
