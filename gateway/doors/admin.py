@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.doors.asgi import client_address, read_body
 from gateway.errors import Code, GatewayError, parse_json
-from gateway.tenants.gate import Action, Tenants, check_name, operate
+from gateway.tenants.gate import ROUTES, Action, Tenants, check_name, operate
 
 Scope = dict[str, Any]
 JSON = [(b"content-type", b"application/json")]
@@ -220,10 +220,7 @@ class AdminApi:
 
 
 TENANT_ROUTES: dict[tuple[str, str | None], Action] = {
-    ("POST", None): "add",
-    ("POST", "rotate"): "rotate",
-    ("PUT", "limits"): "set-limits",
-    ("DELETE", None): "remove",
+    (method, suffix.lstrip("/") or None): action for action, (method, suffix) in ROUTES.items() if action != "list"
 }
 """/admin/tenants/{name}[/{suffix}] by method: the tenant operation (gateway.tenants.gate.operate) it runs."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,8 +77,8 @@ class InferenceStats:
         self._families = {
             metrics.requests._name: _fold_requests,
             metrics.latency._name: _fold_latency,
-            metrics.queue._name: _fold_queue,
-            metrics.compute._name: _fold_compute,
+            metrics.queue._name: _sum_into("queue"),
+            metrics.compute._name: _sum_into("compute_infer"),
         }
         self._cells: dict[tuple[str, ...], Any] = {}  # labels() costs a lock and a lookup: reuse the value cells
 
@@ -145,14 +146,14 @@ def _fold_latency(stats: VersionStats, family: str, sample: str, labels: dict[st
         stats.phases["success"].ns += round(value * 1e9)
 
 
-def _fold_queue(stats: VersionStats, family: str, sample: str, labels: dict[str, str], value: float) -> None:
-    if sample.endswith("_sum"):
-        stats.phases["queue"].ns += round(value * 1e9)
+def _sum_into(phase: str) -> Callable[[VersionStats, str, str, dict[str, str], float], None]:
+    """A histogram's sum of seconds, added to a phase's nanoseconds (its count is the success count)."""
 
+    def fold(stats: VersionStats, family: str, sample: str, labels: dict[str, str], value: float) -> None:
+        if sample.endswith("_sum"):
+            stats.phases[phase].ns += round(value * 1e9)
 
-def _fold_compute(stats: VersionStats, family: str, sample: str, labels: dict[str, str], value: float) -> None:
-    if sample.endswith("_sum"):
-        stats.phases["compute_infer"].ns += round(value * 1e9)
+    return fold
 
 
 def _fold(stats: VersionStats, family: str, sample: str, labels: dict[str, str], value: float) -> None:

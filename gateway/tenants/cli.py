@@ -17,7 +17,7 @@ import httpx
 
 from gateway.admin_client import add_admin_options, call_admin
 from gateway.errors import GatewayError
-from gateway.tenants.gate import Action, TenantGate, operate
+from gateway.tenants.gate import ROUTES, Action, TenantGate, operate
 from gateway.tenants.store import load
 
 PROG = "gateway tenants"
@@ -52,15 +52,6 @@ follows it without a restart (the kubelet updates the mounted file within a minu
       --dry-run=client -o yaml | kubectl apply -f -
 The file holds no keys, only their salted hashes, but keep it private (it is written owner-only).
 """
-
-ROUTES: dict[str, tuple[str, str]] = {
-    "list": ("GET", ""),
-    "add": ("POST", ""),
-    "rotate": ("POST", "/rotate"),
-    "set-limits": ("PUT", "/limits"),
-    "remove": ("DELETE", ""),
-}
-"""Each action's admin API call: its method, and what follows /admin/tenants/{name} (gateway/doors/admin.py)."""
 
 
 def add_parser(sub: Any) -> None:

@@ -253,6 +253,16 @@ Action = Literal["list", "add", "rotate", "set-limits", "remove"]
 
 TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
+ROUTES: dict[Action, tuple[str, str]] = {
+    "list": ("GET", ""),
+    "add": ("POST", ""),
+    "rotate": ("POST", "/rotate"),
+    "set-limits": ("PUT", "/limits"),
+    "remove": ("DELETE", ""),
+}
+"""Each action's admin API route (gateway/doors/admin.py serves them, `gateway tenants` calls them): its method,
+and what follows /admin/tenants/{name} ("list" is GET /admin/tenants itself)."""
+
 
 class Tenants(Protocol):
     """The tenant operations (TenantGate's): the admin API offers them, `gateway tenants --file` runs them."""

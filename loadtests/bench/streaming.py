@@ -126,6 +126,11 @@ def measure(
     return results
 
 
+def ratio(point: dict[str, float], against: dict[str, float]) -> dict[str, float]:
+    """One point against another: req/s, and capacity (the inverse ratio of server CPU per request)."""
+    return {"qps": point["qps"] / against["qps"], "capacity": against["cpu_us"] / point["cpu_us"]}
+
+
 def table(results: dict[str, dict[str, list[float]]]) -> tuple[str, dict[str, dict[str, float]]]:
     med = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in results.items()}
     unary, bare = med["gateway unary"], med["bare streaming"]
@@ -134,32 +139,22 @@ def table(results: dict[str, dict[str, list[float]]]) -> tuple[str, dict[str, di
         f"{'capacity x gw unary':>20} {'x bare str.':>12}"
     ]
     for name, m in med.items():
+        u, b = ratio(m, unary), ratio(m, bare)
         lines.append(
-            f"{name:<24} {m['qps']:8.0f} {m['qps'] / unary['qps']:11.2f} {m['qps'] / bare['qps']:12.2f} "
-            f"{m['cpu_us']:11.0f} {unary['cpu_us'] / m['cpu_us']:20.2f} {bare['cpu_us'] / m['cpu_us']:12.2f}"
+            f"{name:<24} {m['qps']:8.0f} {u['qps']:11.2f} {b['qps']:12.2f} "
+            f"{m['cpu_us']:11.0f} {u['capacity']:20.2f} {b['capacity']:12.2f}"
         )
     return "\n".join(lines), med
 
 
 def ratios(med: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Gateway streaming against gateway unary and against the bare streaming echo: req/s and capacity
-    (the inverse ratio of server CPU per request); and, for reference, what streaming gives the bare server
-    itself over its own unary calls."""
-    streaming, unary, bare = med["gateway streaming"], med["gateway unary"], med["bare streaming"]
-    bare_unary = med["bare unary"]
+    """Gateway streaming against gateway unary and against the bare streaming echo; and, for reference, what
+    streaming gives the bare server itself over its own unary calls."""
+    streaming, bare = med["gateway streaming"], med["bare streaming"]
     return {
-        "x gateway unary": {
-            "qps": streaming["qps"] / unary["qps"],
-            "capacity": unary["cpu_us"] / streaming["cpu_us"],
-        },
-        "x bare streaming": {
-            "qps": streaming["qps"] / bare["qps"],
-            "capacity": bare["cpu_us"] / streaming["cpu_us"],
-        },
-        "bare streaming x bare unary": {
-            "qps": bare["qps"] / bare_unary["qps"],
-            "capacity": bare_unary["cpu_us"] / bare["cpu_us"],
-        },
+        "x gateway unary": ratio(streaming, med["gateway unary"]),
+        "x bare streaming": ratio(streaming, bare),
+        "bare streaming x bare unary": ratio(bare, med["bare unary"]),
     }
 
 
